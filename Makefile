@@ -1,0 +1,57 @@
+# One environment (.venv/) serves every target; `make install` builds it once (stamp file).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PROJECTS := $(sort $(notdir $(patsubst %/__main__.py,%,$(wildcard projects/*/__main__.py))))
+CONFIG  ?= toy.yaml
+ARGS    ?=
+BENCH   ?=
+PYTEST_ARGS ?=
+
+export PYTHONUNBUFFERED := 1
+export WANDB_SILENT := true
+
+.PHONY: help install train test test-slow bench lint clean $(addprefix train-,$(PROJECTS))
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@echo "  train-<project>    Train one project: $(or $(PROJECTS),none yet) (CONFIG=<yaml under its configs/>, ARGS=<CLI overrides>)"
+
+install: $(STAMP) ## Create .venv/ and install the project (editable) with its pinned dependencies
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+train: $(STAMP) ## Train every project on its toy default, then print and save a summary table
+	@if [ -z "$(PROJECTS)" ]; then echo "make train: no project exists yet under projects/ (nothing to train)."; \
+	  $(PY) -m shared.summary --projects; exit 0; fi
+	@set -e; for p in $(PROJECTS); do \
+	  echo "=== $$p: $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml"; \
+	  $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml $(ARGS); done
+	$(PY) -m shared.summary --projects $(PROJECTS)
+
+train-%: $(STAMP) ## Train one project (see the line below)
+	@test -f projects/$*/configs/$(CONFIG) || { echo "no config projects/$*/configs/$(CONFIG)"; exit 2; }
+	$(PY) -m projects.$* fit --config projects/$*/configs/$(CONFIG) $(ARGS)
+
+test: $(STAMP) ## Run the test suite (fast tests; `slow` ones excluded)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## Run only the slow tests (longer training runs)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: $(STAMP) ## Time each method against its baseline (BENCH=<filter> for a subset); writes logs/bench.json
+	$(PY) -m shared.bench $(BENCH)
+
+lint: $(STAMP) ## Lint with ruff
+	$(VENV)/bin/ruff check shared projects tests
+
+clean: ## Remove logs, caches and the toy datasets (keeps .venv/)
+	rm -rf logs data .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,211 @@
+"""One Lightning CLI launcher for every project.
+
+``python -m projects.<name> fit|validate|test|predict --config projects/<name>/configs/<x>.yaml [--config
+shared/configs/<preset>.yaml] [--dotted.overrides ...]``
+
+What it adds to :class:`lightning.pytorch.cli.LightningCLI`:
+
+* omegaconf parser mode, so configs interpolate (``${data.num_classes}``, ``${oc.env:VAR,default}``);
+* one run folder ``logs/<project>/<run_name>/`` (``run_name`` defaults to the first config file's stem),
+  holding the checkpoints, the logger files, ``config.yaml`` and ``summary.json``. Because the folder is
+  fixed, ``fit --ckpt_path last`` resumes an interrupted run;
+* the default logger: wandb, offline unless the user has logged in or set ``WANDB_MODE``
+  (``--logger csv`` switches to the CSV logger, ``--logger none`` disables logging); the run's whole
+  config is saved to the logger;
+* the default callbacks: ModelCheckpoint (``last`` plus the best on the module's ``monitor`` metric),
+  LearningRateMonitor, a progress bar, and :class:`RunSummary`.
+
+A LightningModule tells the launcher what to monitor with two class attributes::
+
+    monitor = "val/top1"      # metric for the best checkpoint and the headline number
+    monitor_mode = "max"      # or "min"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jsonargparse import ArgumentError
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOGS_DIR = Path(os.environ.get("CV_PAPERS_LOGS", REPO_ROOT / "logs"))
+
+
+def wandb_is_online() -> bool:
+    """True when the user chose a wandb mode or has credentials; otherwise runs are logged offline."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def build_logger(choice: str, project: str, run_name: str, run_dir: Path) -> Logger | bool:
+    if choice == "none":
+        return False
+    if choice == "csv":
+        return CSVLogger(save_dir=str(run_dir), name="csv")
+    if choice == "wandb":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # WANDB_MODE, when set, wins inside wandb itself; offline=True only when nothing says otherwise.
+        return WandbLogger(project=f"cv-papers-{project}", name=run_name, save_dir=str(run_dir),
+                           offline=not wandb_is_online(), log_model=False)
+    raise ValueError(f"--logger must be one of wandb, csv, none; got {choice!r}")
+
+
+class LoggedConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` in the log dir (as Lightning does) and the whole config to the logger."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.logger is None:
+            return
+        config = self.parser.dump(self.config, skip_none=False, format="yaml")
+        import yaml
+
+        config_dict = yaml.safe_load(config)
+        if isinstance(trainer.logger, WandbLogger):
+            trainer.logger.experiment.config.update(config_dict, allow_val_change=True)
+        else:
+            trainer.logger.log_hyperparams({"config": config_dict})
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+class RunSummary(Callback):
+    """Writes ``summary.json`` (headline metric, all scalar metrics, best checkpoint) in the run folder.
+
+    ``make train`` collects these files into its table and ``logs/train_summary.json``.
+    """
+
+    def __init__(self, project: str, run_name: str, run_dir: Path, headline: str | None) -> None:
+        self.project, self.run_name, self.run_dir, self.headline = project, run_name, run_dir, headline
+        self._start = time.perf_counter()
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def _write(self, trainer: Trainer, stage: str) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = {k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
+        best = trainer.checkpoint_callback
+        summary = {
+            "project": self.project,
+            "run_name": self.run_name,
+            "stage": stage,
+            "headline_metric": self.headline,
+            "headline": metrics.get(self.headline) if self.headline else None,
+            "best": _scalar(best.best_model_score) if best is not None and best.best_model_score is not None
+            else None,
+            "best_checkpoint": best.best_model_path if best is not None else None,
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "wall_s": round(time.perf_counter() - self._start, 1),
+            "metrics": metrics,
+        }
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, "fit")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, "validate")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, "test")
+
+
+class ProjectCLI(LightningCLI):
+    """The shared LightningCLI: one ``project`` name, one module class and one data module class."""
+
+    def __init__(self, model_class: type[LightningModule], datamodule_class: type[LightningDataModule] | None,
+                 project: str, args: list[str] | None = None, run: bool = True) -> None:
+        self.project = project
+        super().__init__(
+            model_class,
+            datamodule_class,
+            save_config_callback=LoggedConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+            seed_everything_default=42,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="Run folder under logs/<project>/ (default: the first config file's stem).")
+        parser.add_argument("--logger", type=Literal["wandb", "csv", "none"], default="wandb",
+                            help="Default logger when trainer.logger is not set: wandb (offline unless logged "
+                                 "in or WANDB_MODE is set), csv, or none.")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse; a bad key or value ends the run with one line naming it (no usage dump)."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            message = str(err).strip().splitlines()
+            sys.stderr.write(f"error: {' '.join(line.strip() for line in message)}\n"
+                             f"(see `python -m projects.{self.project} {self._requested_subcommand()} --help`)\n")
+            sys.exit(2)
+
+    @staticmethod
+    def _requested_subcommand() -> str:
+        return next((a for a in sys.argv[1:] if a in LightningCLI.subcommands()), "fit")
+
+    # ---------------------------------------------------------------- run folder and defaults
+    def _run_name(self) -> str:
+        name = self._get(self.config, "run_name")
+        if name:
+            return name
+        configs = self._get(self.config, "config") or []
+        return Path(str(configs[0])).stem if configs else "default"
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        run_name = self._run_name()
+        run_dir = LOGS_DIR / self.project / run_name
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = build_logger(self._get(self.config, "logger"), self.project, run_name, run_dir)
+        has_logger = (kwargs["logger"] if "logger" in kwargs else trainer_cfg.get("logger")) not in (False, None)
+        if trainer_cfg.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(run_dir)
+
+        monitor = getattr(self.model, "monitor", None)
+        callbacks: list[Callback] = [
+            ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch}-step{step}",
+                            auto_insert_metric_name=False, monitor=monitor,
+                            mode=getattr(self.model, "monitor_mode", "max"), save_top_k=1 if monitor else 0,
+                            save_last=True),
+            TQDMProgressBar(refresh_rate=int(os.environ.get("PROGRESS_REFRESH", 10))),
+            RunSummary(self.project, run_name, run_dir, getattr(self.model, "headline_metric", monitor)),
+        ]
+        if has_logger:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        user_callbacks = trainer_cfg.get("callbacks") or []
+        kwargs["callbacks"] = [*callbacks, *(user_callbacks if isinstance(user_callbacks, list) else [user_callbacks])]
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(model_class: type[LightningModule], datamodule_class: type[LightningDataModule] | None, project: str,
+         args: list[str] | None = None) -> ProjectCLI:
+    """Entry point used by every ``projects/<name>/__main__.py``."""
+    torch.set_float32_matmul_precision("high")
+    return ProjectCLI(model_class, datamodule_class, project, args=args)

@@ -1,0 +1,71 @@
+"""A tiny project run through the shared launcher by the CLI, DDP and resume tests.
+
+Run as a script (``python tests/shared/tiny_project.py fit --config ...``) so Lightning's DDP launcher can
+re-execute it in each worker process.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from shared.cli import main  # noqa: E402
+
+
+class TinyData(LightningDataModule):
+    """A fixed linear-regression problem; ``data_dir`` (optional) must exist when given."""
+
+    def __init__(self, num_features: int = 8, num_samples: int = 64, batch_size: int = 8,
+                 data_dir: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.data_dir is not None and not Path(self.hparams.data_dir).is_dir():
+            raise FileNotFoundError(f"data.data_dir: directory not found: {self.hparams.data_dir} "
+                                    "(expected a folder with the dataset)")
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(self.hparams.num_samples, self.hparams.num_features, generator=g)
+        w = torch.randn(self.hparams.num_features, 1, generator=g)
+        self.dataset = TensorDataset(x, x @ w + 0.1 * torch.randn(self.hparams.num_samples, 1, generator=g))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.hparams.batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.hparams.batch_size, shuffle=False)
+
+
+class TinyModule(LightningModule):
+    monitor = "val/mse"
+    monitor_mode = "min"
+
+    def __init__(self, num_features: int = 8, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(num_features, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.linear(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/mse", nn.functional.mse_loss(self.linear(x), y), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+if __name__ == "__main__":
+    main(TinyModule, TinyData, project="tiny")

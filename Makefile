@@ -6,6 +6,8 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PROJECTS := $(sort $(notdir $(patsubst %/__main__.py,%,$(wildcard projects/*/__main__.py))))
+# `make train-rams-trans` and `make train-rams_trans` both name projects/rams_trans.
+project = $(subst -,_,$*)
 CONFIG  ?= toy.yaml
 ARGS    ?=
 BENCH   ?=
@@ -14,11 +16,12 @@ PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help install train test test-slow bench lint clean $(addprefix train-,$(PROJECTS))
+.PHONY: help install train test test-slow bench lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
-	@echo "  train-<project>    Train one project: $(or $(PROJECTS),none yet) (CONFIG=<yaml under its configs/>, ARGS=<CLI overrides>)"
+	@echo "  train-<project>    Train one project: $(or $(subst _,-,$(PROJECTS)),none yet)"
+	@echo "                     CONFIG=<yaml under its configs/, default toy.yaml>  ARGS=<CLI overrides>"
 
 install: $(STAMP) ## Create .venv/ and install the project (editable) with its pinned dependencies
 
@@ -30,15 +33,16 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP) ## Train every project on its toy default, then print and save a summary table
 	@if [ -z "$(PROJECTS)" ]; then echo "make train: no project exists yet under projects/ (nothing to train)."; \
-	  $(PY) -m shared.summary --projects; exit 0; fi
-	@set -e; for p in $(PROJECTS); do \
-	  echo "=== $$p: $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml"; \
-	  $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml $(ARGS); done
-	$(PY) -m shared.summary --projects $(PROJECTS)
+	else set -e; for p in $(PROJECTS); do \
+	  echo "=== $$p: $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml $(ARGS)"; \
+	  $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml $(ARGS); done; \
+	  $(PY) -m shared.summary --projects $(PROJECTS); fi
 
-train-%: $(STAMP) ## Train one project (see the line below)
-	@test -f projects/$*/configs/$(CONFIG) || { echo "no config projects/$*/configs/$(CONFIG)"; exit 2; }
-	$(PY) -m projects.$* fit --config projects/$*/configs/$(CONFIG) $(ARGS)
+train-%: $(STAMP)
+	@test -f projects/$(project)/__main__.py || { echo "no project projects/$(project) (have: $(PROJECTS))"; exit 2; }
+	@test -f projects/$(project)/configs/$(CONFIG) || \
+	  { echo "no config projects/$(project)/configs/$(CONFIG) (have: $$(ls projects/$(project)/configs))"; exit 2; }
+	$(PY) -m projects.$(project) fit --config projects/$(project)/configs/$(CONFIG) $(ARGS)
 
 test: $(STAMP) ## Run the test suite (fast tests; `slow` ones excluded)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

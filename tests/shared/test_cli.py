@@ -87,6 +87,9 @@ def test_fit_writes_checkpoints_config_and_summary(workdir: Path) -> None:
     assert summary["headline_metric"] == "val/mse" and summary["global_step"] == 16
     assert summary["headline"] == pytest.approx(summary["metrics"]["val/mse"])
     assert summary["headline"] < 1.0  # the regression actually trained (starts above 2)
+    panels = {p.name for p in (run_dir / "panels").iterdir()}  # the file fallback of shared.panels
+    assert {"val_weights_image_step0000016.png", "val_weights_step0000016.json",
+            "val_weights_hist_step0000016.json"} <= panels
 
 
 def test_default_logger_is_wandb_offline(workdir: Path) -> None:

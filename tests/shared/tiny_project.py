@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from shared.cli import main  # noqa: E402
+from shared.panels import log_bar_chart, log_histogram, log_images  # noqa: E402
 
 
 class TinyData(LightningDataModule):
@@ -62,6 +63,14 @@ class TinyModule(LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val/mse", nn.functional.mse_loss(self.linear(x), y), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            weights = self.linear.weight.detach()[0]
+            log_images(self, "val/weights_image", [torch.sigmoid(weights).view(1, 1, -1).expand(3, 4, -1)],
+                       captions=["sigmoid(weights)"])
+            log_bar_chart(self, "val/weights", [f"w{i}" for i in range(weights.numel())], weights.tolist())
+            log_histogram(self, "val/weights_hist", weights)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)

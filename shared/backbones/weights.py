@@ -1,0 +1,165 @@
+"""The one weights rule every backbone builder follows.
+
+* a path (str / Path): it must exist, else ``FileNotFoundError`` with the path in the message;
+* ``True``: an EXISTING local timm / Hugging Face cache only (never the network); if nothing is cached, one
+  warning line and random init;
+* ``False`` / ``None``: random init, silently.
+
+Files are read without unpickling arbitrary objects: ``.safetensors`` with safetensors, ``.pth``/``.pt``/``.bin``
+with ``torch.load(weights_only=True)``. Google JAX ``.npz`` ViT checkpoints are handled in ``vit.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+Pretrained = bool | str | Path | None
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
+# File names timm / transformers use for weights inside a Hugging Face model folder, best first.
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+                   "open_clip_pytorch_model.bin")
+_WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
+_STRIP_PREFIXES = ("module.", "model.")
+
+
+def ensure_offline() -> None:
+    """Make Hugging Face cache look-ups local-only (unless the user set HF_HUB_OFFLINE themselves)."""
+    # Cache look-ups must never reach the network (there is none, and a timeout would stall every build).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def resolve_pretrained(pretrained: Pretrained, what: str, *, timm_name: str | None = None,
+                       hf_repo: str | None = None) -> Path | None:
+    """Apply the weights rule; return the file or folder to load, or ``None`` for random init.
+
+    ``what`` names the caller in messages; ``timm_name`` / ``hf_repo`` say which cache to look into for ``True``.
+    """
+    if pretrained is None or pretrained is False:
+        return None
+    if pretrained is True:
+        found = find_cached_weights(timm_name=timm_name, hf_repo=hf_repo)
+        if found is None:
+            logger.warning("%s: no local pretrained weights for %s (pass pretrained=/path/to/weights); "
+                           "starting from random init", what, timm_name or hf_repo or "this model")
+        else:
+            logger.info("%s: using cached pretrained weights %s", what, found)
+        return found
+    path = Path(pretrained).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{what}: pretrained weights file not found: {path} (expected a .safetensors / .pth / .bin / .npz "
+            "file, or a Hugging Face model folder)")
+    return path
+
+
+def find_cached_weights(*, timm_name: str | None = None, hf_repo: str | None = None) -> Path | None:
+    """Look for already-downloaded weights in the local timm / Hugging Face / torch.hub caches (offline)."""
+    ensure_offline()
+    if timm_name is not None:
+        found = _find_timm_cache(timm_name)
+        if found is not None:
+            return found
+    if hf_repo is not None:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(hf_repo, local_files_only=True))
+        except Exception:  # not cached (or not a valid repo id): the caller falls back to random init
+            return None
+        return folder if (folder / "config.json").is_file() else None
+    return None
+
+
+def _find_timm_cache(name: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name, allow_unregistered=False)
+    except Exception:
+        cfg = None
+    if cfg is None:
+        return None
+    if cfg.file and Path(cfg.file).is_file():
+        return Path(cfg.file)
+    if cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_WEIGHT_FILES
+        for filename in names:
+            hit = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(hit, str) and Path(hit).is_file():
+                return Path(hit)
+    if cfg.url:
+        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+        if hub_file.is_file():
+            return hub_file
+    return None
+
+
+def weights_file_in(folder: Path) -> Path:
+    """The weights file inside a model folder (Hugging Face layout first, then any single weights file)."""
+    for filename in HF_WEIGHT_FILES:
+        if (folder / filename).is_file():
+            return folder / filename
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if len(files) != 1:
+        raise FileNotFoundError(f"{folder}: expected one weights file ({', '.join(HF_WEIGHT_FILES)} or a single "
+                                f"{'/'.join(WEIGHT_SUFFIXES)} file), found {[p.name for p in files]}")
+    return files[0]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors / .pth / .pt / .bin (never unpickling arbitrary objects)."""
+    path = weights_file_in(path) if path.is_dir() else path
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in _WRAPPER_KEYS:  # training checkpoints wrap the weights: {"state_dict": {...}, ...}
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    else:
+        raise ValueError(f"{path}: unsupported weights format {path.suffix!r} (use .safetensors / .pth / .bin)")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return {_strip_prefix(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip_prefix(key: str) -> str:
+    stripped = True
+    while stripped:  # "module.model.blocks.0..." -> "blocks.0..."
+        stripped = False
+        for prefix in _STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str,
+              classifier: str | Iterable[str] | None = None) -> None:
+    """Load ``state`` non-strictly; drop classifier keys whose shape differs; log missing/unexpected keys once."""
+    own = model.state_dict()
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    dropped = [k for k in state if any(k == h or k.startswith(h + ".") for h in heads)
+               and (k not in own or own[k].shape != state[k].shape)]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    result = model.load_state_dict(state, strict=False)
+    msg = f"{what}: loaded {len(state) - len(result.unexpected_keys)} tensors"
+    if dropped:
+        msg += f"; dropped classifier keys {dropped} (different number of classes)"
+    if result.missing_keys or result.unexpected_keys:
+        msg += f"; missing keys {result.missing_keys}; unexpected keys {result.unexpected_keys}"
+    (logger.warning if result.missing_keys else logger.info)(msg)

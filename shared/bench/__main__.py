@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for row in rows:
         case = row.setup()
-        timing = time_pair(case.method, case.baseline, row.repeats, row.warmup)
+        timing = time_pair(case.method, case.baseline, row.repeats, row.warmup, row.grad)
         r = timing["method_over_baseline"]
         ratio = 1.0 / r if row.kind == "speedup" else r
         ok = ratio >= row.target if row.kind == "speedup" else ratio <= row.target

@@ -26,6 +26,8 @@ class BenchRow:
 
     ``kind="speedup"`` reports baseline_time / method_time and passes when ratio >= target;
     ``kind="overhead"`` reports method_time / baseline_time and passes when ratio <= target.
+    ``grad=False`` times both callables under ``torch.inference_mode()``; rows that time training steps
+    (forward + backward + optimizer step) register with ``grad=True``.
     """
 
     name: str
@@ -34,13 +36,14 @@ class BenchRow:
     kind: Literal["speedup", "overhead"]
     repeats: int = 15
     warmup: int = 3
+    grad: bool = False
 
 
 _ROWS: dict[str, BenchRow] = {}
 
 
 def register(name: str, *, target: float, kind: Literal["speedup", "overhead"], repeats: int = 15,
-             warmup: int = 3) -> Callable[[Callable[[], BenchCase]], Callable[[], BenchCase]]:
+             warmup: int = 3, grad: bool = False) -> Callable[[Callable[[], BenchCase]], Callable[[], BenchCase]]:
     """Decorator: register ``setup`` (a function returning a :class:`BenchCase`) as a bench row."""
     if kind not in ("speedup", "overhead"):
         raise ValueError(f"bench row {name!r}: kind must be 'speedup' or 'overhead', got {kind!r}")
@@ -48,7 +51,7 @@ def register(name: str, *, target: float, kind: Literal["speedup", "overhead"], 
     def decorate(setup: Callable[[], BenchCase]) -> Callable[[], BenchCase]:
         if name in _ROWS:
             raise ValueError(f"bench row {name!r} is registered twice")
-        _ROWS[name] = BenchRow(name, setup, target, kind, repeats, warmup)
+        _ROWS[name] = BenchRow(name, setup, target, kind, repeats, warmup, grad)
         return setup
 
     return decorate
@@ -69,9 +72,12 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def time_pair(method: Callable[[], object], baseline: Callable[[], object], repeats: int = 15,
-              warmup: int = 3) -> dict:
-    """Time ``method`` and ``baseline`` alternately after a warm-up; medians of each and of the per-pair ratio."""
-    with torch.inference_mode():
+              warmup: int = 3, grad: bool = False) -> dict:
+    """Time ``method`` and ``baseline`` alternately after a warm-up; medians of each and of the per-pair ratio.
+
+    Without ``grad`` both run under ``torch.inference_mode()``; with it, autograd is on (training steps).
+    """
+    with torch.inference_mode(not grad), torch.set_grad_enabled(grad):
         for _ in range(warmup):
             method()
             baseline()

@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from shared.bench import BenchCase, register, registered_rows, time_pair
 from shared.bench.__main__ import main as bench_main
@@ -40,3 +41,11 @@ def test_runner_writes_the_json_rows(tmp_path) -> None:
     assert [r["name"] for r in rows] == ["test/registry-runner sleep"]
     assert rows[0]["ratio"] > 2.0 and rows[0]["target"] == 2.0 and rows[0]["details"]["pass"] is True
     assert bench_main(["no-such-row", "--out", str(out)]) == 2
+
+
+def test_time_pair_grad_flag_switches_autograd() -> None:
+    seen = []
+    record = lambda: seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+    time_pair(record, record, repeats=1, warmup=0)
+    time_pair(record, record, repeats=1, warmup=0, grad=True)
+    assert seen[:2] == [(False, True)] * 2 and seen[2:] == [(True, False)] * 2

@@ -1,0 +1,85 @@
+"""Data for SPM: the training loop needs no images (only prompt strings), so the datamodule yields step indices.
+
+The toy world part renders captioned single-object scenes ("a red circle") that train the toy text-to-image
+base model and the toy shape/colour classifier that judges generations (see ``toy_base.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from shared.data.toyworld import BACKGROUNDS, Scene, make_object, render
+
+TOY_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
+TOY_COLORS: tuple[str, ...] = ("red", "yellow", "green", "blue", "purple", "white")
+TOY_SIZE = 16
+
+
+def toy_caption(shape: str, color: str) -> str:
+    return f"a {color} {shape}"
+
+
+def render_toy_scenes(n: int, seed: int, size: int = TOY_SIZE, shapes: Sequence[str] = TOY_SHAPES,
+                      colors: Sequence[str] = TOY_COLORS) -> dict:
+    """``n`` single-object scenes: images uint8 [n, 3, size, size], shape/colour indices, captions."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, 3, size, size), dtype=np.uint8)
+    shape_idx = rng.integers(len(shapes), size=n)
+    color_idx = rng.integers(len(colors), size=n)
+    captions = []
+    backgrounds = tuple(BACKGROUNDS)
+    for i in range(n):
+        shape, color = shapes[shape_idx[i]], colors[color_idx[i]]
+        obj = make_object(rng, size, kind=shape, color=color, object_size=(0.55 * size, 0.95 * size))
+        scene = Scene(size, backgrounds[int(rng.integers(len(backgrounds)))], (obj,), texture=4.0,
+                      seed=int(rng.integers(2**31)))
+        images[i] = np.asarray(render(scene)).transpose(2, 0, 1)
+        captions.append(toy_caption(shape, color))
+    return {"images": torch.from_numpy(images), "shape": torch.from_numpy(shape_idx),
+            "color": torch.from_numpy(color_idx), "captions": captions}
+
+
+def read_prompt_list(path: str | Path) -> list[str]:
+    """Concept strings, one per line (blank lines and ``#`` comments skipped); clear error when unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"concept pool file {path} does not exist (expected a text file, one concept a line)")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    concepts = [line for line in lines if line and not line.startswith("#")]
+    if not concepts:
+        raise ValueError(f"concept pool file {path} holds no concept strings (expected one concept a line)")
+    return concepts
+
+
+class _Steps(Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class SPMStepData(LightningDataModule):
+    """Yields ``iterations`` step indices per epoch (SPM trains from prompts alone) and ``val_batches`` for
+    the evaluation pass. ``batch_size`` is 1 as in the official configs (one prompt pair per iteration)."""
+
+    def __init__(self, iterations: int = 3000, val_batches: int = 1) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"data.iterations must be >= 1, got {iterations}")
+        self.iterations, self.val_batches = iterations, val_batches
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(self.iterations), batch_size=1)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(self.val_batches), batch_size=1)

@@ -1,0 +1,171 @@
+"""The frozen text-to-image model SPM is trained on: a diffusers folder (unet/, text_encoder/, tokenizer/,
+scheduler/, optional vae/) with batched noise prediction, DDIM roll-outs and a small CFG sampler.
+
+Pure nn.Module code (no Lightning). Without ``vae/`` the UNet works in pixel space (the toy model).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# SD v1.4's UNet (CompVis/stable-diffusion-v1-4 unet/config.json), for building it with no weights.
+SD14_UNET_CONFIG: dict = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
+    attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+
+# The toy base model's UNet: pixel space, 16x16, attention only at 8x8 and 4x4 (cheap on CPU),
+# 7 Transformer2DModels (2 down, 1 mid, 4 up).
+TOY_UNET_CONFIG: dict = dict(
+    sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, cross_attention_dim=64,
+    attention_head_dim=16, norm_num_groups=8, block_out_channels=(32, 64, 64),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+)
+
+
+def _require(folder: Path, sub: str) -> Path:
+    path = folder / sub
+    if not path.is_dir():
+        raise FileNotFoundError(f"base model folder {folder}: missing {sub}/ (expected the diffusers layout "
+                                f"unet/, text_encoder/, tokenizer/, scheduler/ and optionally vae/)")
+    return path
+
+
+class DiffusionModel(nn.Module):
+    """Frozen UNet + CLIP text encoder (+ VAE) and the noise schedule's ``alphas_cumprod``."""
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer, alphas_cumprod: torch.Tensor,
+                 vae: nn.Module | None = None, set_alpha_to_one: bool = False) -> None:
+        super().__init__()
+        self.unet, self.text_encoder, self.tokenizer, self.vae = unet, text_encoder, tokenizer, vae
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        self.final_alpha = 1.0 if set_alpha_to_one else float(alphas_cumprod[0])
+        for module in (unet, text_encoder, vae):
+            if module is not None:
+                module.requires_grad_(False).eval()
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> DiffusionModel:
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"base model folder {folder} does not exist (expected a diffusers model folder)")
+        kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        unet = UNet2DConditionModel.from_pretrained(_require(folder, "unet"), local_files_only=True, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(_require(folder, "text_encoder"), local_files_only=True, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(_require(folder, "tokenizer"), local_files_only=True)
+        scheduler = DDIMScheduler.from_pretrained(_require(folder, "scheduler"), local_files_only=True)
+        if scheduler.config.prediction_type != "epsilon":
+            raise ValueError(f"{folder}/scheduler: prediction_type {scheduler.config.prediction_type!r} is not "
+                             f"supported; the SPM losses are written for epsilon-prediction models (SD v1.x)")
+        vae = None
+        if (folder / "vae").is_dir():
+            vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, **kw)
+        return cls(unet, text_encoder, tokenizer, scheduler.alphas_cumprod, vae,
+                   bool(scheduler.config.set_alpha_to_one))
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """SD convention: pad to the tokenizer's max length, last_hidden_state [B, L, D]."""
+        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(tok.input_ids.to(device))[0]
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def latent_scale(self) -> int:
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+        s = self.latent_scale
+        return batch, self.unet.config.in_channels, height // s, width // s
+
+    # ------------------------------------------------------------------ denoising
+    def predict(self, x: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """eps(x, t, cond) for a batch; ``x`` [1, ...] is broadcast to the batch of ``cond``."""
+        if x.shape[0] != cond.shape[0]:
+            x = x.expand(cond.shape[0], *x.shape[1:])
+        t = torch.as_tensor(t, device=x.device).expand(cond.shape[0])
+        return self.unet(x, t, encoder_hidden_states=cond.to(x.dtype)).sample
+
+    def ddim_step(self, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
+        """Deterministic DDIM (eta 0) from t to t_prev (t_prev < 0: the final alpha)."""
+        a = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(self.final_alpha, device=x.device)
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+
+    @staticmethod
+    def ddim_timesteps(steps: int, num_train: int = 1000, offset: int = 0) -> list[int]:
+        """``leading`` spacing (diffusers 0.18 default, steps_offset 0): 30 steps -> 957, 924, ..., 33, 0."""
+        ratio = num_train // steps
+        return [int(i * ratio + offset) for i in reversed(range(steps))]
+
+    def guided_eps(self, x: torch.Tensor, t: int, uncond: torch.Tensor, cond: torch.Tensor,
+                   guidance: float, unet_params: dict | None = None) -> torch.Tensor:
+        """Classifier-free guidance with [uncond; cond] in one UNet call. ``x`` [B, ...]."""
+        b = cond.shape[0]
+        xx = torch.cat([x, x])
+        cc = torch.cat([uncond.expand(b, -1, -1), cond])
+        if unet_params:
+            from torch.func import functional_call
+
+            tt = torch.full((2 * b,), t, device=x.device)
+            eps = functional_call(self.unet, unet_params, (xx, tt), {"encoder_hidden_states": cc.to(x.dtype)}).sample
+        else:
+            eps = self.predict(xx, t, cc)
+        e_u, e_c = eps.chunk(2)
+        return e_u + guidance * (e_c - e_u)
+
+    @torch.no_grad()
+    def rollout(self, x: torch.Tensor, timesteps: list[int], uncond: torch.Tensor, cond: torch.Tensor,
+                guidance: float, unet_params: dict | None = None) -> torch.Tensor:
+        """Run DDIM over ``timesteps`` (the consecutive steps of one schedule) with CFG; returns x after them."""
+        ratio = timesteps[0] - timesteps[1] if len(timesteps) > 1 else 1000 // 30
+        for t in timesteps:
+            eps = self.guided_eps(x, t, uncond, cond, guidance, unet_params)
+            x = self.ddim_step(x, eps, t, t - ratio)
+        return x
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents (or pixels) -> images in [0, 1]."""
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], seed: int = 0, steps: int = 20, guidance: float = 7.5,
+               height: int | None = None, width: int | None = None, negative: str = "",
+               unet_params: dict | None = None, chunk: int = 512) -> torch.Tensor:
+        """Batched DDIM + CFG generation of one image per prompt (repeat prompts for more); [N, 3, H, W] in [0, 1].
+
+        Sample i's noise depends only on (seed, i), so chunking does not change the images.
+        """
+        size = self.unet.config.sample_size * self.latent_scale
+        height, width = height or size, width or size
+        device = self.alphas_cumprod.device
+        gen = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn(self.latent_shape(len(prompts), height, width), generator=gen)
+        cond_all = self.encode_prompts(prompts)
+        uncond = self.encode_prompts([negative])
+        timesteps = self.ddim_timesteps(steps, len(self.alphas_cumprod), offset=0)
+        out = []
+        for start in range(0, len(prompts), chunk):
+            x = noise[start:start + chunk].to(device, dtype=next(self.unet.parameters()).dtype)
+            x = self.rollout(x, timesteps, uncond, cond_all[start:start + chunk], guidance, unet_params)
+            out.append(self.decode(x).cpu())
+        return torch.cat(out)

@@ -1,0 +1,315 @@
+"""SPM training (Latent Anchoring) as a LightningModule.
+
+One iteration (spec 2.2, official ``train_spm.py``), with the paper's equations:
+1. k ~ U{1..max_denoising_steps-1}; roll out k DDIM steps (of a 30-step schedule) from noise with the membrane
+   on and CFG 3, conditioned on the target: x_t. No grad.
+2. t = 999 - floor(k * 1000 / 30) (``timestep: official``, LECO's level) or the rolled-out level (``exact``).
+3. Frozen model (membrane off), ONE no-grad batched UNet call: eps(x_t, c_tar), eps(x_t, c_sur), eps(x_t, anchors).
+4. Membrane on, ONE UNet call with grad: eps_M(x_t, c_tar), eps_M(x_t, anchors).
+5. Eq. 4-6: L_era = ||eps_M(c_tar) - [eps(c_sur) - eta (eps(c_tar) - eps(c_sur))]||^2;
+   Eq. 7: L_anc = ||eps_M(c) - eps(c)||^2 over anchors; L = L_era + lambda L_anc. All on the device, fp32.
+The official loop makes 5 UNet calls of batch 2/2/2/8/8 and moves predictions to the CPU for the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+
+from projects.spm.anchoring import ConceptPool, official_anchors, vocabulary_words
+from projects.spm.data import TOY_COLORS, TOY_SHAPES, read_prompt_list
+from projects.spm.model import DiffusionModel
+from projects.spm.network import SPMNetwork
+
+logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def erasing_target(eps_pos: torch.Tensor, eps_neu: torch.Tensor, eta: float) -> torch.Tensor:
+    """Paper Eq. 5: eps(c_sur) - eta * (eps(c_tar) - eps(c_sur)) (ESD/LECO negative guidance)."""
+    return eps_neu - eta * (eps_pos - eps_neu)
+
+
+def resolution_bucket(resolution: int, dynamic: bool, multiple: int) -> tuple[int, int]:
+    """Official ``get_random_resolution_in_bucket``: H and W independently from {4,5,6,7} * resolution / 8
+    (256..448 for 512: ``randint(4, 8)`` excludes 8, so 512 itself is never drawn)."""
+    if not dynamic:
+        return resolution, resolution
+    unit = resolution // 8
+    h, w = (int(torch.randint(4, 8, (1,))) * unit for _ in range(2))
+    return h // multiple * multiple, w // multiple * multiple
+
+
+def parse_toy_prompt(prompt: str) -> tuple[int, int]:
+    """``"a red circle"`` -> (shape index, colour index) in TOY_SHAPES / TOY_COLORS."""
+    words = prompt.lower().split()
+    shapes = [TOY_SHAPES.index(w) for w in words if w in TOY_SHAPES]
+    colors = [TOY_COLORS.index(w) for w in words if w in TOY_COLORS]
+    if len(shapes) != 1 or len(colors) != 1:
+        raise ValueError(f"evaluation prompt {prompt!r} must name one toy shape {TOY_SHAPES} and one colour "
+                         f"{TOY_COLORS}")
+    return shapes[0], colors[0]
+
+
+class SPMModule(LightningModule):
+    """Trains one SPM (a rank-``rank`` membrane) that erases ``target`` from the frozen model in ``base_model``.
+
+    ``anchoring``: ``paper`` (concept pool, P proportional to (1-|cos|)^alpha), ``official`` (random embeddings
+    at the target's norm; ``official_batch_quirk`` keeps only [u, s3, u, s4]), ``none`` (plain erasing).
+    Evaluation (validation) with a toy ``classifier``: target-shape rate and non-target accuracy with the
+    membrane off (``*_before``) and on.
+    """
+
+    monitor = "val/target_rate"
+    monitor_mode = "min"
+    headline_metric = "val/target_rate"
+
+    def __init__(
+        self,
+        base_model: str = "data/spm/toy_base",
+        build_toy_base: bool = False,
+        target: str | list[str] = "circle",
+        surrogate: str = "",
+        eta: float = 1.0,
+        anchoring: Literal["paper", "official", "none"] = "paper",
+        anchor_strength: float = 1000.0,
+        anchor_samples: int = 4,
+        anchor_alpha: float = 1.0,
+        concept_pool: str | None = None,
+        official_batch_quirk: bool = True,
+        rank: int = 1,
+        alpha: float = 1.0,
+        lr: float = 1e-4,
+        optimizer: Literal["adamw", "adamw8bit"] = "adamw",
+        lr_warmup_steps: int = 500,
+        lr_cycles: int = 3,
+        iterations: int = 3000,
+        max_denoising_steps: int = 30,
+        rollout_guidance: float = 3.0,
+        timestep: Literal["official", "exact"] = "official",
+        resolution: int = 512,
+        dynamic_resolution: bool = True,
+        merged_rollout: bool = True,
+        spm_name: str = "spm",
+        save_every: int = 500,
+        classifier: str | None = None,
+        eval_target_prompts: list[str] | None = None,
+        eval_other_prompts: list[str] | None = None,
+        eval_images_per_prompt: int = 50,
+        eval_steps: int = 20,
+        eval_guidance: float = 5.0,
+        eval_seed: int = 1234,
+        log_prompts: list[str] | None = None,
+        log_images_every_n_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if anchoring not in ("paper", "official", "none"):
+            raise ValueError(f"model.anchoring must be paper, official or none; got {anchoring!r}")
+        if timestep not in ("official", "exact"):
+            raise ValueError(f"model.timestep must be official or exact; got {timestep!r}")
+        self.targets = [target] if isinstance(target, str) else list(target)
+        if not self.targets or not all(self.targets):
+            raise ValueError(f"model.target must name at least one non-empty concept; got {target!r}")
+        self.strict_loading = False  # checkpoints hold the membrane only
+        self.diffusion: DiffusionModel | None = None
+        self.network: SPMNetwork | None = None
+        self._cache: dict | None = None
+
+    # ------------------------------------------------------------------ building
+    def _base_folder(self) -> Path:
+        folder = Path(self.hparams.base_model)
+        return folder if folder.is_absolute() else REPO / folder
+
+    def prepare_data(self) -> None:
+        if self.hparams.build_toy_base:
+            from projects.spm.toy_base import ensure_toy_base
+
+            ensure_toy_base(self._base_folder())
+
+    def setup(self, stage: str) -> None:
+        if self.diffusion is not None:
+            return
+        self.diffusion = DiffusionModel.from_folder(self._base_folder())
+        self.network = SPMNetwork(self.diffusion.unet, rank=self.hparams.rank, alpha=self.hparams.alpha)
+        self.classifier = None
+        if self.hparams.classifier:
+            from projects.spm.toy_base import load_classifier
+
+            path = Path(self.hparams.classifier)
+            self.classifier = load_classifier(path if path.is_absolute() else REPO / path).requires_grad_(False)
+
+    def _embeddings(self) -> dict:
+        """Target / surrogate / "" embeddings and the anchor pool, computed once on the device."""
+        if self._cache is None:
+            d = self.diffusion
+            cache = {"targets": d.encode_prompts(self.targets), "surrogate": d.encode_prompts([self.hparams.surrogate]),
+                     "uncond": d.encode_prompts([""]), "pool": None}
+            if self.hparams.anchoring == "paper":
+                concepts = (read_prompt_list(self.hparams.concept_pool) if self.hparams.concept_pool
+                            else vocabulary_words(d.tokenizer))
+                cache["pool"] = ConceptPool(concepts, d.encode_prompts, cache["targets"], self.hparams.anchor_alpha)
+            self._cache = cache
+        return self._cache
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:  # seed_everything gives every rank the same stream: decorrelate k, x_T, anchors
+            seed = torch.initial_seed() + 7919 * self.global_rank
+            torch.manual_seed(seed)
+            random.seed(seed)
+
+    def make_xt(self, target_emb: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Official x_t: k DDIM steps (30-step schedule, CFG ``rollout_guidance``) with the membrane on."""
+        hp, d = self.hparams, self.diffusion
+        h, w = resolution_bucket(hp.resolution, hp.dynamic_resolution,
+                                 d.latent_scale * 2 ** (len(d.unet.config.block_out_channels) - 1))
+        k = random.randint(1, hp.max_denoising_steps - 1)  # official randint(1, max_denoising_steps)
+        x = torch.randn(d.latent_shape(1, h, w), device=self.device)  # init_noise_sigma = 1 for DDIM
+        steps = d.ddim_timesteps(hp.max_denoising_steps, len(d.alphas_cumprod))
+        uncond = self._embeddings()["uncond"]
+        with torch.no_grad():
+            if hp.merged_rollout:
+                params = self.network.merged_weights(d.unet, 1.0)
+                with self.network.applied(0.0):
+                    x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance, params)
+            else:
+                with self.network.applied(1.0):
+                    x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance)
+        n_train = len(d.alphas_cumprod)
+        t = (n_train - 1 - int(k * n_train / hp.max_denoising_steps)) if hp.timestep == "official" else steps[k]
+        return x, t, k
+
+    def sample_anchors(self, ti: int) -> torch.Tensor | None:
+        hp, cache = self.hparams, self._embeddings()
+        if hp.anchoring == "none":
+            return None
+        if hp.anchoring == "official":
+            return official_anchors(cache["targets"][ti:ti + 1], hp.anchor_samples, cache["uncond"],
+                                    hp.official_batch_quirk)
+        return cache["pool"].sample(ti, hp.anchor_samples)
+
+    def spm_losses(self) -> dict[str, torch.Tensor]:
+        """One iteration's losses: sample target, k, x_t and anchors, then :meth:`losses_at`."""
+        cache = self._embeddings()
+        ti = random.randrange(len(self.targets))
+        target = cache["targets"][ti:ti + 1]
+        x, t, k = self.make_xt(target)
+        out = self.losses_at(x, t, target, self.sample_anchors(ti))
+        out.update(k=torch.tensor(float(k)), t=torch.tensor(float(t)))
+        return out
+
+    def losses_at(self, x: torch.Tensor, t: int, target: torch.Tensor,
+                  anchors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Eqs. 4-8 with two UNet calls: frozen [tar, sur, anchors] (no grad) and membrane-on [tar, anchors]."""
+        hp, d = self.hparams, self.diffusion
+        frozen_cond = [target, self._embeddings()["surrogate"]] + ([anchors] if anchors is not None else [])
+        with torch.no_grad(), self.network.applied(0.0):
+            frozen = d.predict(x, t, torch.cat(frozen_cond)).float()
+        spm_cond = [target] + ([anchors] if anchors is not None else [])
+        with self.network.applied(1.0):
+            spm = d.predict(x, t, torch.cat(spm_cond)).float()
+        loss_erase = F.mse_loss(spm[:1], erasing_target(frozen[:1], frozen[1:2], hp.eta))
+        out = {"loss_erase": loss_erase}
+        if anchors is not None:
+            out["loss_anchor"] = F.mse_loss(spm[1:], frozen[2:])
+            out["loss"] = loss_erase + hp.anchor_strength * out["loss_anchor"]
+        else:
+            out["loss"] = loss_erase
+        return out
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        out = self.spm_losses()
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=False, on_step=True, batch_size=1)
+        self.log("train/loss_step", out["loss"], prog_bar=True, logger=False, batch_size=1)
+        every = self.hparams.log_images_every_n_steps
+        if every and self.global_step % every == 0 and self.global_rank == 0:
+            self._log_image_grid(f"samples/step{self.global_step}")
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = self.hparams.save_every
+        if every and self.global_step % every == 0 and self.trainer.is_global_zero:
+            self.save_spm(f"{self.hparams.spm_name}_{self.global_step}steps.safetensors")
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero:
+            path = self.save_spm(f"{self.hparams.spm_name}_last.safetensors")
+            logger.warning("SPM saved to %s", path)
+
+    def save_spm(self, filename: str) -> Path:
+        return self.network.save(Path(self.trainer.default_root_dir) / filename, self.targets)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
+
+        hp = self.hparams
+        params = list(self.network.parameters())
+        opt = None
+        if hp.optimizer == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+
+                opt = bnb.optim.AdamW8bit(params, lr=hp.lr)
+            except ImportError:
+                logger.warning("optimizer adamw8bit: bitsandbytes is not installed; using torch AdamW")
+        opt = opt or torch.optim.AdamW(params, lr=hp.lr)
+        sched = get_cosine_with_hard_restarts_schedule_with_warmup(opt, hp.lr_warmup_steps, hp.iterations,
+                                                                   num_cycles=hp.lr_cycles)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
+
+    # ------------------------------------------------------------------ evaluation and images
+    def _generate(self, prompts: list[str], gamma: float, seed: int) -> torch.Tensor:
+        hp, d = self.hparams, self.diffusion
+        params = self.network.merged_weights(d.unet, gamma) if gamma else None
+        with torch.no_grad(), self.network.applied(0.0):
+            return d.sample(prompts, seed=seed, steps=hp.eval_steps, guidance=hp.eval_guidance, unet_params=params)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        hp = self.hparams
+        if self.classifier is None or not (hp.eval_target_prompts and hp.eval_other_prompts):
+            if self.global_rank == 0:
+                self._log_image_grid("samples/val")
+            return
+        n = hp.eval_images_per_prompt
+        prompts = [p for p in hp.eval_target_prompts + hp.eval_other_prompts for _ in range(n)]
+        labels = torch.tensor([parse_toy_prompt(p) for p in prompts], device=self.device)
+        n_target = n * len(hp.eval_target_prompts)
+        target_shape = labels[0, 0]
+        for gamma, suffix in ((0.0, "_before"), (1.0, "")):
+            images = self._generate(prompts, gamma, hp.eval_seed + batch_idx).to(self.device)
+            with torch.no_grad():
+                shape_logits, color_logits = self.classifier(images)
+            shape, color = shape_logits.argmax(1), color_logits.argmax(1)
+            ok = (shape == labels[:, 0]) & (color == labels[:, 1])
+            self.log_dict({f"val/target_rate{suffix}": (shape[:n_target] == target_shape).float().mean(),
+                           f"val/nontarget_acc{suffix}": ok[n_target:].float().mean(),
+                           f"val/nontarget_shape_acc{suffix}":
+                               (shape[n_target:] == labels[n_target:, 0]).float().mean()},
+                          batch_size=1, sync_dist=True)
+
+    def _log_image_grid(self, key: str) -> None:
+        prompts = self.hparams.log_prompts or self.targets
+        rows = [self._generate(prompts, g, self.hparams.eval_seed) for g in (0.0, 1.0)]
+        images = list(torch.cat(rows))
+        captions = [f"{p} | {'SPM' if g else 'original'}" for g in (0, 1) for p in prompts]
+        try:
+            from shared.panels import log_images
+        except ImportError:  # older shared core: save the grid next to the run
+            import torchvision
+
+            out = Path(self.trainer.default_root_dir) / "images"
+            out.mkdir(parents=True, exist_ok=True)
+            torchvision.utils.save_image(torch.stack(images), out / f"{key.replace('/', '_')}.png", nrow=len(prompts))
+            return
+        log_images(self, key, images, captions)

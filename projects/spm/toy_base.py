@@ -1,0 +1,201 @@
+"""The toy text-to-image base model and the toy shape/colour classifier that judges its generations.
+
+``python -m projects.spm.toy_base [--out data/spm/toy_base] [--steps N]`` trains both on captioned toy-world
+scenes ("a red circle") and writes a diffusers folder (unet/, text_encoder/, tokenizer/, scheduler/; no vae/,
+the UNet works in pixel space) plus ``classifier.safetensors``. :func:`ensure_toy_base` does it on first use;
+later runs reuse the cache. Deterministic for a given seed and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from projects.spm.data import TOY_COLORS, TOY_SHAPES, TOY_SIZE, render_toy_scenes, toy_caption
+from projects.spm.model import TOY_UNET_CONFIG
+
+logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_DIR = REPO / "data" / "spm" / "toy_base"
+TEXT_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+                   max_position_embeddings=16, projection_dim=64)
+SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                 clip_sample=False, set_alpha_to_one=False, steps_offset=0, prediction_type="epsilon")
+
+
+class ToyClassifier(nn.Module):
+    """A small CNN with a shape head and a colour head (TOY_SHAPES, TOY_COLORS); input [B, 3, H, W] in [0, 1]."""
+
+    def __init__(self, num_shapes: int = len(TOY_SHAPES), num_colors: int = len(TOY_COLORS)) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+        self.features = nn.Sequential(block(3, 32), block(32, 64), block(64, 64), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten())
+        self.shape_head = nn.Linear(64, num_shapes)
+        self.color_head = nn.Linear(64, num_colors)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(images * 2 - 1)
+        return self.shape_head(h), self.color_head(h)
+
+
+def load_classifier(path: str | Path) -> ToyClassifier:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"toy classifier {path} does not exist (run `python -m projects.spm.toy_base`)")
+    model = ToyClassifier()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def build_tokenizer(out_dir: Path | None):
+    from shared.backbones.text import build_clip_tokenizer
+
+    captions = [toy_caption(s, c) for s in TOY_SHAPES for c in TOY_COLORS] + ["an object", "a shape"]
+    tok = build_clip_tokenizer(captions * 4, None, vocab_size=400)
+    tok.model_max_length = TEXT_CONFIG["max_position_embeddings"]
+    if out_dir is not None:
+        tok.save_pretrained(out_dir)
+    return tok
+
+
+def train_classifier(out: Path, steps: int = 300, seed: int = 1) -> float:
+    """Train the judge on fresh renders; returns held-out (shape and colour) accuracy."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    data = render_toy_scenes(6000, seed=seed)
+    test = render_toy_scenes(600, seed=seed + 1000)
+    model = ToyClassifier()
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    x_all = data["images"].float() / 255
+    for _ in range(steps):
+        idx = torch.randint(len(x_all), (128,))
+        x = x_all[idx]
+        x = x + 0.08 * torch.randn_like(x)  # generated images are noisier than renders
+        s, c = model(x)
+        loss = F.cross_entropy(s, data["shape"][idx]) + F.cross_entropy(c, data["color"][idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        s, c = model(test["images"].float() / 255)
+    acc = ((s.argmax(1) == test["shape"]) & (c.argmax(1) == test["color"])).float().mean().item()
+    save_file(model.state_dict(), str(out))
+    return acc
+
+
+def train_base(out_dir: Path, steps: int = 2000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+               cfg_dropout: float = 0.1) -> dict:
+    """Train the tiny pixel-space text-to-image model and save it in the diffusers folder layout."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(out_dir / "tokenizer")
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                                bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id, **TEXT_CONFIG))
+    unet = UNet2DConditionModel(**TOY_UNET_CONFIG)
+    scheduler = DDIMScheduler(**SCHEDULER)
+    data = render_toy_scenes(20000, seed=seed)
+    images = data["images"].float() / 127.5 - 1
+    ids = tokenizer(data["captions"] + [""], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    empty_ids, ids = ids[-1], ids[:-1]
+    acp = scheduler.alphas_cumprod
+    # The text encoder trains jointly with the UNet (the toy has no pretrained CLIP); frozen afterwards.
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+    start, losses = time.perf_counter(), []
+    for step in range(steps):
+        idx = torch.randint(len(images), (batch_size,))
+        x0 = images[idx]
+        tok = ids[idx].clone()
+        drop = torch.rand(batch_size) < cfg_dropout
+        tok[drop] = empty_ids
+        cond = text_encoder(tok)[0]
+        t = torch.randint(0, 1000, (batch_size,))
+        noise = torch.randn_like(x0)
+        a = acp[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 200 == 0 or step == steps - 1:
+            logger.warning("toy base step %d/%d loss %.4f (%.0fs)", step, steps,
+                           sum(losses[-200:]) / len(losses[-200:]), time.perf_counter() - start)
+    unet.save_pretrained(out_dir / "unet")
+    text_encoder.save_pretrained(out_dir / "text_encoder")
+    scheduler.save_pretrained(out_dir / "scheduler")
+    return {"steps": steps, "final_loss": sum(losses[-200:]) / len(losses[-200:]),
+            "train_s": round(time.perf_counter() - start, 1)}
+
+
+def write_random_base(out_dir: str | Path, unet_config: dict | None = None, seed: int = 0) -> Path:
+    """An untrained tiny model in the same diffusers layout (for fast tests and the bench)."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(out_dir / "tokenizer")
+    cfg = {**TEXT_CONFIG, **({} if unet_config is None else {"hidden_size": unet_config["cross_attention_dim"]})}
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 **cfg)).save_pretrained(out_dir / "text_encoder")
+    UNet2DConditionModel(**(unet_config or TOY_UNET_CONFIG)).save_pretrained(out_dir / "unet")
+    DDIMScheduler(**SCHEDULER).save_pretrained(out_dir / "scheduler")
+    return out_dir
+
+
+def build_toy_base(out_dir: str | Path = DEFAULT_DIR, steps: int = 2000, seed: int = 0) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = train_base(out_dir, steps=steps, seed=seed)
+    info["classifier_acc"] = train_classifier(out_dir / "classifier.safetensors")
+    info.update(shapes=TOY_SHAPES, colors=TOY_COLORS, size=TOY_SIZE, seed=seed,
+                command=f"python -m projects.spm.toy_base --out {out_dir} --steps {steps}")
+    (out_dir / "toy_base.json").write_text(json.dumps(info, indent=2))
+    logger.warning("toy base model written to %s: %s", out_dir, info)
+    return out_dir
+
+
+def ensure_toy_base(folder: str | Path = DEFAULT_DIR) -> Path:
+    """Return the cached toy base model folder, training it first (a few minutes on 2 CPU cores) if absent."""
+    folder = Path(folder)
+    if not (folder / "toy_base.json").is_file():
+        logger.warning("toy base model not found in %s: training it now (cached for later runs)", folder)
+        build_toy_base(folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=str(DEFAULT_DIR))
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    build_toy_base(args.out, args.steps, args.seed)
+
+
+if __name__ == "__main__":
+    main()

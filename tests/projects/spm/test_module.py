@@ -1,0 +1,129 @@
+"""SPM training on a tiny random UNet: one step per anchoring mode, batched == official losses, anchors, CLI, DDP."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from projects.spm.anchoring import ConceptPool, official_anchors, vocabulary_words
+from projects.spm.bench import build_module, official_losses_at
+from projects.spm.model import TOY_UNET_CONFIG
+from projects.spm.network import SPMNetwork
+from projects.spm.toy_base import ToyClassifier, write_random_base
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    out = write_random_base(tmp_path_factory.mktemp("tiny_base"), TINY)
+    save_file(ToyClassifier().state_dict(), str(out / "classifier.safetensors"))
+    return out
+
+
+def randomise_up(net: SPMNetwork, scale: float = 0.05) -> None:
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for adapter in net.adapters.values():
+            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * scale)
+
+
+@pytest.mark.parametrize("anchoring", ["none", "official", "paper"])
+def test_one_step_trains_only_the_membrane(base: Path, anchoring: str):
+    module = build_module(base, anchoring)
+    frozen = {k: v.clone() for k, v in module.diffusion.state_dict().items()}
+    membrane = {k: v.clone() for k, v in module.network.state_dict().items()}
+    opt = module.configure_optimizers()["optimizer"]
+    for group in opt.param_groups:  # the warm-up starts at lr 0
+        group["lr"] = 1e-3
+    random.seed(0)
+    torch.manual_seed(0)
+    out = module.spm_losses()
+    assert torch.isfinite(out["loss"]) and ("loss_anchor" in out) == (anchoring != "none")
+    assert 1 <= out["k"] <= 29 and out["t"] == 999 - int(out["k"] * 1000 / 30)
+    out["loss"].backward()
+    opt.step()
+    assert all(torch.equal(frozen[k], v) for k, v in module.diffusion.state_dict().items())  # bit-identical
+    changed = [k for k, v in module.network.state_dict().items() if not torch.equal(membrane[k], v)]
+    assert any(k.endswith("lora_up.weight") for k in changed)
+    assert not any(k.endswith(".alpha") for k in changed)
+
+
+@pytest.mark.parametrize("anchoring", ["none", "official", "paper"])
+def test_batched_losses_equal_official_separate_calls(base: Path, anchoring: str):
+    module = build_module(base, anchoring)
+    randomise_up(module.network)
+    cache = module._embeddings()
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 16, 16)
+    anchors = module.sample_anchors(0)
+    ours = module.losses_at(x, 500, cache["targets"][:1], anchors)
+    official = official_losses_at(module, x, 500, cache["targets"][:1], anchors)
+    assert set(ours) == set(official)
+    for key in ours:
+        assert torch.allclose(ours[key].cpu(), official[key], rtol=1e-4, atol=1e-7), key
+
+
+def test_exact_timestep_flag(base: Path):
+    module = build_module(base, "none", timestep="exact")
+    random.seed(0)
+    _, t, k = module.make_xt(module._embeddings()["targets"][:1])
+    assert t == 957 - 33 * k
+
+
+def test_official_anchors_norm_and_batch_quirk():
+    g = torch.Generator().manual_seed(0)
+    target, uncond = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
+    plain = official_anchors(target, 4, batch_quirk=False, generator=g)
+    ratio = plain.flatten(1).norm(dim=1) / target.norm()
+    assert plain.shape == (4, 77, 768) and ((ratio >= 0.8) & (ratio <= 1.2)).all()
+    quirk = official_anchors(target, 4, uncond, batch_quirk=True, generator=g)
+    # [u, s1, u, s2, u, s3, u, s4] -> the second half [u, s3, u, s4]
+    assert torch.equal(quirk[0], uncond[0]) and torch.equal(quirk[2], uncond[0])
+    assert not torch.equal(quirk[1], uncond[0]) and not torch.equal(quirk[3], uncond[0])
+
+
+def test_concept_pool_probabilities_follow_the_paper(base: Path):
+    module = build_module(base, "paper")
+    d = module.diffusion
+    pool_words = vocabulary_words(d.tokenizer)
+    assert "circle" in pool_words and "red" in pool_words
+    target = d.encode_prompts(["circle"])
+    pool = ConceptPool(pool_words, d.encode_prompts, target, alpha=2.0)
+    emb = d.encode_prompts(pool_words)
+    cos = torch.nn.functional.cosine_similarity(emb.flatten(1), target.flatten(1))
+    expected = (1 - cos.abs()) ** 2
+    assert torch.allclose(pool.probs[0], expected, atol=1e-5)
+    assert pool.probs[0][pool_words.index("circle")] < 1e-6  # the target itself is never an anchor
+    assert pool.sample(0, 6).shape == (6, *target.shape[1:])
+
+
+def run_cli(tmp_path: Path, base: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(CV_PAPERS_LOGS=str(tmp_path / "logs"), PROGRESS_REFRESH="0", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "projects.spm", "fit", "--config", "projects/spm/configs/toy.yaml",
+           "--model.base_model", str(base), "--model.build_toy_base", "false",
+           "--model.classifier", str(base / "classifier.safetensors"), "--model.eval_images_per_prompt", "2",
+           "--model.eval_steps", "2", "--logger", "csv", *extra]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_cli_fast_dev_run(tmp_path: Path, base: Path):
+    run_cli(tmp_path, base, "--trainer.fast_dev_run", "true")
+    spm = tmp_path / "logs" / "spm" / "toy" / "toy_circle_last.safetensors"
+    assert spm.is_file()
+
+
+def test_cli_ddp_two_cpu_processes(tmp_path: Path, base: Path):
+    run_cli(tmp_path, base, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
+            "--trainer.devices", "2", "--trainer.strategy", "ddp")

@@ -1,0 +1,132 @@
+"""The membrane: identity at init, switch-off, scale, SD v1.4 count, kohya safetensors round trip and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from projects.spm.model import SD14_UNET_CONFIG, TOY_UNET_CONFIG
+from projects.spm.network import SPMNetwork, load_spm_file
+
+TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
+
+
+def tiny_unet(seed: int = 0, **overrides) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**{**TINY, **overrides}).eval()
+
+
+def unet_inputs(unet: UNet2DConditionModel, batch: int = 2):
+    g = torch.Generator().manual_seed(1)
+    c = unet.config
+    x = torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, generator=g)
+    ctx = torch.randn(batch, 5, c.cross_attention_dim, generator=g)
+    return x, torch.tensor([10, 500])[:batch], ctx
+
+
+def randomise_up(net: SPMNetwork, seed: int = 3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in net.adapters.values():
+            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * 0.1)
+
+
+def test_sd14_unet_gets_192_layers_and_423936_parameters():
+    with torch.device("meta"):  # from the configuration alone: no weights, no memory
+        unet = UNet2DConditionModel(**SD14_UNET_CONFIG)
+        net = SPMNetwork(unet)
+    assert len(net.adapters) == 192
+    assert net.num_parameters() == 423_936
+    keys = net.state_dict().keys()
+    assert "adapters.lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in keys
+    assert "adapters.lora_unet_mid_block_attentions_0_proj_in.lora_up.weight" in keys
+    assert not any("resnets" in k or "time_emb" in k or "conv_in" in k for k in keys)
+
+
+def test_identity_at_init_switch_off_and_scale():
+    unet = tiny_unet()
+    x, t, ctx = unet_inputs(unet)
+    with torch.no_grad():
+        ref = unet(x, t, encoder_hidden_states=ctx).sample
+        net = SPMNetwork(unet)
+        assert torch.equal(unet(x, t, encoder_hidden_states=ctx).sample, ref)  # up = 0: identity
+        randomise_up(net)
+        on = unet(x, t, encoder_hidden_states=ctx).sample
+        assert not torch.allclose(on, ref, atol=1e-4)
+        with net.applied(0.0):
+            assert torch.equal(unet(x, t, encoder_hidden_states=ctx).sample, ref)  # switched off
+        # Scale: per-sample gamma [B] equals running each sample with its own float gamma.
+        with net.applied(torch.tensor([0.0, 2.0])):
+            mixed = unet(x, t, encoder_hidden_states=ctx).sample
+        with net.applied(2.0):
+            two = unet(x, t, encoder_hidden_states=ctx).sample
+        assert torch.allclose(mixed[0], ref[0], atol=1e-6) and torch.allclose(mixed[1], two[1], atol=1e-5)
+        # Merged weights (functional_call) give the same output as the hooks.
+        from torch.func import functional_call
+
+        with net.applied(0.0):
+            merged = functional_call(unet, net.merged_weights(unet, 1.0), (x, t), {"encoder_hidden_states": ctx})
+        assert torch.allclose(merged.sample, on, atol=1e-4)
+        net.remove()
+        assert torch.equal(unet(x, t, encoder_hidden_states=ctx).sample, ref)
+
+
+def test_base_weights_untouched_and_only_membrane_trainable():
+    unet = tiny_unet()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    unet.requires_grad_(False)
+    net = SPMNetwork(unet, rank=2, alpha=1.0)
+    assert set(unet.state_dict()) == set(before)  # the UNet's own keys are unchanged
+    x, t, ctx = unet_inputs(unet)
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    for _ in range(2):
+        unet(x, t, encoder_hidden_states=ctx).sample.pow(2).mean().backward()
+        opt.step()
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
+    assert any(a.lora_up.weight.abs().sum() > 0 for a in net.adapters.values())
+
+
+def test_save_load_round_trip_and_kohya_layout(tmp_path):
+    unet = tiny_unet()
+    net = SPMNetwork(unet)
+    randomise_up(net)
+    path = net.save(tmp_path / "circle.safetensors", ["circle", "ring"])
+    with safe_open(str(path), framework="pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert meta == {"prompts": "circle,ring", "rank": "1", "alpha": "1.0"}
+    assert all(k.startswith("lora_unet_") for k in keys)
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"} <= keys
+    assert len(keys) == 3 * len(net.adapters)
+
+    other = tiny_unet(seed=5)
+    loaded = SPMNetwork.from_file(other, path)
+    assert loaded.prompts == ["circle", "ring"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    # Same base weights + same file = same output.
+    other.load_state_dict(unet.state_dict())
+    x, t, ctx = unet_inputs(unet)
+    with torch.no_grad():
+        assert torch.allclose(unet(x, t, encoder_hidden_states=ctx).sample,
+                              other(x, t, encoder_hidden_states=ctx).sample, atol=1e-6)
+
+
+def test_mismatching_shape_names_key_and_both_shapes(tmp_path):
+    net = SPMNetwork(tiny_unet())
+    path = net.save(tmp_path / "a.safetensors", ["circle"])
+    bigger = tiny_unet(block_out_channels=(16, 32, 48))  # other widths (e.g. SD v2 vs v1)
+    with pytest.raises(ValueError, match=r"key 'lora_unet_.*' has shape \([\d, ]+\) in the file but "
+                                         r"\([\d, ]+\) in this UNet"):
+        SPMNetwork.from_file(bigger, path)
+    state, _ = load_spm_file(path)
+    state = {k.removeprefix("adapters."): v for k, v in state.items()}
+    state["lora_unet_not_a_layer.lora_down.weight"] = torch.zeros(1, 4)
+    save_file(state, str(tmp_path / "b.safetensors"), metadata={"prompts": "x", "rank": "1", "alpha": "1"})
+    with pytest.raises(ValueError, match="unexpected key 'lora_unet_not_a_layer.lora_down.weight'"):
+        SPMNetwork.from_file(tiny_unet(), tmp_path / "b.safetensors")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SPMNetwork.from_file(tiny_unet(), tmp_path / "missing.safetensors")

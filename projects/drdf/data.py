@@ -1,0 +1,393 @@
+"""Datasets for DRDF in their real on-disk formats, the datamodule, and the toy Hateful-Memes-format writer.
+
+* Hateful Memes (drdf.md 7.1): ``<root>/{train,dev_seen,test_seen,dev_unseen,test_unseen}.jsonl`` (phase 1:
+  ``dev.jsonl`` / ``test.jsonl``) with ``id``, ``img`` ("img/XXXXX.png"), ``text`` and optional ``label``.
+* CIFAR-10 / CIFAR-100 python pickles (7.2 / 7.3), read with :class:`RestrictedCifarUnpickler` (no arbitrary
+  globals are ever resolved or executed).
+* TinyImageNet (7.4): ``wnids.txt``, ``train/<wnid>/images/*.JPEG``, ``val/val_annotations.txt``.
+
+Never imports the model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+from shared.data.images import load_rgb, read_lines, require_dir, require_file
+from shared.data.toyworld import Scene, make_object, render
+
+logger = logging.getLogger(__name__)
+
+HM_SPLITS = ("train", "dev_seen", "test_seen", "dev_unseen", "test_unseen", "dev", "test")
+HM_LAYOUT = "<root>/{train,dev_seen,test_seen,dev_unseen,test_unseen}.jsonl + <root>/img/XXXXX.png"
+HM_MEAN, HM_STD = (0.46777, 0.44531, 0.40661), (0.12222, 0.12146, 0.14380)  # MMF's HM image normalisation
+CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+TINY_LAYOUT = "tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt}"
+DECIDED_BY = {"text": 0, "image": 1}  # the toy's extra jsonl field (absent in the real data -> -1)
+
+
+# ------------------------------------------------------------------------------------------------ Hateful Memes
+def read_hm_jsonl(path: str | Path) -> list[dict]:
+    """Parse a Hateful Memes jsonl file; a bad line raises ValueError naming the file, line and field."""
+    path = require_file(path, HM_LAYOUT, "Hateful Memes annotation file")
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e}); expected one object per line") from e
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        for field in ("id", "img", "text"):
+            if field not in rec:
+                raise ValueError(f"{path}:{lineno}: missing field {field!r} (each line needs id, img, text and "
+                                 f"optionally label); got keys {sorted(rec)}")
+        if "label" in rec and rec["label"] not in (0, 1):
+            raise ValueError(f"{path}:{lineno}: label must be 0 or 1, got {rec['label']!r}")
+        records.append(rec)
+    return records
+
+
+class HatefulMemesDataset(Dataset):
+    """One split of Hateful Memes: items ``{id, image [3,H,W], text, label (-1 if unlabeled), decided_by}``.
+
+    ``require_label=True`` (training / evaluation) refuses a file whose lines lack ``label``; unlabeled test
+    files load with ``require_label=False`` (prediction).
+    """
+
+    def __init__(self, root: str | Path, split: str, transform=None, require_label: bool = True) -> None:
+        self.root = require_dir(root, HM_LAYOUT, "Hateful Memes folder")
+        file = self.root / f"{split}.jsonl"
+        if not file.is_file():
+            have = sorted(p.name for p in self.root.glob("*.jsonl"))
+            raise FileNotFoundError(f"Hateful Memes split {split!r}: {file} not found (have {have}; expected "
+                                    f"layout {HM_LAYOUT})")
+        self.records = read_hm_jsonl(file)
+        if require_label:
+            missing = [i for i, r in enumerate(self.records) if "label" not in r]
+            if missing:
+                raise ValueError(f"{file}: {len(missing)} lines have no 'label' (first: line {missing[0] + 1}); "
+                                 "unlabeled splits can only be used for prediction")
+        self.transform = transform or T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rec = self.records[i]
+        image = load_rgb(self.root / rec["img"], HM_LAYOUT)
+        return {"id": int(rec["id"]), "image": self.transform(image), "text": str(rec["text"]),
+                "label": int(rec.get("label", -1)), "decided_by": DECIDED_BY.get(rec.get("decided_by"), -1)}
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR
+class RestrictedCifarUnpickler(pickle.Unpickler):
+    """Unpickler for the CIFAR python batches: admits only numpy array reconstruction and plain types.
+
+    The format holds dicts of bytes/str keys, lists of ints / bytes and one uint8 ndarray. Any other global
+    (``os.system``, ``builtins.eval``, ...) is refused with an error naming the file and the global; it is never
+    imported, so nothing in the file is executed.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("builtins", "dict"), ("builtins", "list"), ("builtins", "bytes"), ("builtins", "str"),
+        ("builtins", "int"), ("builtins", "float"), ("builtins", "tuple"),
+        ("_codecs", "encode"),  # how a Python 3 protocol-2 pickle stores bytes
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol-5 arrays
+    }
+
+    def __init__(self, file, path: str | Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"{self.path}: refused to load global {module}.{name} - a CIFAR batch only needs numpy arrays and "
+                "plain types (this file is not a CIFAR python batch, or it was tampered with)")
+        return super().find_class(module, name)
+
+
+def load_cifar_batch(path: str | Path) -> dict:
+    """Read one CIFAR pickle with the restricted unpickler; keys come back as ``str``."""
+    path = require_file(path, "cifar-10-batches-py/{data_batch_1..5,test_batch} or cifar-100-python/{train,test}",
+                        "CIFAR batch file")
+    with open(path, "rb") as f:
+        obj = RestrictedCifarUnpickler(io.BytesIO(f.read()), path).load()
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict (CIFAR python format), got {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+class CIFARDataset(Dataset):
+    """CIFAR-10 (``cifar-10-batches-py/``) or CIFAR-100 (``cifar-100-python/``, fine labels): ``{id, image, label}``."""
+
+    def __init__(self, root: str | Path, name: Literal["cifar10", "cifar100"], train: bool, transform=None) -> None:
+        root = require_dir(root, "the cifar-10-batches-py/ or cifar-100-python/ folder", f"{name} folder")
+        if name == "cifar10":
+            files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+            label_key = "labels"
+        elif name == "cifar100":
+            files, label_key = (["train"] if train else ["test"]), "fine_labels"
+        else:
+            raise ValueError(f"CIFARDataset: name must be cifar10 or cifar100, got {name!r}")
+        images, labels = [], []
+        for fname in files:
+            batch = load_cifar_batch(root / fname)
+            for key in ("data", label_key):
+                if key not in batch:
+                    raise ValueError(f"{root / fname}: missing key {key!r} (have {sorted(batch)})")
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3072 or len(batch[label_key]) != data.shape[0]:
+                raise ValueError(f"{root / fname}: expected data uint8 [N, 3072] and N labels, got {data.shape} "
+                                 f"and {len(batch[label_key])} labels")
+            images.append(data.reshape(-1, 3, 32, 32))
+            labels.extend(int(x) for x in batch[label_key])
+        self.images = torch.from_numpy(np.concatenate(images))
+        self.labels = torch.tensor(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = self.images[i].float() / 255.0
+        if self.transform is not None:
+            image = self.transform(image)
+        return {"id": i, "image": image, "label": int(self.labels[i])}
+
+
+# ------------------------------------------------------------------------------------------------ TinyImageNet
+class TinyImageNetDataset(Dataset):
+    """TinyImageNet train / val: ``{id, image, label}``; class order = the order of ``wnids.txt``."""
+
+    def __init__(self, root: str | Path, split: Literal["train", "val"], transform=None) -> None:
+        root = require_dir(root, TINY_LAYOUT, "TinyImageNet folder")
+        self.wnids = read_lines(root / "wnids.txt", "TinyImageNet class list", TINY_LAYOUT)
+        index = {w: i for i, w in enumerate(self.wnids)}
+        self.samples: list[tuple[Path, int]] = []
+        if split == "train":
+            for w in self.wnids:
+                folder = require_dir(root / "train" / w / "images", TINY_LAYOUT, f"train images of {w}")
+                self.samples += [(p, index[w]) for p in sorted(folder.glob("*.JPEG"))]
+        elif split == "val":
+            ann = root / "val" / "val_annotations.txt"
+            for lineno, line in enumerate(read_lines(ann, "TinyImageNet val annotations", TINY_LAYOUT), start=1):
+                parts = line.split("\t")
+                if len(parts) < 2 or parts[1] not in index:
+                    raise ValueError(f"{ann}:{lineno}: expected 'filename<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1' with "
+                                     f"a wnid from wnids.txt, got {line!r}")
+                self.samples.append((root / "val" / "images" / parts[0], index[parts[1]]))
+        else:
+            raise ValueError(f"TinyImageNetDataset: split must be train or val, got {split!r} (test has no labels)")
+        self.transform = transform or T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path, label = self.samples[i]
+        return {"id": i, "image": self.transform(load_rgb(path, TINY_LAYOUT)), "label": label}
+
+
+# ------------------------------------------------------------------------------------------------ toy memes
+TOY_NOUNS = ("cat", "dog", "car", "tree", "house", "party", "song", "movie", "city", "game")
+TOY_KEY_COLORS = ("orange", "red")     # image rule: key object orange -> 0, red -> 1
+TOY_WORDS = ("good", "bad")            # text rule: "good" -> 0, "bad" -> 1
+TOY_DISTRACTOR_COLORS = ("blue", "yellow", "pink", "purple")
+TOY_SPLITS = {"train": 1, "dev_seen": 2, "test_seen": 3, "test_unseen": 4}
+
+
+def toy_caption(decided_by: str, noun: str, word: str) -> str:
+    """Text-decided memes state a verdict; image-decided ones point at the picture (the verdict is a distractor)."""
+    if decided_by == "text":
+        return f"the caption says this {noun} is {word}"
+    return f"look at the picture of the {noun} , someone wrote {word}"
+
+
+def make_toy_meme(rng: np.random.Generator, size: int = 32) -> tuple[Scene, str, int, str]:
+    """One toy meme: (scene, caption, label, decided_by).
+
+    Half the memes are decided by the caption (label = the verdict word, the key object's colour is random:
+    a distractor), half by the image (label = the key object's colour, the caption's verdict is random). The
+    caption template tells which modality decides, so a per-sample weighting of the modalities can reach 100%.
+    """
+    decided_by = ("text", "image")[int(rng.integers(2))]
+    text_label, image_label = int(rng.integers(2)), int(rng.integers(2))
+    label = text_label if decided_by == "text" else image_label
+    key = make_object(rng, size, color=TOY_KEY_COLORS[image_label], object_size=(0.25 * size, 0.4 * size))
+    others = tuple(make_object(rng, size, color=TOY_DISTRACTOR_COLORS[int(rng.integers(4))],
+                               object_size=(0.25 * size, 0.45 * size)) for _ in range(2))
+    scene = Scene(size, "gray", (*others, key), texture=10.0, noise=8.0, seed=int(rng.integers(2**31)))
+    noun = TOY_NOUNS[int(rng.integers(len(TOY_NOUNS)))]
+    return scene, toy_caption(decided_by, noun, TOY_WORDS[text_label]), label, decided_by
+
+
+def write_toy_memes(root: str | Path, sizes: dict[str, int] | None = None, image_size: int = 32,
+                    seed: int = 0) -> Path:
+    """Write the toy dataset in the Hateful Memes layout (jsonl + img/) plus a WordPiece ``tokenizer/``.
+
+    ``test_unseen`` is written without labels (like the real unlabeled test files). Returns ``root``.
+    """
+    from shared.backbones.text import build_wordpiece_tokenizer
+
+    root = Path(root)
+    sizes = sizes or {"train": 1600, "dev_seen": 400, "test_seen": 400, "test_unseen": 64}
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    next_id, texts = 1, []
+    for split, n in sizes.items():
+        rng = np.random.default_rng([seed, TOY_SPLITS.get(split, 9)])
+        lines = []
+        for _ in range(n):
+            scene, text, label, decided_by = make_toy_meme(rng, image_size)
+            rel = f"img/{next_id:05d}.png"
+            render(scene).save(root / rel, format="PNG", compress_level=1)
+            rec = {"id": next_id, "img": rel, "text": text, "decided_by": decided_by}
+            if split != "test_unseen":
+                rec["label"] = label
+            lines.append(json.dumps(rec))
+            texts.append(text)
+            next_id += 1
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    build_wordpiece_tokenizer(texts, root / "tokenizer", vocab_size=256)
+    (root / "DONE").write_text(json.dumps({"sizes": sizes, "image_size": image_size, "seed": seed}))
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ datamodule
+class Collate:
+    """Stack images and labels; tokenize texts (BERT-style, padded to the longest, truncated at ``max_length``)."""
+
+    def __init__(self, tokenizer=None, max_length: int = 128) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            "id": torch.tensor([it["id"] for it in items]),
+            "image": torch.stack([it["image"] for it in items]),
+            "label": torch.tensor([it["label"] for it in items]),
+        }
+        if "text" in items[0]:
+            texts = [it["text"] for it in items]
+            batch["text"] = texts
+            batch["decided_by"] = torch.tensor([it["decided_by"] for it in items])
+            enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+            batch["input_ids"], batch["attention_mask"] = enc["input_ids"], enc["attention_mask"]
+        return batch
+
+
+class DRDFDataModule(LightningDataModule):
+    """Hateful Memes (real or toy), CIFAR-10/100 or TinyImageNet for DRDF.
+
+    ``dataset``: hateful_memes | toy_memes | cifar10 | cifar100 | tiny_imagenet. ``toy_memes`` writes the toy
+    Hateful-Memes-format set into ``data_dir`` first (if not there yet) and then reads it like the real one.
+    ``tokenizer``: a local tokenizer folder (e.g. bert-base-uncased); defaults to ``<data_dir>/tokenizer`` for
+    the toy set.
+    """
+
+    def __init__(self, dataset: Literal["hateful_memes", "toy_memes", "cifar10", "cifar100", "tiny_imagenet"] =
+                 "toy_memes", data_dir: str = "data/drdf_toy", tokenizer: str | None = None, batch_size: int = 64,
+                 eval_batch_size: int | None = None, num_workers: int = 0, image_size: int = 224,
+                 max_length: int = 128, train_split: str = "train", val_split: str = "dev_seen",
+                 test_split: str = "test_seen", predict_split: str = "test_unseen", augment: bool = True,
+                 toy_sizes: dict[str, int] | None = None, toy_seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.splits: dict[str, Dataset] = {}
+
+    @property
+    def multimodal(self) -> bool:
+        return self.hparams.dataset in ("hateful_memes", "toy_memes")
+
+    def prepare_data(self) -> None:
+        h = self.hparams
+        if h.dataset == "toy_memes" and not (Path(h.data_dir) / "DONE").is_file():
+            logger.info("writing the toy memes dataset to %s", h.data_dir)
+            write_toy_memes(h.data_dir, h.toy_sizes, image_size=h.image_size, seed=h.toy_seed)
+
+    def _load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        path = self.hparams.tokenizer or str(Path(self.hparams.data_dir) / "tokenizer")
+        require_dir(path, "a transformers tokenizer folder (vocab.txt / tokenizer.json), e.g. bert-base-uncased",
+                    "data.tokenizer")
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+    def _transforms(self, train: bool):
+        h = self.hparams
+        if self.multimodal:  # MMF grid pipeline: resize (256 -> centre crop 224 at full size), normalise
+            ops = [T.Resize((h.image_size, h.image_size), antialias=True)] if h.image_size != 32 else []
+            return T.Compose([T.ToImage(), *ops, T.ToDtype(torch.float32, scale=True), T.Normalize(HM_MEAN, HM_STD)])
+        if h.dataset in CIFAR_STATS:
+            mean, std = CIFAR_STATS[h.dataset]
+            aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train and h.augment else []
+            return T.Compose([*aug, T.Normalize(mean, std)])
+        aug = [T.RandomCrop(64, padding=8), T.RandomHorizontalFlip()] if train and h.augment else []
+        resize = [T.Resize((h.image_size, h.image_size), antialias=True)] if h.image_size != 64 else []
+        return T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True), *aug, *resize,
+                          T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+    def _split(self, stage: str) -> Dataset:
+        h = self.hparams
+        if stage in self.splits:
+            return self.splits[stage]
+        train = stage == "train"
+        if self.multimodal:
+            name = {"train": h.train_split, "val": h.val_split, "test": h.test_split, "predict": h.predict_split}
+            ds = HatefulMemesDataset(h.data_dir, name[stage], self._transforms(train),
+                                     require_label=stage != "predict")
+        elif h.dataset in CIFAR_STATS:
+            ds = CIFARDataset(h.data_dir, h.dataset, train=train, transform=self._transforms(train))
+        elif h.dataset == "tiny_imagenet":
+            ds = TinyImageNetDataset(h.data_dir, "train" if train else "val", self._transforms(train))
+        else:
+            raise ValueError(f"data.dataset: unknown {h.dataset!r} (hateful_memes, toy_memes, cifar10, cifar100, "
+                             "tiny_imagenet)")
+        self.splits[stage] = ds
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.multimodal and self.tokenizer is None:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            self.tokenizer = self._load_tokenizer()
+
+    def _loader(self, stage: str) -> DataLoader:
+        h = self.hparams
+        bs = h.batch_size if stage == "train" else (h.eval_batch_size or h.batch_size)
+        return DataLoader(self._split(stage), batch_size=bs, shuffle=stage == "train", drop_last=stage == "train",
+                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
+                          collate_fn=Collate(self.tokenizer, h.max_length))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+

@@ -1,0 +1,62 @@
+"""The CLI end to end on the toy config: fast_dev_run fit (1 process and 2-process CPU DDP), predict, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+TOY = "projects/drdf/configs/toy.yaml"
+SMALL_TOY = ["--data.toy_sizes", "{train: 16, dev_seen: 8, test_seen: 8, test_unseen: 4}", "--data.batch_size", "4",
+             "--data.eval_batch_size", "4"]
+
+
+def drdf(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(CV_PAPERS_LOGS=str(tmp_path / "logs"), PROGRESS_REFRESH="0")
+    proc = subprocess.run([sys.executable, "-m", "projects.drdf", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"drdf CLI failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory) -> Path:
+    from projects.drdf.data import write_toy_memes
+
+    root = tmp_path_factory.mktemp("toy")
+    return write_toy_memes(root, {"train": 16, "dev_seen": 8, "test_seen": 8, "test_unseen": 4})
+
+
+def test_fit_fast_dev_run_on_the_toy_config(tmp_path: Path, toy_dir: Path) -> None:
+    drdf(tmp_path, "fit", "--config", TOY, "--data.data_dir", str(toy_dir), *SMALL_TOY, "--logger", "csv",
+         "--trainer.fast_dev_run", "2")
+    assert (tmp_path / "logs" / "drdf" / "toy").is_dir()
+
+
+def test_fit_then_predict_unlabeled_split(tmp_path: Path, toy_dir: Path) -> None:
+    cfg = ["--config", TOY, "--data.data_dir", str(toy_dir), *SMALL_TOY, "--logger", "csv"]
+    drdf(tmp_path, "fit", *cfg, "--trainer.max_epochs", "1")
+    run = tmp_path / "logs" / "drdf" / "toy"
+    assert (run / "summary.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    panels = {p.name.split("_step")[0] for p in (run / "panels").iterdir()}
+    assert {"val_a_t_hist", "val_expert_weights_per_class", "val_extreme_modality_samples"} <= panels
+    drdf(tmp_path, "predict", *cfg, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+
+
+def test_two_process_cpu_ddp_fast_dev_run(tmp_path: Path, toy_dir: Path) -> None:
+    drdf(tmp_path, "fit", "--config", TOY, "--data.data_dir", str(toy_dir), *SMALL_TOY, "--logger", "csv",
+         "--trainer.fast_dev_run", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+         "--trainer.strategy", "ddp")
+
+
+def test_missing_data_folder_is_named(tmp_path: Path) -> None:
+    proc = drdf(tmp_path, "fit", "--config", TOY, "--data.dataset", "hateful_memes", "--data.data_dir",
+                str(tmp_path / "nowhere"), "--data.tokenizer", str(tmp_path / "nowhere"), "--logger", "none",
+                "--trainer.fast_dev_run", "1", check=False)
+    assert proc.returncode != 0 and "nowhere" in proc.stderr

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attention_rollout", "cells_to_pixels", "crop_and_resize", "mask_to_box"]
+__all__ = ["attention_rollout", "attention_rollout_row", "cells_to_pixels", "crop_and_resize", "mask_to_box"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -60,6 +60,30 @@ def attention_rollout(attentions: Sequence[Tensor], start_layer: int = 0) -> Ten
         a = a / a.sum(-1, keepdim=True)                                     # row-normalise (official code)
         rollout = a if rollout is None else torch.bmm(a, rollout)           # J_l = Â_l @ J_{l-1}
     return rollout
+
+
+def attention_rollout_row(attentions: Sequence[Tensor], row: Tensor) -> Tensor:
+    """``row^T J`` for the rollout ``J = Â_L ... Â_1`` of :func:`attention_rollout`, without forming ``J``.
+
+    ``row``: ``[B, T]`` or ``[T]`` weights over the query tokens: the one-hot CLS row gives DiD's spatial map
+    (``J[0, :]``, did.md section 3); the uniform ``1/T`` row gives RAMS-Trans' column mean over all rows
+    (rams_trans.md 2.5). The row is pushed through the product from the left, one ``[B, T] x [B, T, T]``
+    product per layer instead of ``T x T x T`` products. Returns float32 ``[B, T]``.
+    """
+    if not isinstance(attentions, Sequence) or isinstance(attentions, Tensor) or not attentions:
+        raise ValueError("attention_rollout_row: `attentions` must be a non-empty list of per-layer tensors")
+    v = None
+    for a in reversed(list(attentions)):  # deepest layer first
+        a = a.mean(1, dtype=torch.float32) if a.ndim == 4 else a.float()
+        if v is None:
+            if row.shape not in (a.shape[:2], a.shape[-1:]):
+                raise ValueError(f"attention_rollout_row: row has shape {tuple(row.shape)}, expected "
+                                 f"[{a.shape[0]}, {a.shape[-1]}] or [{a.shape[-1]}]")
+            v = row.float().expand(a.shape[0], a.shape[-1])
+        # Â = (A + I) / d with d = rowsum(A) + 1, so v Â = (v / d) A + v / d: one read of A per layer.
+        scaled = v / (a.sum(-1) + 1.0)
+        v = torch.bmm(scaled[:, None], a)[:, 0] + scaled
+    return v
 
 
 # ----------------------------------------------------------------------------------------------------------

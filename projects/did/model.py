@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared.attention import crop_and_resize, mask_to_box
+from shared.attention import attention_rollout_row, crop_and_resize, mask_to_box
 from shared.backbones.vit import ViTBackbone
 
 logger = logging.getLogger(__name__)
@@ -37,24 +37,14 @@ EmptyBox = Literal["full", "official"]
 def cls_rollout(attentions: Sequence[Tensor], num_prefix_tokens: int = 1) -> Tensor:
     """CLS row of the attention rollout over the patch columns: ``[B, N]`` (did.md section 3).
 
-    Same numbers as ``attention_rollout(attentions)[:, 0, P:]`` (``Â_l = (A_l + I) / rowsum``,
-    ``R = Â_L ... Â_1``), but the row is pushed through the product from the left, ``e_0^T Â_L ... Â_1``:
-    one [B, T] x [B, T, T] product per layer instead of T x T x T matrix products (785 tokens at 448 px).
+    ``attention_rollout(attentions)[:, 0, P:]`` computed as ``e_0^T Â_L ... Â_1`` by the shared
+    :func:`~shared.attention.attention_rollout_row` (no T x T x T products at 785 tokens).
     """
     if not attentions:
         raise ValueError("cls_rollout: got an empty list of attention maps")
-    # With d = rowsum(A) + 1, r (A + I) / d = (r / d) A + r / d: one read of A per layer, no T x T temporaries.
-    row = None
-    for a in reversed(list(attentions)):  # deepest layer first
-        a = a.mean(1, dtype=torch.float32) if a.ndim == 4 else a.float()
-        d = a.sum(-1) + 1.0                                                 # [B, T]
-        if row is None:
-            row = a[:, 0] / d[:, :1]
-            row[:, 0] += 1.0 / d[:, 0]
-        else:
-            r = row / d
-            row = torch.bmm(r[:, None], a)[:, 0] + r
-    return row[:, num_prefix_tokens:]
+    cls_row = torch.zeros(attentions[0].shape[-1], device=attentions[0].device)
+    cls_row[0] = 1.0
+    return attention_rollout_row(attentions, cls_row)[:, num_prefix_tokens:]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -299,3 +299,21 @@ def test_cells_to_pixels_and_the_mask_to_crop_chain() -> None:
     assert pix.tolist() == [[12, 6, 23, 17], [0, 18, 5, 23]]
     torch.testing.assert_close(crop_and_resize(images, pix, 12), crop_reference(images, pix, 12), atol=1e-4,
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("heads", [None, 3])
+def test_rollout_row_equals_the_rows_of_the_full_rollout(heads) -> None:
+    from shared.attention import attention_rollout_row
+
+    gen = torch.Generator().manual_seed(3)
+    shape = (2, heads, 9, 9) if heads else (2, 9, 9)
+    layers = [torch.softmax(torch.randn(*shape, generator=gen), -1) for _ in range(4)]
+    full = attention_rollout(layers)
+    cls = torch.zeros(9)
+    cls[0] = 1.0
+    torch.testing.assert_close(attention_rollout_row(layers, cls), full[:, 0])
+    torch.testing.assert_close(attention_rollout_row(layers, torch.full((9,), 1 / 9)), full.mean(1))
+    weights = torch.rand(2, 9, generator=gen)
+    torch.testing.assert_close(attention_rollout_row(layers, weights), torch.einsum("bt,bts->bs", weights, full))
+    with pytest.raises(ValueError, match="row has shape"):
+        attention_rollout_row(layers, torch.ones(8))

@@ -1,0 +1,130 @@
+"""Bench rows for RAMS-Trans (``make bench BENCH=rams_trans``).
+
+* one RAMS-Trans training step (2 scales: global pass with attention capture, DPPM, crop, local pass, summed CE,
+  backward, SGD step) over TWO training steps of the plain ViT (the same module with one scale, timm's fused
+  attention) at the same input size: ViT-B/16 at 448 (batch 2, CPU) and the toy size. Target <= 1.10.
+* DPPM (rollout scores + threshold + largest 8-connected component + crop-and-resize, batched) against a
+  per-sample loop like the official code (per image: full T x T rollout product, column mean, scipy labelling,
+  largest region, crop, F.interpolate). Target >= 10x.
+"""
+
+from __future__ import annotations
+
+from shared.bench import BenchCase, register
+
+
+def _train_step_case(backbone: str, img_size: int, patch: int, batch: int, kwargs: dict | None) -> BenchCase:
+    import torch
+    import torch.nn.functional as F
+
+    from projects.rams_trans.model import RAMSTrans
+
+    torch.manual_seed(0)
+    rams = RAMSTrans(10, backbone, img_size, patch, num_scales=2, eta=1.2, backbone_kwargs=kwargs)
+    vit = RAMSTrans(10, backbone, img_size, patch, num_scales=1, backbone_kwargs=kwargs)
+    vit.load_state_dict({k: (v[:1] if k in ("cls_tokens", "cls_pos") else v) for k, v in rams.state_dict().items()})
+    # At random init the mask is often empty (whole-image fallback); the crop costs the same either way.
+    x = torch.randn(batch, 3, img_size, img_size)
+    y = torch.randint(0, 10, (batch,))
+    opts = {m: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+            for m in (rams, vit)}
+
+    def step(model) -> None:
+        with torch.inference_mode(False), torch.enable_grad():
+            out = model(x)
+            loss = sum(F.cross_entropy(z, y) for z in out["logits"])
+            opts[model].zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opts[model].step()
+
+    def two_vit_steps() -> None:
+        step(vit)
+        step(vit)
+
+    return BenchCase(method=lambda: step(rams), baseline=two_vit_steps,
+                     details={"backbone": backbone, "img_size": img_size, "patch": patch, "batch": batch,
+                              "tokens": (img_size // patch) ** 2 + 1, "device": "cpu",
+                              "threads": torch.get_num_threads()})
+
+
+@register("rams_trans: train step / 2 ViT steps (ViT-B/16 448, batch 2, CPU)", target=1.10, kind="overhead",
+          repeats=3, warmup=1)
+def _vitb_row() -> BenchCase:
+    return _train_step_case("vit_base_patch16_224", 448, 16, 2, None)
+
+
+@register("rams_trans: train step / 2 ViT steps (toy: 64 px, patch 8, 4x64, batch 32)", target=1.10,
+          kind="overhead", repeats=10, warmup=2)
+def _toy_row() -> BenchCase:
+    return _train_step_case("vit_tiny_patch16_224", 64, 8, 32,
+                            {"embed_dim": 64, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0})
+
+
+def official_style_dppm(attentions, images, grid: int, patch: int, eta: float, num_prefix: int):
+    """Per-sample loop in the manner of the official ``get_coordi_attention`` + crop (spec 2-3)."""
+    import numpy as np
+    import scipy.ndimage as ndi
+    import torch
+    import torch.nn.functional as F
+
+    crops = []
+    s = images.shape[-1]
+    for i in range(images.shape[0]):
+        joint = None
+        for a in attentions:                                 # [B, T, T] head-averaged
+            aug = a[i] + torch.eye(a.shape[-1])
+            aug = aug / aug.sum(-1, keepdim=True)
+            joint = aug if joint is None else aug @ joint
+        v = joint.mean(0)[num_prefix:]
+        g = (v / v.max()).reshape(grid, grid).numpy()
+        mask = g > eta * g.mean()
+        lab, num = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+        if num == 0:
+            y0, y1, x0, x1 = 0, s - 1, 0, s - 1
+        else:
+            area = np.bincount(lab.ravel())
+            area[0] = 0
+            rows, cols = np.nonzero(lab == area.argmax())
+            y0, x0 = max(rows.min() * patch - 1, 0), max(cols.min() * patch - 1, 0)
+            y1, x1 = (rows.max() + 1) * patch - 1, (cols.max() + 1) * patch - 1
+        crop = images[i:i + 1, :, y0:y1 + 1, x0:x1 + 1]
+        crops.append(F.interpolate(crop, size=(s, s), mode="bilinear", align_corners=True))
+    return torch.cat(crops).detach()
+
+
+def _dppm_case(img_size: int, patch: int, batch: int, layers: int) -> BenchCase:
+    import torch
+
+    from projects.rams_trans.model import dppm_boxes, patch_scores
+    from shared.attention import crop_and_resize
+
+    grid = img_size // patch
+    t = grid * grid + 1
+    gen = torch.Generator().manual_seed(0)
+    # Peaky softmax maps with a few favoured patches, so the threshold keeps a few blobs.
+    bias = torch.zeros(batch, 1, t)
+    bias[:, :, 1:] = 3.0 * torch.nn.functional.avg_pool2d(torch.rand(batch, 1, grid, grid, generator=gen), 3, 1, 1,
+                                                           count_include_pad=False).flatten(1).unsqueeze(1)
+    atts = [torch.softmax(torch.randn(batch, t, t, generator=gen) + bias, -1) for _ in range(layers)]
+    images = torch.randn(batch, 3, img_size, img_size, generator=gen)
+
+    def ours():
+        boxes, _, _ = dppm_boxes(patch_scores(atts, 1), (grid, grid), patch, 1.2)
+        return crop_and_resize(images, boxes, img_size)
+
+    return BenchCase(method=ours, baseline=lambda: official_style_dppm(atts, images, grid, patch, 1.2, 1),
+                     details={"img_size": img_size, "patch": patch, "grid": grid, "batch": batch,
+                              "layers": layers, "device": "cpu"})
+
+
+@register("rams_trans: DPPM batched vs official-style per-sample loop (448/16, 12 layers, B=8)", target=10.0,
+          kind="speedup", repeats=5, warmup=1)
+def _dppm_vitb_row() -> BenchCase:
+    return _dppm_case(448, 16, 8, 12)
+
+
+@register("rams_trans: DPPM batched vs official-style per-sample loop (toy 64/8, 4 layers, B=32)", target=10.0,
+          kind="speedup")
+def _dppm_toy_row() -> BenchCase:
+    return _dppm_case(64, 8, 32, 4)

@@ -1,0 +1,170 @@
+"""LightningModule for RAMS-Trans: summed per-scale CE, the official SGD + warm-up cosine recipe, top-1/top-5 for
+the global, local and fused predictions, and validation panels (image, rollout heat map + DPPM box, crop)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from projects.rams_trans.model import RAMSTrans
+from shared.data.images import IMAGENET_MEAN, IMAGENET_STD
+from shared.metrics import topk_accuracy
+from shared.panels import log_images
+
+Report = Literal["global", "local", "fused"]
+
+
+class RAMSTransModule(L.LightningModule):
+    """Trains :class:`RAMSTrans`; ``num_scales: 1`` is the paper's plain ViT baseline (same code path).
+
+    Loss (Fig. 2): ``CE(global) + local_loss_weight * CE(each later scale)``; ``local_loss_weight=0`` is the
+    released trainer (only ``loss1`` active). ``report`` picks the headline/monitored prediction: ``local``
+    (last scale, paper-faithful default), ``global`` (the official checkpoint selection) or ``fused``
+    (sum of all scales' logits). All three are always logged. ``optimizer: adamw`` is a toy-only deviation
+    (no pretrained weights offline; SGD from scratch barely moves in a few hundred steps).
+    """
+
+    monitor = "val/local_top1"
+    monitor_mode = "max"
+
+    def __init__(self, num_classes: int = 200, backbone: str = "vit_base_patch16_224", img_size: int = 448,
+                 patch_size: int | None = None, pretrained: bool | str | None = False, num_scales: int = 2,
+                 eta: float | list[float] = 1.2, patch_score: Literal["column_mean", "cls_row"] = "column_mean",
+                 cls_layout: Literal["per_scale", "all"] = "per_scale", official_box_shift: bool = True,
+                 hidden_dropout: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 backbone_kwargs: dict | None = None, local_loss_weight: float = 1.0, report: Report = "local",
+                 optimizer: Literal["sgd", "adamw"] = "sgd", lr: float = 0.03, momentum: float = 0.9,
+                 weight_decay: float = 0.0, warmup_steps: int = 500,
+                 total_steps: int = 10000, num_panels: int = 4) -> None:
+        super().__init__()
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"model.optimizer must be 'sgd' (paper) or 'adamw' (toy, from scratch), got {optimizer!r}")
+        if report not in ("global", "local", "fused"):
+            raise ValueError(f"model.report must be 'global', 'local' or 'fused', got {report!r}")
+        self.save_hyperparameters()
+        self.model = RAMSTrans(num_classes, backbone, img_size, patch_size, pretrained, num_scales, eta,
+                               patch_score, cls_layout, official_box_shift, attn_drop_rate=attn_drop_rate,
+                               drop_path_rate=drop_path_rate, hidden_dropout=hidden_dropout,
+                               backbone_kwargs=backbone_kwargs)
+        self.monitor = self.headline_metric = f"val/{report}_top1"
+        self.heads = ["global", "local", "fused"] + [f"scale{k + 1}" for k in range(1, num_scales - 1)]
+        for stage in ("val", "test"):
+            for h in self.heads:
+                setattr(self, f"{stage}_{h}_acc", topk_accuracy(num_classes, (1, 5), prefix=f"{stage}/{h}_"))
+        self._panel_batch: tuple[Tensor, dict] | None = None
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        return self.model(x)
+
+    def predictions(self, out: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+        logits = out["logits"]
+        preds = {"global": logits[0], "local": logits[-1], "fused": torch.stack(logits).sum(0)}
+        preds.update({f"scale{k + 1}": logits[k] for k in range(1, len(logits) - 1)})
+        return preds
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = batch
+        out = self.model(x)
+        losses = [F.cross_entropy(z, y) for z in out["logits"]]
+        loss = losses[0] + self.hparams.local_loss_weight * sum(losses[1:], torch.zeros((), device=x.device))
+        self.log("train/loss", loss, prog_bar=True)
+        for k, part in enumerate(losses):
+            self.log(f"train/ce_scale{k + 1}", part)
+        if out["found"]:
+            area = [((b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)).float().mean() / x.shape[-1] ** 2
+                    for b in out["boxes"]]
+            self.log("train/box_area_frac", area[0])
+            self.log("train/box_found_frac", out["found"][0].float().mean())
+        return loss
+
+    def _eval_step(self, stage: str, batch, batch_idx: int) -> None:
+        x, y = batch
+        out = self.model(x)
+        for h, z in self.predictions(out).items():
+            metric = getattr(self, f"{stage}_{h}_acc")
+            metric.update(z, y)
+            self.log_dict(metric, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/loss", F.cross_entropy(out["logits"][-1], y), sync_dist=True)
+        if stage == "val" and batch_idx == 0 and self._panel_batch is None:
+            n = self.hparams.num_panels
+            self._panel_batch = (x[:n].detach().cpu(), {k: [t[:n].detach().cpu() for t in v] for k, v in out.items()})
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch, batch_idx)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        panel, self._panel_batch = self._panel_batch, None
+        if panel is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        if self.hparams.num_panels <= 0 or not panel[1]["boxes"]:
+            return
+        images, captions = dppm_panels(panel[1])
+        log_images(self, "val/dppm", images, captions)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if h.optimizer == "sgd":   # official: SGD, momentum 0.9, lr 0.03, wd 0, one param group (spec 5)
+            opt = torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
+        else:                      # toy only: a tiny ViT from scratch learns far faster with AdamW
+            opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(h.warmup_steps, h.total_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def warmup_cosine(warmup: int, total: int):
+    """Official ``WarmupCosineSchedule``: linear 0 -> 1 over ``warmup`` steps, then cosine to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+    return factor
+
+
+def denormalize(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
+    """ImageNet-normalised [C, H, W] -> [0, 1]."""
+    m = torch.tensor(mean, dtype=x.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(3, 1, 1)
+    return (x * s + m).clamp(0, 1)
+
+
+def dppm_panels(out: dict[str, list[Tensor]]) -> tuple[list[np.ndarray], list[str]]:
+    """Per sample, one strip: the scale-1 image | the rollout score map as a heat map with the DPPM box |
+    the amplified crop (and further scales). HWC uint8 arrays for :func:`shared.panels.log_images`."""
+    images, captions = [], []
+    for i in range(out["inputs"][0].shape[0]):
+        tiles = []
+        for k, (boxes, g) in enumerate(zip(out["boxes"], out["score_maps"], strict=True)):
+            img = (denormalize(out["inputs"][k][i]).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            if k == 0:
+                tiles.append(img)
+            s = img.shape[0]
+            heat = F.interpolate(g[i][None, None].float(), size=(s, s), mode="bilinear", align_corners=False)[0, 0]
+            heat = heat.clamp(0, 1).numpy()[..., None]
+            red = np.array([255.0, 40.0, 0.0])
+            blend = (0.45 * img + 0.55 * heat * red + 0.55 * (1 - heat) * img * 0.3).clip(0, 255).astype(np.uint8)
+            pil = Image.fromarray(blend)
+            x0, y0, x1, y1 = boxes[i].tolist()
+            ImageDraw.Draw(pil).rectangle((x0, y0, x1, y1), outline=(0, 255, 0), width=max(1, s // 64))
+            tiles.append(np.asarray(pil))
+            nxt = (denormalize(out["inputs"][k + 1][i]).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            tiles.append(nxt)
+        sep = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
+        images.append(np.concatenate([t for tile in tiles for t in (tile, sep)][:-1], axis=1))
+        found = " ".join(str(bool(f[i])) for f in out["found"])
+        captions.append(f"image | rollout + DPPM box {out['boxes'][0][i].tolist()} (found={found}) | amplified crop")
+    return images, captions

@@ -1,0 +1,65 @@
+"""Every paper config builds its model and runs one forward on a tiny batch.
+
+The fast variant keeps each config's width, input size, patch size, grid and flags but only 1 encoder block;
+the full-size build (all 12 blocks) is the `slow` test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from projects.rams_trans.data import FGVCDataModule
+from projects.rams_trans.module import RAMSTransModule
+
+CONFIGS = sorted((Path(__file__).resolve().parents[3] / "projects" / "rams_trans" / "configs").glob("*.yaml"))
+PAPER = [c for c in CONFIGS if c.stem != "toy"]
+
+
+def load(path: Path) -> dict:
+    cfg = OmegaConf.load(path)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def build_and_forward(path: Path, depth: int | None) -> None:
+    cfg = load(path)
+    model_cfg = dict(cfg["model"])
+    if depth is not None:
+        model_cfg["backbone_kwargs"] = {**(model_cfg.get("backbone_kwargs") or {}), "depth": depth}
+    module = RAMSTransModule(**model_cfg)
+    FGVCDataModule(**cfg["data"])   # the data section is valid for the datamodule (no files read here)
+    s = cfg["data"]["crop"]
+    assert module.model.img_size == s
+    assert module.model.grid == (s // module.model.vit.patch_size,) * 2
+    module.eval()
+    with torch.no_grad():
+        out = module(torch.randn(1, 3, s, s))
+    assert len(out["logits"]) == cfg["model"]["num_scales"]
+    assert out["logits"][-1].shape == (1, cfg["data"]["num_classes"])
+    assert module.monitor == f"val/{cfg['model']['report']}_top1"
+
+
+def test_paper_configs_exist() -> None:
+    assert {c.stem for c in CONFIGS} >= {"cub", "cub_official", "dogs", "inat2017", "vit_baseline_cub", "toy"}
+    grids = {c.stem: load(c)["data"]["crop"] // load(c)["model"]["patch_size"] for c in PAPER}
+    assert grids == {"cub": 28, "cub_official": 14, "dogs": 14, "inat2017": 19, "vit_baseline_cub": 28}
+
+
+@pytest.mark.parametrize("path", PAPER, ids=[c.stem for c in PAPER])
+def test_config_builds_its_full_width_model_one_block(path: Path) -> None:
+    torch.manual_seed(0)
+    build_and_forward(path, depth=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PAPER, ids=[c.stem for c in PAPER])
+def test_config_builds_its_full_size_model(path: Path) -> None:
+    torch.manual_seed(0)
+    build_and_forward(path, depth=None)
+
+
+def test_toy_config_model(tmp_path: Path) -> None:
+    build_and_forward(CONFIGS[[c.stem for c in CONFIGS].index("toy")], depth=None)

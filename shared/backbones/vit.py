@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import Attention, resample_abs_pos_embed, resample_patch_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
@@ -144,12 +145,14 @@ class ViTBackbone(nn.Module):
 
 def block_with_attention(block: Block, x: torch.Tensor, scratch: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One timm ``Block`` computed with explicit attention; returns (output, head-mean attention [B, T, T]).
+    """One timm ``Block`` that also returns its head-mean attention probabilities ``[B, T, T]``.
 
-    Same submodules and order as timm's ``Block.forward`` / ``Attention.forward`` (non-fused branch), so the
-    output matches the fused path to float tolerance. Probabilities are read before ``attn_drop`` as in the
-    papers; averaging over heads straight away keeps only [B, T, T] per layer. ``scratch`` ([B, H, T, T], no
-    autograd) receives the scores and then, in place, the probabilities.
+    Same submodules and order as timm's ``Block.forward`` / ``Attention.forward``. Probabilities are read
+    before ``attn_drop`` as in the papers and carry no gradient: both papers use them only for a
+    non-differentiable box selection. Without autograd the output reuses the explicit probabilities (one
+    ``Q K^T``); under autograd the output goes through fused SDPA (its cheap backward, no [B, H, T, T] kept for
+    backward) and the probabilities are recomputed without gradient. ``scratch`` ([B, H, T, T]) receives the
+    scores and then, in place, the probabilities.
     """
     a = block.attn
     B, T, _ = x.shape
@@ -157,13 +160,18 @@ def block_with_attention(block: Block, x: torch.Tensor, scratch: torch.Tensor | 
     gate = a.gate(h).sigmoid() if a.gate is not None else None
     q, k, v = a.qkv(h).reshape(B, T, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = a.q_norm(q), a.k_norm(k)
-    if scratch is None:
-        probs = torch.matmul(q * a.scale, k.transpose(-2, -1)).softmax(dim=-1)
+    training_graph = torch.is_grad_enabled() and q.requires_grad
+    with torch.no_grad():
+        if scratch is None:
+            probs = torch.matmul(q * a.scale, k.transpose(-2, -1)).softmax(dim=-1)
+        else:
+            probs = torch.softmax(torch.matmul(q * a.scale, k.transpose(-2, -1), out=scratch), -1, out=scratch)
+        attn_mean = probs.mean(dim=1)
+    if training_graph:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=a.attn_drop.p if a.training else 0.0)
     else:
-        probs = torch.softmax(torch.matmul(q * a.scale, k.transpose(-2, -1), out=scratch), -1, out=scratch)
-    attn_mean = probs.mean(dim=1)
-    out = torch.matmul(a.attn_drop(probs), v).transpose(1, 2).reshape(B, T, a.attn_dim)
-    out = a.norm(out)
+        out = torch.matmul(a.attn_drop(probs), v)
+    out = a.norm(out.transpose(1, 2).reshape(B, T, a.attn_dim))
     if gate is not None:
         out = out * gate
     out = a.proj_drop(a.proj(out))

@@ -520,9 +520,11 @@ def render_dataset(scenes: Sequence[Scene], out_dir: str | Path,
     name_fn = name_fn or (lambda i, _s: f"{i:06d}.{fmt}")
     jobs = [(s, out / name_fn(i, s), fmt, quality) for i, s in enumerate(scenes)]
     if workers > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: forking a process whose torch/OpenMP threads are running can deadlock the children.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             it = pool.map(_write, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
             return list(_progress(it, len(jobs), progress))
     return list(_progress(map(_write, jobs), len(jobs), progress))

@@ -120,10 +120,27 @@ def run_cli(tmp_path: Path, base: Path, *extra: str) -> subprocess.CompletedProc
 
 def test_cli_fast_dev_run(tmp_path: Path, base: Path):
     run_cli(tmp_path, base, "--trainer.fast_dev_run", "true")
-    spm = tmp_path / "logs" / "spm" / "toy" / "toy_circle_last.safetensors"
+    spm = tmp_path / "logs" / "spm" / "toy" / "toy_red_last.safetensors"
     assert spm.is_file()
 
 
 def test_cli_ddp_two_cpu_processes(tmp_path: Path, base: Path):
     run_cli(tmp_path, base, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
             "--trainer.devices", "2", "--trainer.strategy", "ddp")
+
+
+def test_committed_toy_model_is_small_loads_and_is_the_toy_default():
+    from omegaconf import OmegaConf
+
+    from projects.spm.model import DiffusionModel
+    from projects.spm.toy_base import DEFAULT_DIR, load_classifier
+
+    cfg = OmegaConf.load(REPO / "projects/spm/configs/toy.yaml")
+    assert (REPO / cfg.model.base_model).resolve() == DEFAULT_DIR
+    assert sum(f.stat().st_size for f in DEFAULT_DIR.rglob("*") if f.is_file()) < 10 * 2**20
+    model = DiffusionModel.from_folder(DEFAULT_DIR)
+    assert model.vae is None and model.clip_sample == 1.0
+    images = model.sample(["a red circle", "a blue star"], seed=0, steps=2, guidance=5.0)
+    assert images.shape == (2, 3, 16, 16) and 0 <= images.min() and images.max() <= 1
+    shape_logits, color_logits = load_classifier(REPO / cfg.model.classifier)(images)
+    assert shape_logits.shape == (2, 6) and color_logits.shape == (2, 6)

@@ -130,3 +130,33 @@ def test_mismatching_shape_names_key_and_both_shapes(tmp_path):
         SPMNetwork.from_file(tiny_unet(), tmp_path / "b.safetensors")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SPMNetwork.from_file(tiny_unet(), tmp_path / "missing.safetensors")
+
+
+def _sd14_forward(config: dict, latent: int) -> None:
+    """Random-init SD v1.4-structured UNet: forward on one latent with the membrane; identity at init, 192 layers."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config).eval()
+    x = torch.randn(1, 4, latent, latent)
+    ctx = torch.randn(1, 77, config["cross_attention_dim"])
+    t = torch.tensor([500])
+    with torch.no_grad():
+        ref = unet(x, t, encoder_hidden_states=ctx).sample
+        net = SPMNetwork(unet)
+        assert len(net.adapters) == 192
+        out = unet(x, t, encoder_hidden_states=ctx).sample
+        assert out.shape == (1, 4, latent, latent) and torch.isfinite(out).all()
+        assert torch.equal(out, ref)  # lora_up = 0 at init
+        randomise_up(net)
+        assert not torch.allclose(unet(x, t, encoder_hidden_states=ctx).sample, ref, atol=1e-4)
+
+
+def test_sd14_structure_reduced_width_forward():
+    """The SD v1.4 block structure at reduced width (fast variant of the full-size test below)."""
+    _sd14_forward({**SD14_UNET_CONFIG, "block_out_channels": (32, 32, 64, 64), "cross_attention_dim": 32,
+                   "attention_head_dim": 4, "norm_num_groups": 8}, latent=16)
+
+
+@pytest.mark.slow
+def test_sd14_full_size_random_init_forward():
+    """Full-size SD v1.4 UNet (860M parameters, random init, ~3.4 GB fp32) on one 32x32 latent."""
+    _sd14_forward(SD14_UNET_CONFIG, latent=32)

@@ -2,12 +2,14 @@
 
 import math
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torchmetrics.functional.classification import multilabel_average_precision as tm_multilabel_ap
 
 from shared.metrics import (
@@ -315,11 +317,16 @@ def _free_port():
 def test_ddp_two_processes_match_single_process(tmp_path):
     expected = _all_metrics(torch.arange(63))
     init_method = f"tcp://127.0.0.1:{_free_port()}"
-    # fork (CPU only, no CUDA touched) skips re-importing torch/torchmetrics in the children: ~10x faster
-    start = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _ddp_worker, args=(2, init_method, str(tmp_path)), nprocs=2, join=True, start_method=start
-    )
+    # Two plain subprocesses: forking a process whose OpenMP pool is already warm can deadlock the children.
+    worker = Path(__file__).with_name("ddp_metrics_worker.py")
+    procs = [subprocess.Popen([sys.executable, str(worker), str(rank), "2", init_method, str(tmp_path)])
+             for rank in range(2)]
+    try:
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], f"DDP metric workers exited with {codes}"
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert set(got) == set(expected)

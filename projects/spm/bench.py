@@ -71,24 +71,22 @@ def build_module(base: Path, anchoring: str = "official", **kw) -> SPMModule:
 def _train_step(module: SPMModule, opt: torch.optim.Optimizer, losses_fn, seed: int) -> float:
     random.seed(seed)
     torch.manual_seed(seed)
-    with torch.inference_mode(False), torch.enable_grad():
-        loss = losses_fn(module)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    loss = losses_fn(module)["loss"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
     return float(loss)
 
 
 @register("spm: training iteration, ours vs official-style loop (tiny UNet)", target=0.6, kind="overhead",
-          repeats=20, warmup=2)
+          repeats=20, warmup=2, grad=True)
 def _iteration_row() -> BenchCase:
     from projects.spm.model import TOY_UNET_CONFIG
     from projects.spm.toy_base import write_random_base
 
     base = write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")), TOY_UNET_CONFIG)
     module = build_module(base, "official")
-    with torch.inference_mode(False):
-        module._embeddings()
+    module._embeddings()
     opt = torch.optim.AdamW(module.network.parameters(), 1e-4)
     counters = {"ours": 0, "official": 0}  # the n-th call of each uses seed n: same k, x_T and anchors
 
@@ -106,7 +104,7 @@ def _iteration_row() -> BenchCase:
 
 
 @register("spm: predictions + loss given x_t, ours vs official-style (tiny UNet)", target=0.6, kind="overhead",
-          repeats=20, warmup=2)
+          repeats=20, warmup=2, grad=True)
 def _loss_row() -> BenchCase:
     """The part of the iteration the two loops do differently (the shared DDIM roll-out left out)."""
     from projects.spm.model import TOY_UNET_CONFIG
@@ -114,10 +112,9 @@ def _loss_row() -> BenchCase:
 
     base = write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")), TOY_UNET_CONFIG)
     module = build_module(base, "official")
-    with torch.inference_mode(False):
-        cache = module._embeddings()
-        x = torch.randn(1, 3, 16, 16)
-        anchors = module.sample_anchors(0)
+    cache = module._embeddings()
+    x = torch.randn(1, 3, 16, 16)
+    anchors = module.sample_anchors(0)
     opt = torch.optim.AdamW(module.network.parameters(), 1e-4)
     target = cache["targets"][:1]
 

@@ -44,11 +44,13 @@ class DiffusionModel(nn.Module):
     """Frozen UNet + CLIP text encoder (+ VAE) and the noise schedule's ``alphas_cumprod``."""
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer, alphas_cumprod: torch.Tensor,
-                 vae: nn.Module | None = None, set_alpha_to_one: bool = False) -> None:
+                 vae: nn.Module | None = None, set_alpha_to_one: bool = False,
+                 clip_sample: float | None = None) -> None:
         super().__init__()
         self.unet, self.text_encoder, self.tokenizer, self.vae = unet, text_encoder, tokenizer, vae
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
         self.final_alpha = 1.0 if set_alpha_to_one else float(alphas_cumprod[0])
+        self.clip_sample = clip_sample  # the scheduler's clip_sample_range when clip_sample is on (SD: off)
         for module in (unet, text_encoder, vae):
             if module is not None:
                 module.requires_grad_(False).eval()
@@ -72,8 +74,9 @@ class DiffusionModel(nn.Module):
         vae = None
         if (folder / "vae").is_dir():
             vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, **kw)
+        clip = float(scheduler.config.clip_sample_range) if scheduler.config.clip_sample else None
         return cls(unet, text_encoder, tokenizer, scheduler.alphas_cumprod, vae,
-                   bool(scheduler.config.set_alpha_to_one))
+                   bool(scheduler.config.set_alpha_to_one), clip)
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -106,6 +109,9 @@ class DiffusionModel(nn.Module):
         a = self.alphas_cumprod[t]
         a_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(self.final_alpha, device=x.device)
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if self.clip_sample is not None:  # as diffusers' DDIMScheduler.step: clip x0, re-derive eps from it
+            x0 = x0.clamp(-self.clip_sample, self.clip_sample)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
 
     @staticmethod

@@ -1,9 +1,10 @@
 """The toy text-to-image base model and the toy shape/colour classifier that judges its generations.
 
-``python -m projects.spm.toy_base [--out data/spm/toy_base] [--steps N]`` trains both on captioned toy-world
-scenes ("a red circle") and writes a diffusers folder (unet/, text_encoder/, tokenizer/, scheduler/; no vae/,
-the UNet works in pixel space) plus ``classifier.safetensors``. :func:`ensure_toy_base` does it on first use;
-later runs reuse the cache. Deterministic for a given seed and thread count.
+``python -m projects.spm.toy_base [--out projects/spm/toy_model] [--steps 1200] [--seed 0]`` trains both on
+captioned toy-world scenes ("a red circle") and writes a diffusers folder (unet/, text_encoder/, tokenizer/,
+scheduler/; no vae/, the UNet works in pixel space) plus ``classifier.safetensors`` and ``toy_base.json``.
+The result is committed in ``projects/spm/toy_model/``; :func:`ensure_toy_base` retrains only when a folder
+lacks ``toy_base.json``. Deterministic for a given seed and thread count. ``--judge`` scores an existing folder.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from projects.spm.model import TOY_UNET_CONFIG
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DIR = REPO / "data" / "spm" / "toy_base"
+# The committed toy model (about 8 MB, tracked in git); the script rewrites it (or another --out) when rerun.
+DEFAULT_DIR = Path(__file__).resolve().parent / "toy_model"
+DEFAULT_STEPS = 1200
 TEXT_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                    max_position_embeddings=16, projection_dim=64)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                 clip_sample=False, set_alpha_to_one=False, steps_offset=0, prediction_type="epsilon")
+                 clip_sample=True, set_alpha_to_one=False, steps_offset=0, prediction_type="epsilon")
 
 
 class ToyClassifier(nn.Module):
@@ -70,7 +73,7 @@ def build_tokenizer(out_dir: Path | None):
     return tok
 
 
-def train_classifier(out: Path, steps: int = 300, seed: int = 1) -> float:
+def train_classifier(out: Path, steps: int = 800, seed: int = 1) -> float:
     """Train the judge on fresh renders; returns held-out (shape and colour) accuracy."""
     from safetensors.torch import save_file
 
@@ -97,9 +100,12 @@ def train_classifier(out: Path, steps: int = 300, seed: int = 1) -> float:
     return acc
 
 
-def train_base(out_dir: Path, steps: int = 2000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-               cfg_dropout: float = 0.1) -> dict:
-    """Train the tiny pixel-space text-to-image model and save it in the diffusers folder layout."""
+def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+               cfg_dropout: float = 0.1, ema_decay: float = 0.99, snapshot_every: int = 100) -> dict:
+    """Train the tiny pixel-space text-to-image model and save it (an EMA of its weights) in the diffusers folder
+    layout; every ``snapshot_every`` steps the EMA so far is written too, so a run can be judged while it trains."""
+    import copy
+
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -120,6 +126,14 @@ def train_base(out_dir: Path, steps: int = 2000, batch_size: int = 32, lr: float
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+    ema = copy.deepcopy(nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})).requires_grad_(False)
+    live = list(unet.parameters()) + list(text_encoder.parameters())
+
+    def save(models: nn.ModuleDict) -> None:
+        models["unet"].save_pretrained(out_dir / "unet")
+        models["text_encoder"].save_pretrained(out_dir / "text_encoder")
+        scheduler.save_pretrained(out_dir / "scheduler")
+
     start, losses = time.perf_counter(), []
     for step in range(steps):
         idx = torch.randint(len(images), (batch_size,))
@@ -138,15 +152,39 @@ def train_base(out_dir: Path, steps: int = 2000, batch_size: int = 32, lr: float
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), live, 1 - ema_decay)
         losses.append(loss.item())
-        if step % 200 == 0 or step == steps - 1:
+        if step % 50 == 0 or step == steps - 1:
             logger.warning("toy base step %d/%d loss %.4f (%.0fs)", step, steps,
-                           sum(losses[-200:]) / len(losses[-200:]), time.perf_counter() - start)
-    unet.save_pretrained(out_dir / "unet")
-    text_encoder.save_pretrained(out_dir / "text_encoder")
-    scheduler.save_pretrained(out_dir / "scheduler")
-    return {"steps": steps, "final_loss": sum(losses[-200:]) / len(losses[-200:]),
-            "train_s": round(time.perf_counter() - start, 1)}
+                           sum(losses[-50:]) / len(losses[-50:]), time.perf_counter() - start)
+        if snapshot_every and (step + 1) % snapshot_every == 0:
+            save(ema)
+    save(ema)
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "train_s": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads()}
+
+
+def judge_base(folder: str | Path, images_per_prompt: int = 20, seed: int = 1234, steps: int = 20,
+               guidance: float = 5.0) -> dict:
+    """Generate ``images_per_prompt`` images (fixed seed) for each of the 36 "a <colour> <shape>" prompts and judge
+    them with the folder's toy classifier: shape, colour and both-right accuracy over all generations."""
+    from projects.spm.model import DiffusionModel
+
+    folder = Path(folder)
+    model = DiffusionModel.from_folder(folder)
+    judge = load_classifier(folder / "classifier.safetensors")
+    pairs = [(si, ci) for si in range(len(TOY_SHAPES)) for ci in range(len(TOY_COLORS))]
+    prompts = [toy_caption(TOY_SHAPES[si], TOY_COLORS[ci]) for si, ci in pairs for _ in range(images_per_prompt)]
+    labels = torch.tensor([p for p in pairs for _ in range(images_per_prompt)])
+    images = model.sample(prompts, seed=seed, steps=steps, guidance=guidance)
+    with torch.no_grad():
+        s, c = judge(images)
+    shape_ok, color_ok = s.argmax(1) == labels[:, 0], c.argmax(1) == labels[:, 1]
+    return {"images": len(prompts), "shape_acc": round(shape_ok.float().mean().item(), 4),
+            "color_acc": round(color_ok.float().mean().item(), 4),
+            "both_acc": round((shape_ok & color_ok).float().mean().item(), 4)}
 
 
 def write_random_base(out_dir: str | Path, unet_config: dict | None = None, seed: int = 0) -> Path:
@@ -166,13 +204,15 @@ def write_random_base(out_dir: str | Path, unet_config: dict | None = None, seed
     return out_dir
 
 
-def build_toy_base(out_dir: str | Path = DEFAULT_DIR, steps: int = 2000, seed: int = 0) -> Path:
+def build_toy_base(out_dir: str | Path = DEFAULT_DIR, steps: int = DEFAULT_STEPS, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    classifier_acc = train_classifier(out_dir / "classifier.safetensors")  # first: snapshots can be judged
     info = train_base(out_dir, steps=steps, seed=seed)
-    info["classifier_acc"] = train_classifier(out_dir / "classifier.safetensors")
+    info["classifier_acc"] = classifier_acc
+    info["generated"] = judge_base(out_dir)
     info.update(shapes=TOY_SHAPES, colors=TOY_COLORS, size=TOY_SIZE, seed=seed,
-                command=f"python -m projects.spm.toy_base --out {out_dir} --steps {steps}")
+                command=f"python -m projects.spm.toy_base --out {out_dir} --steps {steps} --seed {seed}")
     (out_dir / "toy_base.json").write_text(json.dumps(info, indent=2))
     logger.warning("toy base model written to %s: %s", out_dir, info)
     return out_dir
@@ -190,11 +230,15 @@ def ensure_toy_base(folder: str | Path = DEFAULT_DIR) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(DEFAULT_DIR))
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--judge", action="store_true", help="only judge an existing --out folder's generations")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    build_toy_base(args.out, args.steps, args.seed)
+    if args.judge:
+        print(json.dumps(judge_base(args.out)))
+    else:
+        build_toy_base(args.out, args.steps, args.seed)
 
 
 if __name__ == "__main__":

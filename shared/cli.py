@@ -206,6 +206,16 @@ class ProjectCLI(LightningCLI):
 
 def main(model_class: type[LightningModule], datamodule_class: type[LightningDataModule] | None, project: str,
          args: list[str] | None = None) -> ProjectCLI:
-    """Entry point used by every ``projects/<name>/__main__.py``."""
+    """Entry point used by every ``projects/<name>/__main__.py``.
+
+    A missing file or folder, or an unreadable input (``FileNotFoundError``, ``ValueError``), ends the run
+    with its one-line message; ``CV_PAPERS_DEBUG=1`` shows the traceback instead.
+    """
     torch.set_float32_matmul_precision("high")
-    return ProjectCLI(model_class, datamodule_class, project, args=args)
+    try:
+        return ProjectCLI(model_class, datamodule_class, project, args=args)
+    except (FileNotFoundError, ValueError) as err:
+        if os.environ.get("CV_PAPERS_DEBUG"):
+            raise
+        sys.stderr.write(f"error: {err}\n(set CV_PAPERS_DEBUG=1 for the traceback)\n")
+        sys.exit(2)

@@ -221,20 +221,29 @@ class ImageGridExpert(Expert):
         return self.image(batch["image"])
 
 
-class LateFusionExpert(Expert):
-    """Late Fusion (MMF ``fusions.py``): a text MLP and an image MLP; the scores are averaged, (s_t + s_v) / 2."""
+class _TextImageExpert(Expert):
+    """A BERT text encoder plus a grid image encoder (the MMF two-tower baselines below)."""
 
     modalities = ("text", "image")
+
+    def __init__(self, size: str = "full", text_model: str | None = None, image_pretrained=None,
+                 image_size: int = 224, text_overrides: dict | None = None,
+                 image_overrides: dict | None = None) -> None:
+        super().__init__()
+        self.text = build_text_encoder(size, text_model, **(text_overrides or {}))
+        self.image = GridEncoder(size, image_pretrained, image_size=image_size, **(image_overrides or {}))
+        self.feature_dim = self.text.hidden_size + self.image.channels
+
+
+class LateFusionExpert(_TextImageExpert):
+    """Late Fusion (MMF ``fusions.py``): a text MLP and an image MLP; the scores are averaged, (s_t + s_v) / 2."""
 
     def __init__(self, num_classes: int, size: str = "full", text_model: str | None = None, image_pretrained=None,
                  image_size: int = 224, hidden: int | None = None, dropout: float = 0.1,
                  text_overrides: dict | None = None, image_overrides: dict | None = None, **_) -> None:
-        super().__init__()
-        self.text = build_text_encoder(size, text_model, **(text_overrides or {}))
-        self.image = GridEncoder(size, image_pretrained, image_size=image_size, **(image_overrides or {}))
+        super().__init__(size, text_model, image_pretrained, image_size, text_overrides, image_overrides)
         self.text_head = _mlp_head(self.text.hidden_size, num_classes, hidden or self.text.hidden_size, dropout)
         self.image_head = _mlp_head(self.image.channels, num_classes, hidden or 512, dropout)
-        self.feature_dim = self.text.hidden_size + self.image.channels
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = _require_text(batch, "late_fusion")
@@ -248,18 +257,13 @@ class LateFusionExpert(Expert):
         return nn.Identity()
 
 
-class ConcatBertExpert(Expert):
+class ConcatBertExpert(_TextImageExpert):
     """Concat BERT (MMF): concat(BERT pooled, ResNet pooled) -> 2-layer MLP."""
-
-    modalities = ("text", "image")
 
     def __init__(self, num_classes: int, size: str = "full", text_model: str | None = None, image_pretrained=None,
                  image_size: int = 224, hidden: int | None = None, dropout: float = 0.1,
                  text_overrides: dict | None = None, image_overrides: dict | None = None, **_) -> None:
-        super().__init__()
-        self.text = build_text_encoder(size, text_model, **(text_overrides or {}))
-        self.image = GridEncoder(size, image_pretrained, image_size=image_size, **(image_overrides or {}))
-        self.feature_dim = self.text.hidden_size + self.image.channels
+        super().__init__(size, text_model, image_pretrained, image_size, text_overrides, image_overrides)
         self.head = _mlp_head(self.feature_dim, num_classes, hidden or 512, dropout)
 
     def features(self, batch: Batch) -> torch.Tensor:

@@ -127,3 +127,15 @@ def test_two_process_cpu_ddp_matches_one_process(workdir: Path) -> None:
     two_s = json.loads((workdir / "logs" / "tiny" / "two" / "summary.json").read_text())
     assert one_s["global_step"] == two_s["global_step"] == 16
     assert two_s["headline"] == pytest.approx(one_s["headline"], rel=1e-5)
+
+
+def test_missing_data_folder_fails_with_one_line_naming_it(workdir: Path) -> None:
+    proc = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--logger", "none",
+                    "--data.data_dir", str(workdir / "no_such_dataset"), check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and str(workdir / "no_such_dataset") in error_lines[0]
+    debug = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--logger", "none",
+                     "--data.data_dir", str(workdir / "no_such_dataset"), env={"CV_PAPERS_DEBUG": "1"}, check=False)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

@@ -14,7 +14,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from shared.attention import attention_rollout, cells_to_pixels, crop_and_resize, mask_to_box
+from shared.attention import (
+    attention_rollout,
+    attention_rollout_row,
+    cells_to_pixels,
+    crop_and_resize,
+    mask_to_box,
+)
 from shared.backbones import ViTBackbone
 
 PatchScore = Literal["column_mean", "cls_row"]
@@ -29,24 +35,18 @@ def patch_scores(attentions: Sequence[Tensor], num_prefix: int, mode: PatchScore
 
     ``J = Â_L ... Â_1`` with ``Â = (A + I) / rowsum`` (shared :func:`attention_rollout`); ``column_mean``
     (official code) is ``s_j = mean_i J[i, j]``, ``cls_row`` (paper reading / commented code) is
-    ``s_j = J[cls, j]``. Both are a row vector times ``J``, so the product is evaluated right to left as
-    vector-matrix products: O(L T^2) instead of O(L T^3); equal to ``rollout_patch_scores`` (tested).
+    ``s_j = J[cls, j]``. Both are a row vector times ``J``: the shared :func:`attention_rollout_row`
+    (O(L T^2) instead of O(L T^3)); equal to ``rollout_patch_scores`` (tested).
     """
-    a0 = attentions[0]
-    b, t = a0.shape[0], a0.shape[-1]
+    t = attentions[0].shape[-1]
     if mode == "column_mean":
-        v = a0.new_full((b, 1, t), 1.0 / t, dtype=torch.float32)
+        row = torch.full((t,), 1.0 / t, device=attentions[0].device)
     elif mode == "cls_row":
-        v = torch.zeros(b, 1, t, dtype=torch.float32, device=a0.device)
-        v[:, 0, cls_index] = 1.0
+        row = torch.zeros(t, device=attentions[0].device)
+        row[cls_index] = 1.0
     else:
         raise ValueError(f"patch_score must be 'column_mean' or 'cls_row', got {mode!r}")
-    for a in reversed(attentions):   # v^T Â_L ... Â_1, last layer first
-        a = a.mean(1, dtype=torch.float32) if a.ndim == 4 else a.float()
-        # v^T (A + I) / rowsum(A + I) = ((v / rowsum)^T A + (v / rowsum)^T)
-        w = v / (a.sum(-1) + 1.0).unsqueeze(1)
-        v = torch.bmm(w, a) + w
-    return v[:, 0, num_prefix:]
+    return attention_rollout_row(attentions, row)[:, num_prefix:]
 
 
 def rollout_patch_scores(attentions: Sequence[Tensor], num_prefix: int, mode: PatchScore = "column_mean",

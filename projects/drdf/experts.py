@@ -61,6 +61,17 @@ def _no_weights(what: str) -> None:
     logger.info("%s: no pretrained weights given; starting from random init", what)
 
 
+def _local_or_random(model_cls, folder: str | None, name: str, kind: str, make_config) -> nn.Module:
+    """A transformers model from a local folder, or randomly initialised from ``make_config()`` (one log line)."""
+    if folder is None:
+        _no_weights(f"expert {name}")
+        return model_cls(make_config())
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{name}_model: folder not found: {folder} (expected a transformers {kind} folder "
+                                "with config.json and weights)")
+    return model_cls.from_pretrained(folder, local_files_only=True)
+
+
 def _mlp_head(in_dim: int, num_classes: int, hidden: int | None, dropout: float) -> nn.Module:
     """MMF's classifier: Linear, or a 2-layer MLP (Linear-ReLU-Dropout-Linear) when ``hidden`` is given."""
     if not hidden:
@@ -318,15 +329,9 @@ class VisualBertExpert(Expert):
         from transformers import VisualBertConfig, VisualBertModel
 
         self.image = GridEncoder(size, image_pretrained, grid=grid, image_size=image_size, **(image_overrides or {}))
-        if visual_bert_model is not None:
-            if not Path(visual_bert_model).is_dir():
-                raise FileNotFoundError(f"visual_bert_model: folder not found: {visual_bert_model} (expected a "
-                                        "transformers VisualBERT folder with config.json and weights)")
-            self.vl = VisualBertModel.from_pretrained(visual_bert_model, local_files_only=True)
-        else:
-            _no_weights("expert visual_bert")
-            fields = {**BERT_SIZES[size], **(text_overrides or {})}
-            self.vl = VisualBertModel(VisualBertConfig(visual_embedding_dim=self.image.channels, **fields))
+        fields = {**BERT_SIZES[size], **(text_overrides or {})}
+        self.vl = _local_or_random(VisualBertModel, visual_bert_model, "visual_bert", "VisualBERT",
+                                   lambda: VisualBertConfig(visual_embedding_dim=self.image.channels, **fields))
         self.feature_dim = self.vl.config.hidden_size
         self.head = _mlp_head(self.feature_dim, num_classes, None, dropout)
 
@@ -354,15 +359,9 @@ class ViltExpert(Expert):
         super().__init__()
         from transformers import ViltConfig, ViltModel
 
-        if vilt_model is not None:
-            if not Path(vilt_model).is_dir():
-                raise FileNotFoundError(f"vilt_model: folder not found: {vilt_model} (expected a transformers "
-                                        "ViLT folder with config.json and weights)")
-            self.vl = ViltModel.from_pretrained(vilt_model, local_files_only=True)
-        else:
-            _no_weights("expert vilt")
-            fields = {**self.VILT_SIZES[size], **(text_overrides or {})}
-            self.vl = ViltModel(ViltConfig(image_size=image_size, **fields))
+        fields = {**self.VILT_SIZES[size], **(text_overrides or {})}
+        self.vl = _local_or_random(ViltModel, vilt_model, "vilt", "ViLT",
+                                   lambda: ViltConfig(image_size=image_size, **fields))
         self.feature_dim = self.vl.config.hidden_size
         self.head = _mlp_head(self.feature_dim, num_classes, None, dropout)
 

@@ -184,7 +184,7 @@ class ProjectCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = build_logger(self._get(self.config, "logger"), self.project, run_name, run_dir)
-        has_logger = (kwargs["logger"] if "logger" in kwargs else trainer_cfg.get("logger")) not in (False, None)
+        has_logger = kwargs.get("logger", trainer_cfg.get("logger")) not in (False, None)
         if trainer_cfg.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run_dir)
 

@@ -1,6 +1,21 @@
-from projects.spm.data import SPMStepData
-from projects.spm.module import SPMModule
-from shared.cli import main
+"""``python -m projects.spm generate|evaluate ...`` (SPM's own CLIs) or ``fit|validate|test|predict ...`` (training
+through the shared Lightning CLI)."""
+
+import sys
 
 if __name__ == "__main__":
-    main(SPMModule, SPMStepData, project="spm")
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "generate":
+        from projects.spm.generate import main as generate_main
+
+        generate_main(sys.argv[2:])
+    elif command == "evaluate":
+        from projects.spm.evaluate import main as evaluate_main
+
+        evaluate_main(sys.argv[2:])
+    else:
+        from projects.spm.data import SPMStepData
+        from projects.spm.module import SPMModule
+        from shared.cli import main
+
+        main(SPMModule, SPMStepData, project="spm")

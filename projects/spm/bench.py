@@ -8,6 +8,7 @@ for the loss. Both sides draw the same k, x_T and anchors from the same seed.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
 from pathlib import Path
@@ -125,3 +126,153 @@ def _loss_row() -> BenchCase:
         _train_step(module, opt, lambda m: official_losses_at(m, x, 500, target, anchors), 0)
 
     return BenchCase(method=ours, baseline=official, details={"unet": "toy 16x16", "anchoring": "official"})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Many SPMs at once with per-sample Facilitated Transport (composition.py, transport.py)
+# ----------------------------------------------------------------------------------------------------------
+_CACHE: dict = {}  # built once per process: the SD v1.4-sized random UNet (~3.4 GB fp32), the toy text model
+
+
+def _toy_text():
+    """The random toy text encoder + tokenizer (write_random_base) and 20 toy concept strings."""
+    if "text" not in _CACHE:
+        from projects.spm.data import TOY_COLORS, TOY_SHAPES
+        from projects.spm.model import TOY_UNET_CONFIG, DiffusionModel
+        from projects.spm.toy_base import write_random_base
+
+        model = DiffusionModel.from_folder(write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")),
+                                                             TOY_UNET_CONFIG))
+        concepts = [[f"{c} {s}"] for c in TOY_COLORS for s in TOY_SHAPES][:20]
+        _CACHE["text"] = (model.text_encoder, model.tokenizer, concepts)
+    return _CACHE["text"]
+
+
+def _unet(which: str):
+    """(unet, twin): a random UNet and a second module object sharing its weight tensors (no extra memory), so
+    the SPM hooks live on the twin and the baseline runs a UNet with no hooks at all."""
+    key = f"unet_{which}"
+    if key not in _CACHE:
+        from diffusers import UNet2DConditionModel
+
+        from projects.spm.model import SD14_UNET_CONFIG, TOY_UNET_CONFIG
+
+        torch.manual_seed(0)
+        config = SD14_UNET_CONFIG if which == "sd14" else TOY_UNET_CONFIG
+        unet = UNet2DConditionModel(**config).eval().requires_grad_(False)
+        with torch.device("meta"):
+            twin = UNet2DConditionModel(**config)
+        twin.load_state_dict(unet.state_dict(), assign=True)
+        _CACHE[key] = unet, twin.eval().requires_grad_(False)
+    return _CACHE[key]
+
+
+def _random_states(unet, num: int) -> list[dict[str, torch.Tensor]]:
+    """``num`` rank-1 SPMs with random non-zero downs and ups on ``unet``'s adapted layers."""
+    from projects.spm.network import adapted_layers
+
+    gen = torch.Generator().manual_seed(0)
+    states = []
+    for _ in range(num):
+        state = {}
+        for key, (_, layer) in adapted_layers(unet).items():
+            fan_in = layer.weight[0].numel()
+            state[f"{key}.lora_down.weight"] = torch.randn(1, *layer.weight.shape[1:], generator=gen) / fan_in ** 0.5
+            up_shape = (layer.weight.shape[0], 1, 1, 1) if layer.weight.ndim == 4 else (layer.weight.shape[0], 1)
+            state[f"{key}.lora_up.weight"] = torch.randn(up_shape, generator=gen) * 1e-3
+            state[f"{key}.alpha"] = torch.tensor(1.0)
+        states.append(state)
+    return states
+
+
+def _step_case(which: str, num_spms: int, prompts: int = 1) -> BenchCase:
+    """One CFG denoising step (UNet batch 2 * prompts: the images and their uncond rows) with C SPMs and each
+    prompt's FT gammas (hooks on a weight-sharing twin of the UNet) vs the same step on the bare UNet (no hooks).
+    With one prompt the two CFG rows share gamma (folded into the ups); with several, the per-sample path runs."""
+    from projects.spm.composition import SPMComposition
+    from projects.spm.transport import facilitated_gammas
+
+    unet, twin = _unet(which)
+    text_encoder, tokenizer, concepts = _toy_text()
+    texts = ["a red circle next to a blue star", "a green ring", "a white square", "a purple cross"][:prompts]
+    gammas = facilitated_gammas(text_encoder, tokenizer, texts, concepts[:num_spms])
+    previous = _CACHE.pop(f"comp_{which}", None)  # one composition on the twin at a time
+    if previous is not None:
+        previous[1].close()
+        previous[0].remove()
+    comp = SPMComposition(twin, _random_states(unet, num_spms), concepts[:num_spms])
+    # FT gammas are constant over the denoising steps, so a generation enters applied() once per batch of prompts
+    # (that prepares the per-layer tensors) and then runs every step inside it: time one such step.
+    scope = contextlib.ExitStack()
+    scope.enter_context(comp.applied(gammas))  # [B, C] -> repeated over the [uncond; cond] halves
+    _CACHE[f"comp_{which}"] = comp, scope
+    cfg = unet.config
+    gen = torch.Generator().manual_seed(0)
+    n = 2 * prompts
+    x = torch.randn(n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
+    ctx = torch.randn(n, 77 if which == "sd14" else tokenizer.model_max_length, cfg.cross_attention_dim, generator=gen)
+    t = torch.full((n,), 500)
+
+    def with_spms() -> None:
+        twin(x, t, encoder_hidden_states=ctx)
+
+    def bare() -> None:
+        unet(x, t, encoder_hidden_states=ctx)
+
+    return BenchCase(method=with_spms, baseline=bare, details={
+        "unet": "SD v1.4 config, random init, 64x64 latents" if which == "sd14" else "toy 16x16 (32, 64, 64)",
+        "spms": num_spms, "adapted_layers": len(comp.stacks), "unet_batch": n, "mode": "linear",
+        "gammas": [[round(g, 3) for g in row] for row in gammas.tolist()]})
+
+
+for _which, _label, _repeats in (("toy", "toy UNet 16x16", 30), ("sd14", "SD v1.4-sized UNet, 64x64, CPU", 3)):
+    for _num in (1, 5, 20):
+        register(f"spm: CFG step with {_num} SPMs, per-sample FT / no SPM ({_label})", target=1.05,
+                 kind="overhead", repeats=_repeats, warmup=0 if _which == "sd14" else 3)(
+            lambda w=_which, n=_num: _step_case(w, n))
+register("spm: CFG step with 20 SPMs, 4 prompts with different FT gammas / no SPM (toy UNet 16x16)", target=1.05,
+         kind="overhead", repeats=30)(lambda: _step_case("toy", 20, prompts=4))
+
+
+def official_gammas_loop(text_encoder, tokenizer, prompts: list[str], concept_embeds: torch.Tensor,
+                         concept_ids: torch.Tensor) -> torch.Tensor:
+    """The official ``calculate_matching_score`` one prompt at a time (concept embeddings encoded once, at load)."""
+    from projects.spm.transport import tokenize
+
+    special = set(tokenizer.all_special_ids)
+    rows = []
+    for prompt in prompts:
+        ids = tokenize(tokenizer, [prompt])
+        embeds = text_encoder(ids)[0]
+        clipcos = torch.cosine_similarity(embeds.flatten(1, 2), concept_embeds.flatten(1, 2), dim=-1)
+        prompt_set = set(ids[0].tolist()) - special
+        uni = []
+        for c in concept_ids:
+            c_set = set(c.tolist()) - special
+            uni.append(len(prompt_set & c_set) / len(c_set))
+        rows.append(torch.stack([clipcos, torch.tensor(uni)]).amax(0))
+    return torch.stack(rows)
+
+
+@register("spm: FT gammas, 16 prompts x 20 SPMs, batched vs official per-prompt loop (toy text encoder)",
+          target=2.0, kind="speedup", repeats=15, warmup=3)
+def _gamma_row() -> BenchCase:
+    from projects.spm.data import toy_caption
+    from projects.spm.transport import encode, facilitated_gammas, tokenize
+
+    text_encoder, tokenizer, concepts = _toy_text()
+    shapes, colors = ["circle", "star", "ring", "cross"] * 4, ["red", "blue", "white", "green"] * 2 + ["yellow"] * 8
+    prompts = [toy_caption(s, c) for s, c in zip(shapes, colors, strict=True)]
+    flat = [s for c in concepts for s in c]
+    concept_ids = tokenize(tokenizer, flat)
+    concept_embeds = encode(text_encoder, concept_ids)
+    ours = facilitated_gammas(text_encoder, tokenizer, prompts, concepts)
+    ref = official_gammas_loop(text_encoder, tokenizer, prompts, concept_embeds, concept_ids)
+    if not torch.allclose(ours, ref, atol=1e-5):
+        raise AssertionError(f"batched FT gammas differ from the per-prompt loop by {(ours - ref).abs().max():.2e}")
+    return BenchCase(method=lambda: facilitated_gammas(text_encoder, tokenizer, prompts, concepts),
+                     baseline=lambda: official_gammas_loop(text_encoder, tokenizer, prompts, concept_embeds,
+                                                           concept_ids),
+                     details={"prompts": len(prompts), "spms": len(concepts), "strings": len(flat),
+                              "note": "ours re-encodes the 20 concept strings on every call; the loop encodes them "
+                                      "once (at load) and each prompt separately"})

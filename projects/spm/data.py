@@ -14,33 +14,46 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from shared.data.toyworld import BACKGROUNDS, Scene, make_object, render
+from shared.data.toyworld import Scene, make_object, render
 
 TOY_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
 TOY_COLORS: tuple[str, ...] = ("red", "yellow", "green", "blue", "purple", "white")
 TOY_SIZE = 16
 
 
-def toy_caption(shape: str, color: str) -> str:
-    return f"a {color} {shape}"
+def toy_caption(shape: str | None, color: str | None) -> str:
+    """``"a red circle"``, or the bare concept word when the other attribute is left out: ``"circle"``, ``"red"``."""
+    if shape and color:
+        return f"a {color} {shape}"
+    return shape or color
 
 
 def render_toy_scenes(n: int, seed: int, size: int = TOY_SIZE, shapes: Sequence[str] = TOY_SHAPES,
-                      colors: Sequence[str] = TOY_COLORS) -> dict:
-    """``n`` single-object scenes: images uint8 [n, 3, size, size], shape/colour indices, captions."""
+                      colors: Sequence[str] = TOY_COLORS, jitter: float = 1.0,
+                      partial_captions: float = 0.0) -> dict:
+    """``n`` single-object scenes: images uint8 [n, 3, size, size], shape/colour indices, captions.
+
+    The SPM toy world is deliberately simple so a tiny diffusion model learns it in CPU minutes: one upright object
+    of 60-90% of the image, centred up to ``jitter`` pixels off, on a plain grey background.
+    A ``partial_captions`` share of the captions names only the shape or only the colour as a bare
+    word ("circle", "red"), half each, so single-concept prompts (SPM's concept strings) mean something to the model.
+    """
     rng = np.random.default_rng(seed)
     images = np.empty((n, 3, size, size), dtype=np.uint8)
     shape_idx = rng.integers(len(shapes), size=n)
     color_idx = rng.integers(len(colors), size=n)
     captions = []
-    backgrounds = tuple(BACKGROUNDS)
     for i in range(n):
         shape, color = shapes[shape_idx[i]], colors[color_idx[i]]
-        obj = make_object(rng, size, kind=shape, color=color, object_size=(0.55 * size, 0.95 * size))
-        scene = Scene(size, backgrounds[int(rng.integers(len(backgrounds)))], (obj,), texture=4.0,
-                      seed=int(rng.integers(2**31)))
+        centre = tuple(size / 2 + rng.uniform(-jitter, jitter) for _ in range(2))
+        obj = make_object(rng, size, kind=shape, color=color, object_size=(0.6 * size, 0.9 * size), center=centre,
+                          rotate=False)
+        scene = Scene(size, "gray", (obj,), texture=0.0, seed=int(rng.integers(2**31)))
         images[i] = np.asarray(render(scene)).transpose(2, 0, 1)
-        captions.append(toy_caption(shape, color))
+        drop = rng.random() < partial_captions
+        keep_shape = rng.random() < 0.5
+        captions.append(toy_caption(shape if keep_shape or not drop else None, color if not keep_shape or not drop
+                                    else None))
     return {"images": torch.from_numpy(images), "shape": torch.from_numpy(shape_idx),
             "color": torch.from_numpy(color_idx), "captions": captions}
 

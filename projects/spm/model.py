@@ -6,7 +6,9 @@ Pure nn.Module code (no Lightning). Without ``vae/`` the UNet works in pixel spa
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,6 +34,20 @@ TOY_UNET_CONFIG: dict = dict(
 )
 
 
+# Samplers for generation: ``ddim`` is our batched DDIM (eta 0, the timesteps of diffusers' DDIMScheduler for the
+# model's scheduler config); the others are diffusers scheduler classes built from that config (``default``: the
+# class the folder names, e.g. PNDM for SD v1.4, which is what the official evaluation samples with).
+SAMPLERS: dict[str, tuple[str | None, dict]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "default": (None, {}),
+}
+
+
 def _require(folder: Path, sub: str) -> Path:
     path = folder / sub
     if not path.is_dir():
@@ -45,8 +61,10 @@ class DiffusionModel(nn.Module):
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer, alphas_cumprod: torch.Tensor,
                  vae: nn.Module | None = None, set_alpha_to_one: bool = False,
-                 clip_sample: float | None = None) -> None:
+                 clip_sample: float | None = None, scheduler_config: dict | None = None) -> None:
         super().__init__()
+        # The folder's raw scheduler_config.json (for generation with other samplers); None: DDIM defaults.
+        self.scheduler_config = dict(scheduler_config) if scheduler_config else None
         self.unet, self.text_encoder, self.tokenizer, self.vae = unet, text_encoder, tokenizer, vae
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
         self.final_alpha = 1.0 if set_alpha_to_one else float(alphas_cumprod[0])
@@ -76,7 +94,8 @@ class DiffusionModel(nn.Module):
             vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, **kw)
         clip = float(scheduler.config.clip_sample_range) if scheduler.config.clip_sample else None
         return cls(unet, text_encoder, tokenizer, scheduler.alphas_cumprod, vae,
-                   bool(scheduler.config.set_alpha_to_one), clip)
+                   bool(scheduler.config.set_alpha_to_one), clip,
+                   DDIMScheduler.load_config(folder / "scheduler"))
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -175,3 +194,66 @@ class DiffusionModel(nn.Module):
             x = self.rollout(x, timesteps, uncond, cond_all[start:start + chunk], guidance, unet_params)
             out.append(self.decode(x).cpu())
         return torch.cat(out)
+
+    # ------------------------------------------------------------------ generation with any sampler
+    def make_scheduler(self, sampler: str = "default"):
+        """A diffusers scheduler of kind ``sampler`` (see ``SAMPLERS``) built from the model's scheduler config;
+        config keys the class does not take are dropped (no warnings)."""
+        import diffusers
+
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler {sampler!r} is not one of {sorted(SAMPLERS)}")
+        config = dict(self.scheduler_config or {"num_train_timesteps": len(self.alphas_cumprod)})
+        name, extra = SAMPLERS[sampler]
+        name = name or config.get("_class_name") or "DDIMScheduler"
+        cls = getattr(diffusers, name, None)
+        if cls is None:
+            raise ValueError(f"scheduler class {name!r} (from the model's scheduler config) is not in diffusers")
+        accepted = inspect.signature(cls.__init__).parameters
+        return cls(**{k: v for k, v in {**config, **extra}.items() if k in accepted})
+
+    def sampling_timesteps(self, steps: int) -> list[int]:
+        """DDIM's timesteps for ``steps`` steps under the model's scheduler config (spacing and steps_offset)."""
+        if self.scheduler_config is None:
+            return self.ddim_timesteps(steps, len(self.alphas_cumprod))
+        scheduler = self.make_scheduler("ddim")
+        scheduler.set_timesteps(steps)
+        return [int(t) for t in scheduler.timesteps]
+
+    @torch.no_grad()
+    def denoise(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                guidance: float | torch.Tensor = 7.5, steps: int = 30, sampler="ddim",
+                unet_params: dict | None = None, generators: list[torch.Generator] | None = None,
+                callback: Callable[[int], None] | None = None) -> torch.Tensor:
+        """CFG generation from ``noise`` [B, ...] (on the model's device and dtype) to the final latents.
+
+        ``guidance``: a float or one value per sample [B]. ``sampler``: a name of ``SAMPLERS`` or a diffusers
+        scheduler instance (its state is reset by ``set_timesteps``). ``ddim`` runs our :meth:`ddim_step` over the
+        DDIMScheduler's timesteps (same numbers as diffusers DDIM, eta 0); the others the generic
+        ``scale_model_input`` / ``step`` loop. ``generators``: one per sample, for stochastic samplers (euler_a),
+        so a sample's noise does not depend on the rest of the batch. ``callback(i)`` after each step.
+        """
+        if isinstance(guidance, torch.Tensor):
+            guidance = guidance.to(noise.device, torch.float32).view(-1, *([1] * (noise.ndim - 1)))
+        x = noise
+        if sampler == "ddim":
+            timesteps = self.sampling_timesteps(steps)
+            ratio = len(self.alphas_cumprod) // steps
+            for i, t in enumerate(timesteps):
+                eps = self.guided_eps(x, t, uncond, cond, guidance, unet_params)
+                x = self.ddim_step(x, eps.to(x.dtype), t, t - ratio).to(noise.dtype)
+                if callback is not None:
+                    callback(i)
+            return x
+        scheduler = self.make_scheduler(sampler) if isinstance(sampler, str) else sampler
+        scheduler.set_timesteps(steps, device=x.device)
+        takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+        x = x * scheduler.init_noise_sigma
+        for i, t in enumerate(scheduler.timesteps):
+            x_in = scheduler.scale_model_input(x, t)
+            eps = self.guided_eps(x_in, t.item(), uncond, cond, guidance, unet_params)
+            kwargs = {"generator": generators} if takes_generator and generators is not None else {}
+            x = scheduler.step(eps.to(x.dtype), t, x, **kwargs).prev_sample.to(noise.dtype)
+            if callback is not None:
+                callback(i)
+        return x

@@ -35,6 +35,21 @@ def kohya_name(module_path: str) -> str:
     return f"{PREFIX_UNET}_{module_path.replace('.', '_')}"
 
 
+def adapted_layers(unet: nn.Module, target_blocks: Sequence[str] = TARGET_BLOCKS
+                   ) -> dict[str, tuple[str, nn.Linear | nn.Conv2d]]:
+    """``{kohya name: (module path, layer)}`` of every Linear/Conv2d inside the target blocks (official
+    ``create_modules``), in ``named_modules`` order; nested target blocks are adapted once."""
+    out: dict[str, tuple[str, nn.Linear | nn.Conv2d]] = {}
+    for block_path, block in unet.named_modules():
+        if type(block).__name__ not in target_blocks:
+            continue
+        for sub_path, layer in block.named_modules():
+            if isinstance(layer, nn.Linear | nn.Conv2d):
+                path = f"{block_path}.{sub_path}"
+                out.setdefault(kohya_name(path), (path, layer))
+    return out
+
+
 class SPMAdapter(nn.Module):
     """The rank-r branch of one layer: ``up(down(x)) * alpha / rank`` (Linear or Conv2d like the wrapped layer)."""
 
@@ -76,18 +91,11 @@ class SPMNetwork(nn.Module):
         self.multiplier: float | torch.Tensor = multiplier
         self.adapters = nn.ModuleDict()
         self._handles: list = []
-        for block_path, block in unet.named_modules():
-            if type(block).__name__ not in target_blocks:
-                continue
-            for sub_path, layer in block.named_modules():
-                if isinstance(layer, nn.Linear | nn.Conv2d):
-                    name = kohya_name(f"{block_path}.{sub_path}")
-                    if name in self.adapters:  # nested target blocks: adapt once
-                        continue
-                    adapter = SPMAdapter(layer, rank, alpha)
-                    adapter.to(device=layer.weight.device, dtype=layer.weight.dtype)
-                    self.adapters[name] = adapter
-                    self._handles.append(layer.register_forward_hook(self._hook(adapter)))
+        for name, (_, layer) in adapted_layers(unet, target_blocks).items():
+            adapter = SPMAdapter(layer, rank, alpha)
+            adapter.to(device=layer.weight.device, dtype=layer.weight.dtype)
+            self.adapters[name] = adapter
+            self._handles.append(layer.register_forward_hook(self._hook(adapter)))
         if not self.adapters:
             raise ValueError(f"SPMNetwork found no {'/'.join(target_blocks)} with Linear/Conv2d layers in "
                              f"{type(unet).__name__}; expected a diffusers UNet2DConditionModel")

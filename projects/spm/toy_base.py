@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 # The committed toy model (about 8 MB, tracked in git); the script rewrites it (or another --out) when rerun.
 DEFAULT_DIR = Path(__file__).resolve().parent / "toy_model"
-DEFAULT_STEPS = 1200
+DEFAULT_STEPS = 1600
+DEFAULT_BATCH = 64
 TEXT_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                    max_position_embeddings=16, projection_dim=64)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
@@ -100,24 +101,47 @@ def train_classifier(out: Path, steps: int = 800, seed: int = 1) -> float:
     return acc
 
 
-def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-               cfg_dropout: float = 0.1, ema_decay: float = 0.99, snapshot_every: int = 100) -> dict:
+def hue_rotation(degrees: float) -> torch.Tensor:
+    """3x3 RGB matrix that rotates hues by ``degrees`` about the grey axis (greys, e.g. the background, stay put)."""
+    import math
+
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    k = torch.full((3, 3), 1 / 3)
+    cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
+    return c * torch.eye(3) + (1 - c) * k + s * cross
+
+
+def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH, lr: float = 2e-3,
+               seed: int = 0, cfg_dropout: float = 0.1, ema_decay: float = 0.995, snapshot_every: int = 250,
+               partial_captions: float = 0.3, init_from: Path | None = None, hue_shift: float = 0.0) -> dict:
     """Train the tiny pixel-space text-to-image model and save it (an EMA of its weights) in the diffusers folder
-    layout; every ``snapshot_every`` steps the EMA so far is written too, so a run can be judged while it trains."""
+    layout; every ``snapshot_every`` steps the EMA so far is written too, so a run can be judged while it trains.
+
+    ``init_from`` fine-tunes an existing toy model folder instead of starting from random weights, and ``hue_shift``
+    rotates the training images' hues (degrees): together they make the "derived" model of the transfer experiment
+    (like a community checkpoint fine-tuned from SD v1.4, UNet and text encoder both change)."""
     import copy
 
     from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(out_dir / "tokenizer")
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                                bos_token_id=tokenizer.bos_token_id,
-                                                eos_token_id=tokenizer.eos_token_id, **TEXT_CONFIG))
-    unet = UNet2DConditionModel(**TOY_UNET_CONFIG)
+    if init_from is not None:
+        tokenizer = AutoTokenizer.from_pretrained(init_from / "tokenizer", local_files_only=True)
+        tokenizer.save_pretrained(out_dir / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(init_from / "text_encoder", local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(init_from / "unet", local_files_only=True)
+    else:
+        tokenizer = build_tokenizer(out_dir / "tokenizer")
+        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                                    bos_token_id=tokenizer.bos_token_id,
+                                                    eos_token_id=tokenizer.eos_token_id, **TEXT_CONFIG))
+        unet = UNet2DConditionModel(**TOY_UNET_CONFIG)
     scheduler = DDIMScheduler(**SCHEDULER)
-    data = render_toy_scenes(20000, seed=seed)
+    data = render_toy_scenes(20000, seed=seed, partial_captions=partial_captions)
     images = data["images"].float() / 127.5 - 1
+    if hue_shift:
+        images = torch.einsum("ij,njhw->nihw", hue_rotation(hue_shift), images).clamp(-1, 1)
     ids = tokenizer(data["captions"] + [""], padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     empty_ids, ids = ids[-1], ids[:-1]
@@ -161,7 +185,8 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = 32, 
         if snapshot_every and (step + 1) % snapshot_every == 0:
             save(ema)
     save(ema)
-    return {"steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "hue_shift": hue_shift,
+            "init_from": None if init_from is None else str(init_from),
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "train_s": round(time.perf_counter() - start, 1),
             "threads": torch.get_num_threads()}
 
@@ -204,17 +229,37 @@ def write_random_base(out_dir: str | Path, unet_config: dict | None = None, seed
     return out_dir
 
 
-def build_toy_base(out_dir: str | Path = DEFAULT_DIR, steps: int = DEFAULT_STEPS, seed: int = 0) -> Path:
+def build_toy_base(out_dir: str | Path = DEFAULT_DIR, steps: int = DEFAULT_STEPS, seed: int = 0,
+                   batch_size: int = DEFAULT_BATCH) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classifier_acc = train_classifier(out_dir / "classifier.safetensors")  # first: snapshots can be judged
-    info = train_base(out_dir, steps=steps, seed=seed)
+    info = train_base(out_dir, steps=steps, seed=seed, batch_size=batch_size)
     info["classifier_acc"] = classifier_acc
     info["generated"] = judge_base(out_dir)
     info.update(shapes=TOY_SHAPES, colors=TOY_COLORS, size=TOY_SIZE, seed=seed,
-                command=f"python -m projects.spm.toy_base --out {out_dir} --steps {steps} --seed {seed}")
+                command=f"python -m projects.spm.toy_base --out {out_dir} --steps {steps} --seed {seed} "
+                        f"--batch-size {batch_size}")
     (out_dir / "toy_base.json").write_text(json.dumps(info, indent=2))
     logger.warning("toy base model written to %s: %s", out_dir, info)
+    return out_dir
+
+
+def derive_toy_model(source: str | Path, out_dir: str | Path, steps: int = 200, hue_shift: float = 30.0,
+                     lr: float = 5e-4, seed: int = 1) -> Path:
+    """The transfer experiment's "derived" model: ``source`` fine-tuned briefly on hue-shifted renders (same layout,
+    different UNet and text-encoder weights), with the source's classifier copied alongside."""
+    import shutil
+
+    source, out_dir = Path(source), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / "classifier.safetensors", out_dir / "classifier.safetensors")
+    info = train_base(out_dir, steps=steps, lr=lr, seed=seed, init_from=source, hue_shift=hue_shift,
+                      snapshot_every=0)
+    info["generated"] = judge_base(out_dir)
+    info["command"] = (f"python -m projects.spm.toy_base --derive-from {source} --out {out_dir} --steps {steps} "
+                       f"--hue-shift {hue_shift} --seed {seed}")
+    (out_dir / "toy_base.json").write_text(json.dumps(info, indent=2))
     return out_dir
 
 
@@ -232,13 +277,18 @@ def main() -> None:
     parser.add_argument("--out", default=str(DEFAULT_DIR))
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--judge", action="store_true", help="only judge an existing --out folder's generations")
+    parser.add_argument("--derive-from", help="fine-tune this toy model folder on hue-shifted renders instead")
+    parser.add_argument("--hue-shift", type=float, default=30.0, help="degrees, with --derive-from")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     if args.judge:
         print(json.dumps(judge_base(args.out)))
+    elif args.derive_from:
+        derive_toy_model(args.derive_from, args.out, args.steps, args.hue_shift, seed=args.seed)
     else:
-        build_toy_base(args.out, args.steps, args.seed)
+        build_toy_base(args.out, args.steps, args.seed, args.batch_size)
 
 
 if __name__ == "__main__":

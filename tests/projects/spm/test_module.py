@@ -120,7 +120,7 @@ def run_cli(tmp_path: Path, base: Path, *extra: str) -> subprocess.CompletedProc
 
 def test_cli_fast_dev_run(tmp_path: Path, base: Path):
     run_cli(tmp_path, base, "--trainer.fast_dev_run", "true")
-    spm = tmp_path / "logs" / "spm" / "toy" / "toy_red_last.safetensors"
+    spm = tmp_path / "logs" / "spm" / "toy" / "toy_circle_last.safetensors"
     assert spm.is_file()
 
 

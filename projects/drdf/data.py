@@ -37,7 +37,8 @@ HM_MEAN, HM_STD = (0.46777, 0.44531, 0.40661), (0.12222, 0.12146, 0.14380)  # MM
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 TINY_LAYOUT = "tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt}"
-DECIDED_BY = {"text": 0, "image": 1}  # the toy's extra jsonl field (absent in the real data -> -1)
+DECIDED_BY = {"text": 0, "image": 1}  # the toy's extra jsonl fields (absent in the real data -> -1)
+ASPECT = {"verdict": 0, "colour": 1, "shape": 2}
 
 
 # ------------------------------------------------------------------------------------------------ Hateful Memes
@@ -65,7 +66,8 @@ def read_hm_jsonl(path: str | Path) -> list[dict]:
 
 
 class HatefulMemesDataset(Dataset):
-    """One split of Hateful Memes: items ``{id, image [3,H,W], text, label (-1 if unlabeled), decided_by}``.
+    """One split of Hateful Memes: items ``{id, image [3,H,W], text, label (-1 if unlabeled), decided_by, aspect}``
+    (the last two only in the toy set, -1 otherwise).
 
     ``require_label=True`` (training / evaluation) refuses a file whose lines lack ``label``; unlabeled test
     files load with ``require_label=False`` (prediction).
@@ -93,7 +95,8 @@ class HatefulMemesDataset(Dataset):
         rec = self.records[i]
         image = load_rgb(self.root / rec["img"], HM_LAYOUT)
         return {"id": int(rec["id"]), "image": self.transform(image), "text": str(rec["text"]),
-                "label": int(rec.get("label", -1)), "decided_by": DECIDED_BY.get(rec.get("decided_by"), -1)}
+                "label": int(rec.get("label", -1)), "decided_by": DECIDED_BY.get(rec.get("decided_by"), -1),
+                "aspect": ASPECT.get(rec.get("aspect"), -1)}
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR
@@ -210,58 +213,87 @@ class TinyImageNetDataset(Dataset):
 
 
 # ------------------------------------------------------------------------------------------------ toy memes
+TOY_VERSION = 2                        # bump when the toy's rules change: an old data_dir is then rewritten
 TOY_NOUNS = ("cat", "dog", "car", "tree", "house", "party", "song", "movie", "city", "game")
-TOY_KEY_COLORS = ("orange", "red")     # image rule: key object orange -> 0, red -> 1
-TOY_WORDS = ("good", "bad")            # text rule: "good" -> 0, "bad" -> 1
-TOY_DISTRACTOR_COLORS = ("blue", "yellow", "pink", "purple")
+TOY_WORDS = ("good", "bad")            # verdict rule: "good" -> 0, "bad" -> 1
+TOY_KEY_COLORS = ("blue", "red")       # colour rule: the key object is blue -> 0, red -> 1
+TOY_KEY_SHAPES = ("circle", "square")  # shape rule: the key object is a circle -> 0, a square -> 1
+TOY_DISTRACTOR_COLORS = ("yellow", "green", "pink", "purple")
+TOY_DISTRACTOR_SHAPES = ("triangle", "star", "cross")
+TOY_ASPECTS = ("verdict", "colour", "shape")  # what decides the label; verdict = the caption, the others = the image
 TOY_SPLITS = {"train": 1, "dev_seen": 2, "test_seen": 3, "test_unseen": 4}
+TOY_SIZES = {"train": 3600, "dev_seen": 450, "test_seen": 450, "test_unseen": 60}
 
 
-def toy_caption(decided_by: str, noun: str, word: str) -> str:
-    """Text-decided memes state a verdict; image-decided ones point at the picture (the verdict is a distractor)."""
-    if decided_by == "text":
+def toy_caption(aspect: str, noun: str, word: str) -> str:
+    """The caption's template names what decides: the verdict word, or the colour / shape of the key object."""
+    if aspect == "verdict":
         return f"the caption says this {noun} is {word}"
-    return f"look at the picture of the {noun} , someone wrote {word}"
+    return f"look at the {aspect} of the {noun} , someone wrote {word}"
 
 
 def make_toy_meme(rng: np.random.Generator, size: int = 32) -> tuple[Scene, str, int, str]:
-    """One toy meme: (scene, caption, label, decided_by).
+    """One toy meme: (scene, caption, label, aspect), aspect in verdict / colour / shape (a third each).
 
-    Half the memes are decided by the caption (label = the verdict word, the key object's colour is random:
-    a distractor), half by the image (label = the key object's colour, the caption's verdict is random). The
-    caption template tells which modality decides, so a per-sample weighting of the modalities can reach 100%.
+    Every meme carries three independent random bits: the caption's verdict word, the key object's colour and
+    its shape. The caption's template says which bit is the label; the other two are distractors. So
+    * a caption-only model knows *which* bit decides but sees only the verdict (2/3 correct at best);
+    * an image-only model sees the colour and the shape but not which of them decides (2/3 at best, see README);
+    * an additive (late) fusion of the two cannot use the caption's cue to choose between colour and shape;
+    * a per-sample weighting of a text expert and two image experts (one for colour, one for shape) steered by
+      the caption can reach 100%.
     """
-    decided_by = ("text", "image")[int(rng.integers(2))]
-    text_label, image_label = int(rng.integers(2)), int(rng.integers(2))
-    label = text_label if decided_by == "text" else image_label
-    key = make_object(rng, size, color=TOY_KEY_COLORS[image_label], object_size=(0.25 * size, 0.4 * size))
-    others = tuple(make_object(rng, size, color=TOY_DISTRACTOR_COLORS[int(rng.integers(4))],
-                               object_size=(0.25 * size, 0.45 * size)) for _ in range(2))
-    scene = Scene(size, "gray", (*others, key), texture=10.0, noise=8.0, seed=int(rng.integers(2**31)))
+    aspect = TOY_ASPECTS[int(rng.integers(3))]
+    verdict, colour, shape = (int(b) for b in rng.integers(2, size=3))
+    label = {"verdict": verdict, "colour": colour, "shape": shape}[aspect]
+    key = make_object(rng, size, kind=TOY_KEY_SHAPES[shape], color=TOY_KEY_COLORS[colour],
+                      object_size=(0.38 * size, 0.5 * size))
+    other = make_object(rng, size, kind=TOY_DISTRACTOR_SHAPES[int(rng.integers(3))],
+                        color=TOY_DISTRACTOR_COLORS[int(rng.integers(4))], object_size=(0.2 * size, 0.3 * size))
+    scene = Scene(size, "gray", (other, key), texture=10.0, noise=6.0, seed=int(rng.integers(2**31)))
     noun = TOY_NOUNS[int(rng.integers(len(TOY_NOUNS)))]
-    return scene, toy_caption(decided_by, noun, TOY_WORDS[text_label]), label, decided_by
+    return scene, toy_caption(aspect, noun, TOY_WORDS[verdict]), label, aspect
+
+
+def _toy_stamp(sizes: dict[str, int], image_size: int, seed: int) -> dict:
+    return {"version": TOY_VERSION, "sizes": sizes, "image_size": image_size, "seed": seed}
+
+
+def toy_memes_ready(root: str | Path, sizes: dict[str, int] | None = None, image_size: int = 32,
+                    seed: int = 0) -> bool:
+    """True if ``root`` holds the toy set written with these settings by this version of the writer."""
+    done = Path(root) / "DONE"
+    if not done.is_file():
+        return False
+    try:
+        return json.loads(done.read_text()) == _toy_stamp(sizes or TOY_SIZES, image_size, seed)
+    except json.JSONDecodeError:
+        return False
 
 
 def write_toy_memes(root: str | Path, sizes: dict[str, int] | None = None, image_size: int = 32,
                     seed: int = 0) -> Path:
     """Write the toy dataset in the Hateful Memes layout (jsonl + img/) plus a WordPiece ``tokenizer/``.
 
-    ``test_unseen`` is written without labels (like the real unlabeled test files). Returns ``root``.
+    Extra jsonl fields, for analysis only: ``decided_by`` (text / image) and ``aspect`` (verdict / colour /
+    shape). ``test_unseen`` is written without labels (like the real unlabeled test files). Returns ``root``.
     """
     from shared.backbones.text import build_wordpiece_tokenizer
 
     root = Path(root)
-    sizes = sizes or {"train": 1600, "dev_seen": 400, "test_seen": 400, "test_unseen": 64}
+    sizes = dict(sizes or TOY_SIZES)
+    (root / "DONE").unlink(missing_ok=True)
     (root / "img").mkdir(parents=True, exist_ok=True)
     next_id, texts = 1, []
     for split, n in sizes.items():
         rng = np.random.default_rng([seed, TOY_SPLITS.get(split, 9)])
         lines = []
         for _ in range(n):
-            scene, text, label, decided_by = make_toy_meme(rng, image_size)
+            scene, text, label, aspect = make_toy_meme(rng, image_size)
             rel = f"img/{next_id:05d}.png"
             render(scene).save(root / rel, format="PNG", compress_level=1)
-            rec = {"id": next_id, "img": rel, "text": text, "decided_by": decided_by}
+            rec = {"id": next_id, "img": rel, "text": text,
+                   "decided_by": "text" if aspect == "verdict" else "image", "aspect": aspect}
             if split != "test_unseen":
                 rec["label"] = label
             lines.append(json.dumps(rec))
@@ -269,7 +301,7 @@ def write_toy_memes(root: str | Path, sizes: dict[str, int] | None = None, image
             next_id += 1
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     build_wordpiece_tokenizer(texts, root / "tokenizer", vocab_size=256)
-    (root / "DONE").write_text(json.dumps({"sizes": sizes, "image_size": image_size, "seed": seed}))
+    (root / "DONE").write_text(json.dumps(_toy_stamp(sizes, image_size, seed)))
     return root
 
 
@@ -290,6 +322,7 @@ class Collate:
             texts = [it["text"] for it in items]
             batch["text"] = texts
             batch["decided_by"] = torch.tensor([it["decided_by"] for it in items])
+            batch["aspect"] = torch.tensor([it.get("aspect", -1) for it in items])
             enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
             batch["input_ids"], batch["attention_mask"] = enc["input_ids"], enc["attention_mask"]
@@ -322,8 +355,8 @@ class DRDFDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         h = self.hparams
-        if h.dataset == "toy_memes" and not (Path(h.data_dir) / "DONE").is_file():
-            logger.info("writing the toy memes dataset to %s", h.data_dir)
+        if h.dataset == "toy_memes" and not toy_memes_ready(h.data_dir, h.toy_sizes, h.image_size, h.toy_seed):
+            logger.info("writing the toy memes dataset (version %d) to %s", TOY_VERSION, h.data_dir)
             write_toy_memes(h.data_dir, h.toy_sizes, image_size=h.image_size, seed=h.toy_seed)
 
     def _load_tokenizer(self):
@@ -338,6 +371,8 @@ class DRDFDataModule(LightningDataModule):
         h = self.hparams
         if self.multimodal:  # MMF grid pipeline: resize (256 -> centre crop 224 at full size), normalise
             ops = [T.Resize((h.image_size, h.image_size), antialias=True)] if h.image_size != 32 else []
+            if train and h.augment and h.dataset == "toy_memes":  # the toy's labels survive flips (MMF has none)
+                ops += [T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
             return T.Compose([T.ToImage(), *ops, T.ToDtype(torch.float32, scale=True), T.Normalize(HM_MEAN, HM_STD)])
         if h.dataset in CIFAR_STATS:
             mean, std = CIFAR_STATS[h.dataset]

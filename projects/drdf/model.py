@@ -27,18 +27,33 @@ TextSlot = Literal["text", "image", "none", "constant"]
 
 # ------------------------------------------------------------------------------------------------ routers
 class ImageRouter(nn.Module):
-    """A timm CNN (default ResNet-18, global average pooling) -> feature h_v and logits r_v = Linear(h_v)."""
+    """Image -> feature h_v and logits r_v = Linear(h_v).
 
-    def __init__(self, num_experts: int, backbone: str = "resnet18", pretrained=None, cifar_stem: bool = False,
-                 freeze: bool = False, image_size: int = 224, **timm_kwargs) -> None:
+    ``kind="cnn"`` (default): a timm CNN (default ResNet-18) with global average pooling. ``kind="patch"``: the
+    light option, one strided ``patch`` x ``patch`` convolution to ``dim`` channels, ReLU, global average pooling
+    (three ops, so the router costs little next to the experts; the toy config uses it).
+    """
+
+    def __init__(self, num_experts: int, kind: Literal["cnn", "patch"] = "cnn", backbone: str = "resnet18",
+                 pretrained=None, cifar_stem: bool = False, freeze: bool = False, image_size: int = 224,
+                 patch: int = 8, dim: int = 32, **timm_kwargs) -> None:
         super().__init__()
-        if not pretrained:
-            logger.info("image router %s: no pretrained weights given; starting from random init", backbone)
-        self.encoder = build_cnn(backbone, pretrained=pretrained or False, num_classes=0, cifar_stem=cifar_stem,
-                                 **timm_kwargs)
-        with torch.no_grad():
-            self.feature_dim = int(self.encoder.eval()(torch.zeros(1, 3, image_size, image_size)).shape[-1])
-        self.encoder.train()
+        if kind == "cnn":
+            if not pretrained:
+                logger.info("image router %s: no pretrained weights given; starting from random init", backbone)
+            self.encoder = build_cnn(backbone, pretrained=pretrained or False, num_classes=0, cifar_stem=cifar_stem,
+                                     **timm_kwargs)
+            with torch.no_grad():
+                self.feature_dim = int(self.encoder.eval()(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+            self.encoder.train()
+        elif kind == "patch":
+            if timm_kwargs:
+                raise ValueError(f"image_router.kind=patch takes patch and dim, not {sorted(timm_kwargs)}")
+            self.encoder = nn.Sequential(nn.Conv2d(3, dim, patch, stride=patch), nn.ReLU(),
+                                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.feature_dim = dim
+        else:
+            raise ValueError(f"image_router.kind must be 'cnn' or 'patch', got {kind!r}")
         self.head = nn.Linear(self.feature_dim, num_experts)
         self.freeze = freeze
         if freeze:
@@ -191,34 +206,69 @@ def fuse(expert_logits: torch.Tensor, weights: torch.Tensor, mode: Fusion = "log
 
 
 # ------------------------------------------------------------------------------------------------ DRDF
-class DRDF(nn.Module):
-    """K experts of one registered backbone, weighted per sample by the Dual-Router and the MWF-Layer.
+def expert_specs(expert: str | None, num_experts: int | None, experts: list | None,
+                 expert_kwargs: dict | None = None) -> list[tuple[str, dict]]:
+    """Resolve the expert list: ``experts`` (heterogeneous: names, or dicts ``{name: ..., **overrides}``, the
+    overrides merged over ``expert_kwargs``) or the homogeneous shorthand ``num_experts`` copies of ``expert``."""
+    shared = dict(expert_kwargs or {})
+    if experts is None:
+        if not expert or not num_experts or num_experts < 1:
+            raise ValueError(f"give model.experts (a list) or model.expert and model.num_experts >= 1; got "
+                             f"expert={expert!r}, num_experts={num_experts!r}")
+        return [(expert, shared) for _ in range(num_experts)]
+    if not isinstance(experts, list | tuple) or not experts:
+        raise ValueError(f"model.experts must be a non-empty list of expert names or dicts, got {experts!r}")
+    if num_experts is not None and num_experts != len(experts):
+        raise ValueError(f"model.num_experts={num_experts} disagrees with the {len(experts)} entries of model.experts")
+    specs = []
+    for i, item in enumerate(experts):
+        if isinstance(item, str):
+            specs.append((item, shared))
+        elif isinstance(item, dict) and "name" in item:
+            specs.append((item["name"], {**shared, **{k: v for k, v in item.items() if k != "name"}}))
+        else:
+            raise ValueError(f"model.experts[{i}]: expected a registered name or a dict with 'name', got {item!r}")
+    return specs
 
-    ``routing="drdf"`` (the method) or ``"uniform"`` (w = 1/K, no routers: the static-ensemble control; with
-    ``num_experts=1`` it is the single-backbone baseline). ``text_slot`` says what the text router sees:
+
+class DRDF(nn.Module):
+    """K experts weighted per sample by the Dual-Router and the MWF-Layer.
+
+    Experts: ``num_experts`` copies of one registered backbone ``expert`` (the paper's setting, INFERRED), or a
+    heterogeneous list ``experts`` (e.g. ``[text_bert, image_grid, image_grid]``: unimodal experts, the toy's
+    setting). ``routing="drdf"`` (the method) or ``"uniform"`` (w = 1/K, no routers: the static-ensemble
+    control; with one expert it is the single-backbone baseline). ``text_slot`` says what the text router sees:
     ``text`` (multimodal data), or on image-only data ``image`` (U1, a second image router, default), ``none``
     (U2: no text router, a_v = 1) or ``constant`` (U3: a learned constant). Never the class name.
     """
 
-    def __init__(self, num_classes: int, expert: str = "late_fusion", num_experts: int = 3,
+    def __init__(self, num_classes: int, expert: str | None = "late_fusion", num_experts: int | None = 3,
                  expert_kwargs: dict | None = None, routing: Literal["drdf", "uniform"] = "drdf",
                  text_slot: TextSlot = "text", text_router: dict | None = None, image_router: dict | None = None,
                  text_slot_image_router: dict | None = None, mwf: dict | None = None, fusion: Fusion = "logits",
-                 freeze_experts: bool = False) -> None:
+                 freeze_experts: bool = False, experts: list | None = None) -> None:
         super().__init__()
         if routing not in ("drdf", "uniform"):
             raise ValueError(f"routing must be 'drdf' or 'uniform', got {routing!r}")
         if text_slot not in ("text", "image", "none", "constant"):
             raise ValueError(f"unimodal_text_mode / text_slot must be text, image, none or constant; got {text_slot!r}")
-        self.num_experts, self.routing, self.fusion, self.text_slot = num_experts, routing, fusion, text_slot
+        specs = expert_specs(expert, num_experts, experts, expert_kwargs)
+        self.num_experts, self.routing, self.fusion, self.text_slot = len(specs), routing, fusion, text_slot
+        num_experts = self.num_experts
         self.temperature = 1.0
-        kwargs = dict(expert_kwargs or {})
         # Built one after the other from the running RNG: every expert (and head) gets its own init.
-        experts: list[Expert] = [build_expert(expert, num_classes, **kwargs) for _ in range(num_experts)]
-        self.experts = nn.ModuleList(experts)
+        built: list[Expert] = [build_expert(name, num_classes, **kw) for name, kw in specs]
+        self.experts = nn.ModuleList(built)
+        self.expert_names = [name for name, _ in specs]
+        # Which experts see only the text / only the image (for the "weight on the text experts" statistics).
+        self.text_only = [k for k, e in enumerate(built) if e.modalities == ("text",)]
+        self.image_only = [k for k, e in enumerate(built) if e.modalities == ("image",)]
         if freeze_experts:
             self.experts.requires_grad_(False)
-        self.shared_head = nn.Linear(experts[0].feature_dim, num_classes) if fusion == "features" else None
+        if fusion == "features" and len({e.feature_dim for e in built}) > 1:
+            raise ValueError(f"fusion='features' needs experts with one feature size; got "
+                             f"{[(n, e.feature_dim) for n, e in zip(self.expert_names, built, strict=True)]}")
+        self.shared_head = nn.Linear(built[0].feature_dim, num_classes) if fusion == "features" else None
         self.text_router = self.image_router = self.mwf = None
         if routing == "drdf":
             self.image_router = ImageRouter(num_experts, **(image_router or {}))

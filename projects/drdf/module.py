@@ -21,6 +21,7 @@ class DRDFModule(LightningModule):
 
     L = CE(y, label) + lambda_aux * mean_k CE(z_k, label) [+ lambda_bal * CV(sum_batch w)^2]  (drdf.md 6).
 
+    Experts: ``num_experts`` copies of ``expert``, or a heterogeneous list ``experts`` (which then wins).
     ``task="binary"`` (Hateful Memes: val/auroc, val/acc on P(hateful) = softmax(y)[:, 1]) or ``"multiclass"``
     (CIFAR / TinyImageNet: val/top1, val/top5). ``multimodal=False`` puts ``unimodal_text_mode`` in the text slot.
     Optimiser: ``adamw`` (MMF HM recipe: linear warm-up then linear decay to 0) or ``sgd`` (Nesterov momentum,
@@ -28,7 +29,7 @@ class DRDFModule(LightningModule):
     """
 
     def __init__(self, num_classes: int = 2, task: Literal["binary", "multiclass"] = "binary",
-                 expert: str = "late_fusion", num_experts: int = 3, expert_kwargs: dict | None = None,
+                 expert: str | None = "late_fusion", num_experts: int | None = 3, expert_kwargs: dict | None = None,
                  routing: Literal["drdf", "uniform"] = "drdf", multimodal: bool = True,
                  unimodal_text_mode: Literal["image", "none", "constant"] = "image",
                  text_router: dict | None = None, image_router: dict | None = None,
@@ -39,7 +40,8 @@ class DRDFModule(LightningModule):
                  optimizer: Literal["adamw", "sgd"] = "adamw", lr: float = 5e-5, router_lr_mult: float = 10.0,
                  weight_decay: float = 0.0, eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = True,
                  schedule: Literal["linear", "cosine", "none"] = "linear", warmup_steps: int = 2000,
-                 max_steps: int | None = None, panel_rows: int = 8, cpu_threads: int | None = None) -> None:
+                 max_steps: int | None = None, panel_rows: int = 8, cpu_threads: int | None = None,
+                 experts: list | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         if task not in ("binary", "multiclass"):
@@ -47,8 +49,9 @@ class DRDFModule(LightningModule):
         if task == "binary" and num_classes != 2:
             raise ValueError(f"model.task=binary needs num_classes=2, got {num_classes}")
         self.model = DRDF(num_classes, expert, num_experts, expert_kwargs, routing,
-                          "text" if multimodal else unimodal_text_mode, text_router, image_router,
-                          text_slot_image_router, mwf, fusion, freeze_experts)
+                          text_slot="text" if multimodal else unimodal_text_mode, text_router=text_router,
+                          image_router=image_router, text_slot_image_router=text_slot_image_router, mwf=mwf,
+                          fusion=fusion, freeze_experts=freeze_experts, experts=experts)
         self.monitor = "val/auroc" if task == "binary" else "val/top1"
         self.monitor_mode = "max"
         self.headline_metric = self.monitor
@@ -100,7 +103,7 @@ class DRDFModule(LightningModule):
         labels = batch["label"]
         ce = F.cross_entropy(out["logits"], labels)
         loss = ce
-        if self.hparams.lambda_aux > 0 and self.hparams.num_experts > 1:
+        if self.hparams.lambda_aux > 0 and self.model.num_experts > 1:
             aux = expert_cross_entropy(out["expert_logits"], labels)
             loss = loss + self.hparams.lambda_aux * aux
             self.log("train/aux_ce", aux)
@@ -122,9 +125,11 @@ class DRDFModule(LightningModule):
         self.log(f"{stage}/loss", F.cross_entropy(out["logits"], batch["label"]), batch_size=batch["label"].shape[0],
                  sync_dist=True)
         if stage == "val":
+            unknown = torch.full_like(batch["label"], -1)
             self._records.append({
                 "a_t": out["modality"][:, 0].detach(), "weights": out["weights"].detach(), "label": batch["label"],
-                "decided_by": batch.get("decided_by", torch.full_like(batch["label"], -1)),
+                "decided_by": batch.get("decided_by", unknown), "aspect": batch.get("aspect", unknown),
+                "correct": (out["logits"].argmax(-1) == batch["label"]).long(),
                 "prob": torch.softmax(out["logits"].float(), -1).detach(), "id": batch["id"],
                 "text": batch.get("text", [""] * batch["label"].shape[0]),
             })
@@ -143,19 +148,41 @@ class DRDFModule(LightningModule):
         self.metrics["val"].reset()
         if not self._records:
             return
-        local = {k: torch.cat([r[k] for r in self._records]) for k in ("a_t", "weights", "label", "decided_by")}
+        keys = ("a_t", "weights", "label", "decided_by", "aspect", "correct")
+        local = {k: torch.cat([r[k] for r in self._records]) for k in keys}
         gathered = {k: v.reshape(-1, *v.shape[2:]) if self.trainer.world_size > 1 else v
                     for k, v in ((k, self.all_gather(v)) for k, v in local.items())}
         a_t = gathered["a_t"]
         self.log_dict({"val/a_t_mean": a_t.mean(), "val/a_t_std": a_t.std() if a_t.numel() > 1 else a_t.sum() * 0,
                        "val/w_max_mean": gathered["weights"].max(-1).values.mean()})
-        split = gathered["decided_by"]
-        known = split >= 0
-        if known.any() and (split[known] == 0).any() and (split[known] == 1).any():
-            # How well a_t separates the text-decided (positive) from the image-decided samples (toy data).
-            self.log("val/a_t_auroc_text_decided", binary_auroc(a_t[known], (split[known] == 0).long()))
+        self._log_toy_analysis(gathered)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             self._log_panels(gathered)
+
+    def _log_toy_analysis(self, g: dict[str, torch.Tensor]) -> None:
+        """On the toy set (known ``decided_by`` / ``aspect``): accuracy per group, how well a_t and the weight on
+        the text-only experts separate the text-decided (positive) from the image-decided memes (AUROC), and the
+        mean weight of each expert per aspect (verdict / colour / shape)."""
+        split = g["decided_by"]
+        known = split >= 0
+        if not (known.any() and (split[known] == 0).any() and (split[known] == 1).any()):
+            return
+        is_text = (split[known] == 0).long()
+        correct = g["correct"][known].float()
+        self.log_dict({"val/acc_text_decided": correct[is_text == 1].mean(),
+                       "val/acc_image_decided": correct[is_text == 0].mean()})
+        if self.model.routing == "uniform":
+            return  # constant weights: nothing to separate
+        self.log("val/a_t_auroc_text_decided", binary_auroc(g["a_t"][known], is_text))
+        w = g["weights"].float()
+        if self.model.text_only:
+            w_text = w[:, self.model.text_only].sum(-1)
+            self.log("val/w_text_auroc_text_decided", binary_auroc(w_text[known], is_text))
+        for code, name in enumerate(("verdict", "colour", "shape")):
+            rows = g["aspect"] == code
+            if rows.any():
+                for k, mean_w in enumerate(w[rows].mean(0).tolist()):
+                    self.log(f"val/w{k}_{name}", mean_w)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.metrics["test"].compute(), sync_dist=True)

@@ -1,8 +1,9 @@
-"""The README's toy study: single expert vs uniform ensemble vs DRDF over seeds (dev_seen acc / AUROC, a_t AUROC).
+"""The README's toy study: each unimodal expert alone vs their uniform ensemble vs DRDF, over seeds.
 
-``python -m projects.drdf.study [--seeds 0 1 2] [--configs toy_single toy_ensemble toy] [-- extra CLI args]``
-Each run is ``python -m projects.drdf fit --config projects/drdf/configs/<config>.yaml --seed_everything <s>``
-(CSV logger); the numbers are the last epoch's validation metrics (no checkpoint selection). Writes
+``python -m projects.drdf.study [--seeds 0 1 2] [--configs toy_single_text toy_single_image toy_ensemble toy]
+[-- extra CLI args]``. Each run is ``python -m projects.drdf fit --config projects/drdf/configs/<config>.yaml
+--seed_everything <s>`` (CSV logger, 1 CPU thread); the numbers are the last epoch's dev_seen metrics (no
+checkpoint selection, so dev_seen is a held-out set here). Runs go one at a time. Writes
 ``logs/drdf/study.json`` and prints a markdown table of mean ± std.
 """
 
@@ -18,37 +19,55 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-METRICS = ("val/acc", "val/auroc", "val/a_t_auroc_text_decided", "val/a_t_std")
+PERCENT = ("val/acc", "val/auroc", "val/acc_text_decided", "val/acc_image_decided")
+SCORES = ("val/a_t_auroc_text_decided", "val/w_text_auroc_text_decided")
+COLUMNS = {"val/acc": "dev acc (%)", "val/auroc": "dev AUROC (%)", "val/acc_text_decided": "acc, text-decided (%)",
+           "val/acc_image_decided": "acc, image-decided (%)",
+           "val/a_t_auroc_text_decided": "AUROC of a_t (text- vs image-decided)",
+           "val/w_text_auroc_text_decided": "AUROC of the text expert's weight"}
+
+
+def specialised(metrics: dict, image_experts: tuple[int, ...] = (1, 2)) -> bool | None:
+    """Did the routing send colour memes and shape memes to *different* image experts (largest mean weight)?"""
+    try:
+        top = [max(image_experts, key=lambda k: metrics[f"val/w{k}_{aspect}"]) for aspect in ("colour", "shape")]
+    except KeyError:
+        return None
+    return top[0] != top[1]
 
 
 def run(config: str, seed: int, logs: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "projects.drdf", "fit", "--config", f"projects/drdf/configs/{config}.yaml",
            "--seed_everything", str(seed), "--run_name", f"study_{config}_s{seed}", "--logger", "csv", *extra]
-    env = {**os.environ, "CV_PAPERS_LOGS": str(logs), "PROGRESS_REFRESH": "0"}
+    env = {**os.environ, "CV_PAPERS_LOGS": str(logs), "PROGRESS_REFRESH": "0", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    summary = json.loads((logs / "drdf" / f"study_{config}_s{seed}" / "summary.json").read_text())
+    metrics = json.loads((logs / "drdf" / f"study_{config}_s{seed}" / "summary.json").read_text())["metrics"]
+    weights = {k: round(v, 3) for k, v in metrics.items() if k.startswith("val/w") and k[5:6].isdigit()}
     return {"config": config, "seed": seed, "wall_s": round(time.perf_counter() - start, 1),
-            **{m: summary["metrics"].get(m) for m in METRICS}}
+            **{m: metrics.get(m) for m in (*PERCENT, *SCORES)}, "specialised": specialised(metrics),
+            "weights": weights}
+
+
+def _cell(vals: list[float], scale: float, digits: int) -> str:
+    if not vals:
+        return "–"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{scale * statistics.mean(vals):.{digits}f} ± {scale * sd:.{digits}f}"
 
 
 def table(results: list[dict], configs: list[str]) -> str:
-    lines = ["| config | dev acc | dev AUROC | AUROC of a_t (text- vs image-decided) | std of a_t | runs |",
-             "|---|---|---|---|---|---|"]
+    cols = [*PERCENT, *SCORES]
+    lines = ["| config | " + " | ".join(COLUMNS[c] for c in cols) + " | colour / shape to different experts | runs |",
+             "|---|" + "---|" * (len(cols) + 2)]
     for c in configs:
         rs = [r for r in results if r["config"] == c]
-        cells = []
-        for m in METRICS:
-            vals = [r[m] for r in rs if r[m] is not None]
-            if not vals:
-                cells.append("–")
-                continue
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            scale = 100 if m in ("val/acc", "val/auroc") else 1
-            cells.append(f"{scale * statistics.mean(vals):.2f} ± {scale * sd:.2f}" if scale == 100
-                         else f"{statistics.mean(vals):.3f} ± {sd:.3f}")
+        cells = [_cell([r[m] for r in rs if r[m] is not None], 100 if m in PERCENT else 1, 2 if m in PERCENT else 3)
+                 for m in cols]
+        spec = [r["specialised"] for r in rs if r["specialised"] is not None]
+        cells.append(f"{sum(spec)} of {len(spec)}" if spec else "–")
         lines.append(f"| {c} | {' | '.join(cells)} | {len(rs)} |")
     return "\n".join(lines)
 
@@ -56,20 +75,20 @@ def table(results: list[dict], configs: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--configs", nargs="+", default=["toy_single", "toy_ensemble", "toy"])
+    parser.add_argument("--configs", nargs="+", default=["toy_single_text", "toy_single_image", "toy_ensemble", "toy"])
     parser.add_argument("--logs", default=str(REPO / "logs"))
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra CLI overrides after --")
     args = parser.parse_args(argv)
     extra = [a for a in args.extra if a != "--"]
     logs = Path(args.logs)
+    out = logs / "drdf" / "study.json"
     results = []
     for seed in args.seeds:
         for config in args.configs:
             results.append(run(config, seed, logs, extra))
             print(json.dumps(results[-1]), flush=True)
-    out = logs / "drdf" / "study.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2))
     print(table(results, args.configs))
 
 

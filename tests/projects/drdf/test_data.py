@@ -19,6 +19,7 @@ from projects.drdf.data import (
     HatefulMemesDataset,
     TinyImageNetDataset,
     load_cifar_batch,
+    toy_memes_ready,
     write_toy_memes,
 )
 
@@ -138,23 +139,45 @@ def test_tiny_imagenet(tmp_path: Path) -> None:
         TinyImageNetDataset(root, "val")
 
 
+def _key_colour_and_shape(path: Path) -> tuple[int, int]:
+    """(1 if the key object is red else 0, 1 if it is a square else 0), read back from the pixels."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    red = (np.abs(rgb - np.array([220, 30, 30])).sum(-1) < 90)
+    blue = (np.abs(rgb - np.array([35, 70, 225])).sum(-1) < 90)
+    key = red if red.sum() > blue.sum() else blue
+    ys, xs = np.nonzero(key)
+    # rotation-invariant: farthest pixel from the centroid over sqrt(area) is 1/sqrt(pi) = 0.56 for a disc and
+    # 1/sqrt(2) = 0.71 for a square
+    spread = np.sqrt((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2).max() / np.sqrt(key.sum())
+    return int(red.sum() > blue.sum()), int(spread > 0.635)
+
+
 def test_toy_memes_are_in_the_hateful_memes_format(tmp_path: Path) -> None:
-    root = write_toy_memes(tmp_path / "toy", {"train": 24, "dev_seen": 8, "test_unseen": 4}, seed=3)
+    root = write_toy_memes(tmp_path / "toy", {"train": 36, "dev_seen": 8, "test_unseen": 4}, seed=3)
     ds = HatefulMemesDataset(root, "train")
-    labels = [r["label"] for r in ds.records]
-    decided = [r["decided_by"] for r in ds.records]
-    assert set(labels) == {0, 1} and set(decided) == {"text", "image"}
-    for r in ds.records:  # the rule the toy promises: text-decided labels follow the verdict word
-        if r["decided_by"] == "text":
+    assert {r["aspect"] for r in ds.records} == {"verdict", "colour", "shape"}
+    assert {r["decided_by"] for r in ds.records} == {"text", "image"}
+    assert {r["label"] for r in ds.records} == {0, 1}
+    for r in ds.records:  # the rules the toy promises, checked on the written caption and pixels
+        colour, shape = _key_colour_and_shape(root / r["img"])
+        if r["aspect"] == "verdict":
+            assert r["decided_by"] == "text" and r["text"].startswith("the caption says")
             assert r["label"] == int(r["text"].endswith("bad"))
+        else:
+            assert r["decided_by"] == "image" and r["text"].startswith(f"look at the {r['aspect']} of")
+            assert r["label"] == (colour if r["aspect"] == "colour" else shape), r
     assert "label" not in json.loads((root / "test_unseen.jsonl").read_text().splitlines()[0])
-    dm = DRDFDataModule("toy_memes", str(root), batch_size=4, image_size=32, max_length=16)
+    dm = DRDFDataModule("toy_memes", str(root), batch_size=4, image_size=32, max_length=16,
+                        toy_sizes={"train": 36, "dev_seen": 8, "test_unseen": 4}, toy_seed=3)
+    assert toy_memes_ready(root, {"train": 36, "dev_seen": 8, "test_unseen": 4}, 32, 3)
+    assert not toy_memes_ready(root, {"train": 36, "dev_seen": 8, "test_unseen": 4}, 32, 4)  # would be rewritten
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["input_ids"].shape[0] == 4
-    assert batch["decided_by"].tolist() == [{"text": 0, "image": 1}[d] for d in
-                                            [ds.records[i]["decided_by"] for i in batch["id"].sub(1).tolist()]]
+    recs = [ds.records[i] for i in batch["id"].sub(1).tolist()]
+    assert batch["decided_by"].tolist() == [{"text": 0, "image": 1}[r["decided_by"]] for r in recs]
+    assert batch["aspect"].tolist() == [{"verdict": 0, "colour": 1, "shape": 2}[r["aspect"]] for r in recs]
     assert int(batch["input_ids"].max()) < 256
 
 

@@ -103,3 +103,33 @@ def test_frozen_routers_and_experts_get_no_gradient() -> None:
     assert all(p.grad is None for p in model.text_router.encoder.parameters())
     assert model.text_router.head.weight.grad is not None
     assert not model.image_router.encoder.training  # frozen BatchNorm keeps its statistics
+
+
+def test_heterogeneous_unimodal_experts_and_the_light_routers() -> None:
+    routers = dict(text_router={"kind": "bow", "bow_dim": 8, "vocab_size": VOCAB},
+                   image_router={"kind": "patch", "patch": 8, "dim": 8})
+    model = DRDF(2, experts=["text_bert", {"name": "image_grid", "hidden": 16}, "image_grid"], num_experts=None,
+                 expert_kwargs=TINY_MM, **routers)
+    assert model.num_experts == 3 and model.expert_names == ["text_bert", "image_grid", "image_grid"]
+    assert model.text_only == [0] and model.image_only == [1, 2]
+    assert model.experts[1].head[0].out_features == 16  # the per-expert override
+    out = model(_batch())
+    assert out["expert_logits"].shape == (3, 2, 2)
+    torch.testing.assert_close(out["weights"].sum(-1), torch.ones(2))
+    out["logits"].sum().backward()
+    assert model.image_router.encoder[0].weight.grad is not None and model.text_router.encoder.weight.grad is not None
+    # the text expert never looks at the image: changing the image leaves its logits alone
+    other = {**_batch(), "image": torch.randn(2, 3, 32, 32)}
+    model.eval()
+    torch.testing.assert_close(model.experts[0](other)[0], model.experts[0](_batch())[0])
+
+
+def test_expert_list_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="num_experts=2 disagrees"):
+        DRDF(2, experts=["text_bert", "image_grid", "image_grid"], num_experts=2, expert_kwargs=TINY_MM,
+             routing="uniform")
+    with pytest.raises(ValueError, match=r"experts\[1\]"):
+        DRDF(2, experts=["text_bert", {"hidden": 3}], num_experts=None, expert_kwargs=TINY_MM, routing="uniform")
+    with pytest.raises(ValueError, match="one feature size"):
+        DRDF(2, experts=["text_bert", {"name": "image_grid", "image_overrides": {"channels": [8, 16, 32, 48]}}],
+             num_experts=None, expert_kwargs=TINY_MM, routing="uniform", fusion="features")

@@ -212,8 +212,14 @@ def main(model_class: type[LightningModule], datamodule_class: type[LightningDat
     with its one-line message; ``CV_PAPERS_DEBUG=1`` shows the traceback instead.
     """
     torch.set_float32_matmul_precision("high")
+    return run_with_clear_errors(ProjectCLI, model_class, datamodule_class, project, args=args)
+
+
+def run_with_clear_errors(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a ``FileNotFoundError`` / ``ValueError`` exits with code 2 and its one-line message
+    (``CV_PAPERS_DEBUG=1`` re-raises it with the traceback). Shared by every command-line entry point."""
     try:
-        return ProjectCLI(model_class, datamodule_class, project, args=args)
+        return fn(*args, **kwargs)
     except (FileNotFoundError, ValueError) as err:
         if os.environ.get("CV_PAPERS_DEBUG"):
             raise

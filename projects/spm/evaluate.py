@@ -30,7 +30,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -534,14 +533,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; ours is enough
     args = parse_args(argv)
-    try:
-        with torch.no_grad():
-            return evaluate(args)
-    except (FileNotFoundError, ValueError) as err:
-        if os.environ.get("CV_PAPERS_DEBUG"):
-            raise
-        sys.stderr.write(f"error: {err}\n(set CV_PAPERS_DEBUG=1 for the traceback)\n")
-        sys.exit(2)
+    from shared.cli import run_with_clear_errors
+
+    with torch.no_grad():
+        return run_with_clear_errors(evaluate, args)
 
 
 if __name__ == "__main__":

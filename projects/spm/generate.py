@@ -23,7 +23,6 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import sys
 import time
@@ -455,13 +454,9 @@ def main(argv: list[str] | None = None) -> dict:
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; ours is enough
     torch.set_float32_matmul_precision("high")
     args = parse_args(argv)
-    try:
-        return generate(args)
-    except (FileNotFoundError, ValueError) as err:
-        if os.environ.get("CV_PAPERS_DEBUG"):
-            raise
-        sys.stderr.write(f"error: {err}\n(set CV_PAPERS_DEBUG=1 for the traceback)\n")
-        sys.exit(2)
+    from shared.cli import run_with_clear_errors
+
+    return run_with_clear_errors(generate, args)
 
 
 if __name__ == "__main__":

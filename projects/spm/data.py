@@ -52,8 +52,7 @@ def render_toy_scenes(n: int, seed: int, size: int = TOY_SIZE, shapes: Sequence[
         images[i] = np.asarray(render(scene)).transpose(2, 0, 1)
         drop = rng.random() < partial_captions
         keep_shape = rng.random() < 0.5
-        captions.append(toy_caption(shape if keep_shape or not drop else None, color if not keep_shape or not drop
-                                    else None))
+        captions.append((shape if keep_shape else color) if drop else toy_caption(shape, color))
     return {"images": torch.from_numpy(images), "shape": torch.from_numpy(shape_idx),
             "color": torch.from_numpy(color_idx), "captions": captions}
 

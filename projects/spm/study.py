@@ -28,14 +28,14 @@ SEEDS = [str(s) for s in range(10)]         # 36 prompts x 10 seeds = 360 images
 PROMPTS = [toy_caption(s, c) for s in TOY_SHAPES for c in TOY_COLORS]
 
 
-def train_spm(concept: str, anchoring: str = "paper", extra: list[str] | None = None) -> dict:
+def train_spm(concept: str, anchoring: str = "paper") -> dict:
     """One toy SPM through the CLI (skipped when its run folder already holds the file); returns its summary."""
     name = f"study_{concept}_{anchoring}"
     run = LOGS_DIR / "spm" / name
     if not (run / "summary.json").is_file():
         cmd = [sys.executable, "-m", "projects.spm", "fit", "--config", "projects/spm/configs/toy.yaml",
                "--logger", "csv", "--run_name", name, "--model.target", concept, "--model.anchoring", anchoring,
-               "--model.spm_name", name, *(extra or [])]
+               "--model.spm_name", name]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((run / "summary.json").read_text())
     summary["spm_file"] = str(run / f"{name}_last.safetensors")

@@ -6,6 +6,7 @@ base model and the toy shape/colour classifier that judges generations (see ``to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,14 @@ def toy_caption(shape: str | None, color: str | None) -> str:
     if shape and color:
         return f"a {color} {shape}"
     return shape or color
+
+
+def toy_labels(prompt: str) -> tuple[int | None, int | None]:
+    """(shape index, colour index) of the toy shape and colour a prompt names; None where it names none or several."""
+    words = re.findall(r"[a-z]+", prompt.lower())
+    shapes = {TOY_SHAPES.index(w) for w in words if w in TOY_SHAPES}
+    colors = {TOY_COLORS.index(w) for w in words if w in TOY_COLORS}
+    return (shapes.pop() if len(shapes) == 1 else None, colors.pop() if len(colors) == 1 else None)
 
 
 def render_toy_scenes(n: int, seed: int, size: int = TOY_SIZE, shapes: Sequence[str] = TOY_SHAPES,

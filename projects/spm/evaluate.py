@@ -259,12 +259,10 @@ def clip_metrics(clip: ClipImageEmbed, image_embeds: torch.Tensor, rows: list[di
 
 def parse_toy_prompt(prompt: str) -> tuple[int, int] | None:
     """(shape, colour) indices when the prompt names exactly one toy shape and one toy colour, else None."""
-    from projects.spm.data import TOY_COLORS, TOY_SHAPES
+    from projects.spm.data import toy_labels
 
-    words = re.findall(r"[a-z]+", prompt.lower())
-    shapes = {TOY_SHAPES.index(w) for w in words if w in TOY_SHAPES}
-    colors = {TOY_COLORS.index(w) for w in words if w in TOY_COLORS}
-    return (shapes.pop(), colors.pop()) if len(shapes) == 1 and len(colors) == 1 else None
+    shape, color = toy_labels(prompt)
+    return None if shape is None or color is None else (shape, color)
 
 
 def toy_metrics(pred: torch.Tensor, rows: list[dict], concepts: list[str]) -> tuple[dict[str, float], list[dict]]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from projects.spm.anchoring import ConceptPool, official_anchors, vocabulary_words
-from projects.spm.data import TOY_COLORS, TOY_SHAPES, read_prompt_list
+from projects.spm.data import TOY_COLORS, TOY_SHAPES, read_prompt_list, toy_labels
 from projects.spm.model import DiffusionModel
 from projects.spm.network import SPMNetwork
 from shared.panels import log_images
@@ -47,15 +47,13 @@ def resolution_bucket(resolution: int, dynamic: bool, multiple: int) -> tuple[in
     return h // multiple * multiple, w // multiple * multiple
 
 
-def parse_toy_prompt(prompt: str) -> tuple[int, int]:
-    """``"a red circle"`` -> (shape index, colour index) in TOY_SHAPES / TOY_COLORS."""
-    words = prompt.lower().split()
-    shapes = [TOY_SHAPES.index(w) for w in words if w in TOY_SHAPES]
-    colors = [TOY_COLORS.index(w) for w in words if w in TOY_COLORS]
-    if len(shapes) != 1 or len(colors) != 1:
-        raise ValueError(f"evaluation prompt {prompt!r} must name one toy shape {TOY_SHAPES} and one colour "
-                         f"{TOY_COLORS}")
-    return shapes[0], colors[0]
+def toy_prompt_labels(prompt: str, need_color: bool) -> tuple[int, int]:
+    """``"a red circle"`` -> (shape index, colour index) in TOY_SHAPES / TOY_COLORS; colour -1 when not needed."""
+    shape, color = toy_labels(prompt)
+    if shape is None or (need_color and color is None):
+        raise ValueError(f"evaluation prompt {prompt!r} must name one toy shape {TOY_SHAPES}"
+                         + (f" and one colour {TOY_COLORS}" if need_color else ""))
+    return shape, -1 if color is None else color
 
 
 class SPMModule(LightningModule):
@@ -63,6 +61,8 @@ class SPMModule(LightningModule):
 
     ``anchoring``: ``paper`` (concept pool, P proportional to (1-|cos|)^alpha), ``official`` (random embeddings
     at the target's norm; ``official_batch_quirk`` keeps only [u, s3, u, s4]), ``none`` (plain erasing).
+    ``anchor_uncond`` (ours, paper mode): add the unconditional "" to every step's anchors, which the official
+    batch quirk does by accident; without it the membrane can move the CFG negative branch with the target.
     Evaluation (validation) with a toy ``classifier``: target-shape rate and non-target accuracy with the
     membrane off (``*_before``) and on.
     """
@@ -83,6 +83,7 @@ class SPMModule(LightningModule):
         anchor_samples: int = 4,
         anchor_alpha: float = 1.0,
         concept_pool: str | None = None,
+        anchor_uncond: bool = False,
         official_batch_quirk: bool = True,
         rank: int = 1,
         alpha: float = 1.0,
@@ -91,8 +92,10 @@ class SPMModule(LightningModule):
         lr_warmup_steps: int = 500,
         lr_cycles: int = 3,
         iterations: int = 3000,
+        batch_size: int = 1,
         max_denoising_steps: int = 30,
         rollout_guidance: float = 3.0,
+        rollout_membrane: bool = True,
         timestep: Literal["official", "exact"] = "official",
         resolution: int = 512,
         dynamic_resolution: bool = True,
@@ -172,11 +175,16 @@ class SPMModule(LightningModule):
         h, w = resolution_bucket(hp.resolution, hp.dynamic_resolution,
                                  d.latent_scale * 2 ** (len(d.unet.config.block_out_channels) - 1))
         k = random.randint(1, hp.max_denoising_steps - 1)  # official randint(1, max_denoising_steps)
-        x = torch.randn(d.latent_shape(1, h, w), device=self.device)  # init_noise_sigma = 1 for DDIM
+        # init_noise_sigma = 1 for DDIM; ``batch_size`` x_T share k and the resolution (official prompt batch_size)
+        x = torch.randn(d.latent_shape(hp.batch_size, h, w), device=self.device)
+        target_emb = target_emb.expand(hp.batch_size, -1, -1)
         steps = d.ddim_timesteps(hp.max_denoising_steps, len(d.alphas_cumprod))
         uncond = self._embeddings()["uncond"]
         with torch.no_grad():
-            if hp.merged_rollout:
+            if not hp.rollout_membrane:  # ours, a diagnostic: x_t on the frozen model's own trajectory
+                with self.network.applied(0.0):
+                    x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance)
+            elif hp.merged_rollout:
                 params = self.network.merged_weights(d.unet, 1.0)
                 with self.network.applied(0.0):
                     x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance, params)
@@ -194,7 +202,10 @@ class SPMModule(LightningModule):
         if hp.anchoring == "official":
             return official_anchors(cache["targets"][ti:ti + 1], hp.anchor_samples, cache["uncond"],
                                     hp.official_batch_quirk)
-        return cache["pool"].sample(ti, hp.anchor_samples)
+        anchors = cache["pool"].sample(ti, hp.anchor_samples)
+        if hp.anchor_uncond:  # ours, off by default: also pin the CFG unconditional "" (see the README)
+            anchors = torch.cat([anchors, cache["uncond"].to(anchors.dtype)])
+        return anchors
 
     def spm_losses(self) -> dict[str, torch.Tensor]:
         """One iteration's losses: sample target, k, x_t and anchors, then :meth:`losses_at`."""
@@ -208,18 +219,27 @@ class SPMModule(LightningModule):
 
     def losses_at(self, x: torch.Tensor, t: int, target: torch.Tensor,
                   anchors: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Eqs. 4-8 with two UNet calls: frozen [tar, sur, anchors] (no grad) and membrane-on [tar, anchors]."""
+        """Eqs. 4-8 with two UNet calls: frozen [tar, sur, anchors] (no grad) and membrane-on [tar, anchors].
+
+        ``x`` [B, ...]: every anchor is predicted at every one of the B latents.
+        """
         hp, d = self.hparams, self.diffusion
-        frozen_cond = [target, self._embeddings()["surrogate"]] + ([anchors] if anchors is not None else [])
+        b = x.shape[0]
+        per_x = [target.expand(b, -1, -1)]
+        if anchors is not None:
+            per_x.append(anchors.repeat(b, 1, 1))  # [x_1: a_1..a_n, x_2: a_1..a_n, ...]
+            x_anchor = x.repeat_interleave(anchors.shape[0], 0)
+        frozen_x = torch.cat([x, x] + ([x_anchor] if anchors is not None else []))
+        frozen_c = torch.cat([per_x[0], self._embeddings()["surrogate"].expand(b, -1, -1)] + per_x[1:])
         with torch.no_grad(), self.network.applied(0.0):
-            frozen = d.predict(x, t, torch.cat(frozen_cond)).float()
-        spm_cond = [target] + ([anchors] if anchors is not None else [])
+            frozen = d.predict(frozen_x, t, frozen_c).float()
+        spm_x = torch.cat([x] + ([x_anchor] if anchors is not None else []))
         with self.network.applied(1.0):
-            spm = d.predict(x, t, torch.cat(spm_cond)).float()
-        loss_erase = F.mse_loss(spm[:1], erasing_target(frozen[:1], frozen[1:2], hp.eta))
+            spm = d.predict(spm_x, t, torch.cat(per_x)).float()
+        loss_erase = F.mse_loss(spm[:b], erasing_target(frozen[:b], frozen[b:2 * b], hp.eta))
         out = {"loss_erase": loss_erase}
         if anchors is not None:
-            out["loss_anchor"] = F.mse_loss(spm[1:], frozen[2:])
+            out["loss_anchor"] = F.mse_loss(spm[b:], frozen[2 * b:])
             out["loss"] = loss_erase + hp.anchor_strength * out["loss_anchor"]
         else:
             out["loss"] = loss_erase
@@ -283,23 +303,29 @@ class SPMModule(LightningModule):
                 self._log_image_grid("samples/val")
             return
         n = hp.eval_images_per_prompt
-        prompts = [p for p in hp.eval_target_prompts + hp.eval_other_prompts for _ in range(n)]
-        labels = torch.tensor([parse_toy_prompt(p) for p in prompts], device=self.device)
-        n_target = n * len(hp.eval_target_prompts)
+        targets, others = list(hp.eval_target_prompts), list(hp.eval_other_prompts)
+        labels = torch.tensor([toy_prompt_labels(p, need_color=False) for p in targets for _ in range(n)]
+                              + [toy_prompt_labels(p, need_color=True) for p in others for _ in range(n)],
+                              device=self.device)
+        n_target = n * len(targets)
         # The erased concept is a toy shape or a toy colour: judge the target rate on that attribute.
-        attr = 0 if self.targets[0] in TOY_SHAPES else 1
+        attr, value = (0, TOY_SHAPES.index(self.targets[0])) if self.targets[0] in TOY_SHAPES else (
+            1, TOY_COLORS.index(self.targets[0]))
         for gamma, suffix in ((0.0, "_before"), (1.0, "")):
-            images = self._generate(prompts, gamma, hp.eval_seed + batch_idx).to(self.device)
+            images = self._generate([p for p in targets + others for _ in range(n)], gamma,
+                                    hp.eval_seed + batch_idx).to(self.device)
             with torch.no_grad():
                 shape_logits, color_logits = self.classifier(images)
             pred = torch.stack([shape_logits.argmax(1), color_logits.argmax(1)], 1)
-            right = pred == labels
-            other = right[n_target:].float()
-            self.log_dict({f"val/target_rate{suffix}": (pred[:n_target, attr] == labels[0, attr]).float().mean(),
-                           f"val/nontarget_acc{suffix}": other.prod(1).mean(),
-                           f"val/nontarget_shape_acc{suffix}": other[:, 0].mean(),
-                           f"val/nontarget_color_acc{suffix}": other[:, 1].mean()},
-                          batch_size=1, sync_dist=True)
+            is_target = (pred[:n_target, attr] == value).float()
+            other = (pred == labels)[n_target:].float()
+            metrics = {f"val/target_rate{suffix}": is_target.mean(),
+                       f"val/nontarget_acc{suffix}": other.prod(1).mean(),
+                       f"val/nontarget_shape_acc{suffix}": other[:, 0].mean(),
+                       f"val/nontarget_color_acc{suffix}": other[:, 1].mean()}
+            metrics.update({f"val/target_rate{suffix}/{p}": is_target[i * n:(i + 1) * n].mean()
+                            for i, p in enumerate(targets)})
+            self.log_dict(metrics, batch_size=1, sync_dist=True)
 
     def _log_image_grid(self, key: str) -> None:
         prompts = self.hparams.log_prompts or self.targets

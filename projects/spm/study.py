@@ -28,14 +28,14 @@ SEEDS = [str(s) for s in range(10)]         # 36 prompts x 10 seeds = 360 images
 PROMPTS = [toy_caption(s, c) for s in TOY_SHAPES for c in TOY_COLORS]
 
 
-def train_spm(concept: str, anchoring: str = "paper") -> dict:
+def train_spm(concept: str, anchoring: str = "paper", tag: str = "", overrides: tuple[str, ...] = ()) -> dict:
     """One toy SPM through the CLI (skipped when its run folder already holds the file); returns its summary."""
-    name = f"study_{concept}_{anchoring}"
+    name = f"study_{concept}_{tag or anchoring}"
     run = LOGS_DIR / "spm" / name
     if not (run / "summary.json").is_file():
         cmd = [sys.executable, "-m", "projects.spm", "fit", "--config", "projects/spm/configs/toy.yaml",
                "--logger", "csv", "--run_name", name, "--model.target", concept, "--model.anchoring", anchoring,
-               "--model.spm_name", name]
+               "--model.spm_name", name, *overrides]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((run / "summary.json").read_text())
     summary["spm_file"] = str(run / f"{name}_last.safetensors")
@@ -73,18 +73,42 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+# Part 1 rows: (label, anchoring mode, run tag, CLI overrides of toy.yaml).
+BATCH16 = ("--model.batch_size", "16")
+LAMBDA3 = ("--model.anchor_strength", "3")
+UNIFORM_UNCOND = ("--model.anchor_alpha", "0", "--model.anchor_uncond", "true")
+ANCHORING_ROWS = [
+    ("none", "none", "none", ()),
+    ("official", "official", "official", ()),
+    ("paper", "paper", "paper", ()),
+    ("paper, lambda 3", "paper", "paper_l3", LAMBDA3),
+    ("paper, lambda 3, alpha 0 + \"\" anchor", "paper", "paper_l3_a0u", LAMBDA3 + UNIFORM_UNCOND),
+    ("paper, 16 latents/step", "paper", "paper_b16", BATCH16),
+    ("paper, lambda 3, 16 latents/step", "paper", "paper_l3_b16", LAMBDA3 + BATCH16),
+    ("paper, lambda 3, alpha 0 + \"\" anchor, 16 latents/step", "paper", "paper_l3_a0u_b16",
+     LAMBDA3 + UNIFORM_UNCOND + BATCH16),
+    ("same, x_t rolled out by the frozen model", "paper", "paper_l3_a0u_b16_frozen",
+     LAMBDA3 + UNIFORM_UNCOND + BATCH16 + ("--model.rollout_membrane", "false")),
+]
+
+
 def anchoring() -> None:
-    """Part 1: erase "circle" with each anchoring mode; the numbers are the toy.yaml validation (50 images/prompt)."""
+    """Part 1: erase "circle" with each anchoring mode and variant; the numbers are the toy.yaml validation
+    (50 images per prompt): the bare word "circle", three "a <colour> circle" phrases, five non-target phrases."""
     rows = []
-    for mode in ("none", "official", "paper"):
-        m = train_spm("circle", mode)["metrics"]
-        rows.append({"anchoring": mode, **{k.removeprefix("val/"): v for k, v in m.items() if k.startswith("val/")}})
-    lines = [f"| {r['anchoring']} | {fmt(r['target_rate_before'])} | {fmt(r['target_rate'])} | "
-             f"{fmt(r['nontarget_acc_before'])} | {fmt(r['nontarget_acc'])} | {fmt(r['nontarget_shape_acc_before'])} | "
-             f"{fmt(r['nontarget_shape_acc'])} | {fmt(r['nontarget_color_acc_before'])} | "
-             f"{fmt(r['nontarget_color_acc'])} |" for r in rows]
-    write("anchoring", rows, "| anchoring | circle rate before | after | non-target acc before | after | "
-          "non-target shape acc before | after | non-target colour acc before | after |", lines)
+    for label, mode, tag, overrides in ANCHORING_ROWS:
+        m = train_spm("circle", mode, tag, overrides)["metrics"]
+        m = {k.removeprefix("val/"): v for k, v in m.items() if k.startswith("val/")}
+        phrases = [k.split("/", 1)[1] for k in m if k.startswith("target_rate/") and k != "target_rate/circle"]
+        row = {"setting": label, **m}
+        for suffix in ("_before", ""):
+            row[f"phrase_rate{suffix}"] = sum(m[f"target_rate{suffix}/{p}"] for p in phrases) / len(phrases)
+        rows.append(row)
+    lines = [f"| {r['setting']} | {fmt(r['target_rate_before/circle'])} | {fmt(r['target_rate/circle'])} | "
+             f"{fmt(r['phrase_rate_before'])} | {fmt(r['phrase_rate'])} | {fmt(r['nontarget_acc_before'])} | "
+             f"{fmt(r['nontarget_acc'])} |" for r in rows]
+    write("anchoring", rows, "| setting | \"circle\" rate before | after | \"a <colour> circle\" rate before | after | "
+          "non-target acc before | after |", lines)
 
 
 def compose() -> None:

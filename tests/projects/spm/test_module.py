@@ -72,6 +72,21 @@ def test_batched_losses_equal_official_separate_calls(base: Path, anchoring: str
         assert torch.allclose(ours[key].cpu(), official[key], rtol=1e-4, atol=1e-7), key
 
 
+def test_batch_of_latents_is_the_mean_of_single_latent_losses(base: Path):
+    module = build_module(base, "paper", batch_size=3)
+    randomise_up(module.network)
+    target = module._embeddings()["targets"][:1]
+    torch.manual_seed(2)
+    anchors = module.sample_anchors(0)
+    random.seed(0)
+    x, t, _ = module.make_xt(target)
+    assert x.shape == (3, 3, 16, 16)
+    batched = module.losses_at(x, t, target, anchors)
+    single = [module.losses_at(x[i:i + 1], t, target, anchors) for i in range(3)]
+    for key in batched:
+        assert torch.allclose(batched[key], torch.stack([s[key] for s in single]).mean(), rtol=1e-4), key
+
+
 def test_exact_timestep_flag(base: Path):
     module = build_module(base, "none", timestep="exact")
     random.seed(0)
@@ -104,6 +119,27 @@ def test_concept_pool_probabilities_follow_the_paper(base: Path):
     assert torch.allclose(pool.probs[0], expected, atol=1e-5)
     assert pool.probs[0][pool_words.index("circle")] < 1e-6  # the target itself is never an anchor
     assert pool.sample(0, 6).shape == (6, *target.shape[1:])
+
+
+def test_anchor_uncond_adds_the_empty_prompt_to_every_steps_anchors(base: Path):
+    plain, pinned = build_module(base, "paper"), build_module(base, "paper", anchor_uncond=True)
+    torch.manual_seed(0)
+    a = plain.sample_anchors(0)
+    torch.manual_seed(0)
+    b = pinned.sample_anchors(0)
+    assert b.shape[0] == a.shape[0] + 1
+    assert torch.equal(b[:-1], a) and torch.equal(b[-1:], pinned._embeddings()["uncond"])
+
+
+def test_toy_prompt_labels():
+    from projects.spm.module import toy_prompt_labels
+
+    assert toy_prompt_labels("a red circle", need_color=True) == (0, 0)
+    assert toy_prompt_labels("circle", need_color=False) == (0, -1)
+    with pytest.raises(ValueError, match="'circle' must name one toy shape.*and one colour"):
+        toy_prompt_labels("circle", need_color=True)
+    with pytest.raises(ValueError, match="'a red blob'"):
+        toy_prompt_labels("a red blob", need_color=False)
 
 
 def run_cli(tmp_path: Path, base: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -1,8 +1,9 @@
 """The README's toy experiments on the committed toy model, one step at a time (each is resumable: done runs are kept).
 
-    python -m projects.spm.study anchoring   # erase "circle" with anchoring none / official / paper (issue part 1)
+    python -m projects.spm.study anchoring   # erase "circle": anchoring none / official / paper and variants (part 1)
     python -m projects.spm.study compose     # 1, 2, 3 SPMs at once; FT on/off; linear vs official composition
     python -m projects.spm.study transfer    # the SPMs on a "derived" toy model (hue-shifted fine-tune), no retraining
+    python -m projects.spm.study capacity    # diagnostic: a full-batch fit on fixed x_t, can rank 1 erase at all?
 
 Training runs are the normal CLI on ``configs/toy.yaml``; generation and judging are ``python -m projects.spm
 generate`` / ``evaluate`` (toy classifier, FID on its features). Everything lands in ``logs/spm/study/``, and each
@@ -26,30 +27,42 @@ STUDY = LOGS_DIR / "spm" / "study"
 CONCEPTS = ("circle", "star", "triangle")  # erased cumulatively: 1, 2, 3 SPMs
 SEEDS = [str(s) for s in range(10)]         # 36 prompts x 10 seeds = 360 images per setting
 PROMPTS = [toy_caption(s, c) for s in TOY_SHAPES for c in TOY_COLORS]
+BARE_SEEDS = [str(s) for s in range(50)]    # the 6 bare shape words x 50 seeds = 300 images per setting
 
 
 def train_spm(concept: str, anchoring: str = "paper", tag: str = "", overrides: tuple[str, ...] = ()) -> dict:
     """One toy SPM through the CLI (skipped when its run folder already holds the file); returns its summary."""
     name = f"study_{concept}_{tag or anchoring}"
     run = LOGS_DIR / "spm" / name
-    if not (run / "summary.json").is_file():
+    spm_file = run / f"{name}_last.safetensors"
+    if not spm_file.is_file():
         cmd = [sys.executable, "-m", "projects.spm", "fit", "--config", "projects/spm/configs/toy.yaml",
                "--logger", "csv", "--run_name", name, "--model.target", concept, "--model.anchoring", anchoring,
                "--model.spm_name", name, *overrides]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    summary = json.loads((run / "summary.json").read_text())
-    summary["spm_file"] = str(run / f"{name}_last.safetensors")
-    return summary
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    return {**summary, "spm_file": str(spm_file)}
 
 
-def generate(out: Path, base: Path, spms: list[str], *flags: str) -> Path:
+def generate(out: Path, base: Path, spms: list[str], *flags: str, bare: bool = False) -> Path:
+    """The 36 "a <colour> <shape>" prompts x 10 seeds, or (``bare``) the 6 shape words x 50 seeds."""
     from projects.spm.generate import main as generate_main
 
+    prompts, seeds = (list(TOY_SHAPES), BARE_SEEDS) if bare else (PROMPTS, SEEDS)
     if not (out / "manifest.csv").is_file():
-        generate_main(["--base_model", str(base), "--spm", *spms, "--prompts", *PROMPTS, "--seeds", *SEEDS,
+        generate_main(["--base_model", str(base), "--spm", *spms, "--prompts", *prompts, "--seeds", *seeds,
                        "--steps", "20", "--guidance", "5", "--batch_size", "360", "--out", str(out),
                        "--logger", "none", *flags])
     return out
+
+
+def bare_rate(images: Path, concepts: list[str]) -> float:
+    """Mean over ``concepts`` of the share of the bare word's images judged that shape."""
+    from projects.spm.evaluate import main as evaluate_main
+
+    m = evaluate_main(["--images", str(images), "--classifier", str(CLASSIFIER), "--concepts", *concepts,
+                       "--logger", "none"])["metrics"]
+    return sum(m[f"toy/target_rate/{c}"] for c in concepts) / len(concepts)
 
 
 def judge(images: Path, reference: Path, concepts: list[str]) -> dict:
@@ -82,6 +95,8 @@ ANCHORING_ROWS = [
     ("official", "official", "official", ()),
     ("paper", "paper", "paper", ()),
     ("paper, lambda 3", "paper", "paper_l3", LAMBDA3),
+    ("paper, lambda 3 + \"\" anchor", "paper", "paper_l3_u", LAMBDA3 + UNIFORM_UNCOND[2:]),
+    ("paper, lambda 3, alpha 0", "paper", "paper_l3_a0", LAMBDA3 + UNIFORM_UNCOND[:2]),
     ("paper, lambda 3, alpha 0 + \"\" anchor", "paper", "paper_l3_a0u", LAMBDA3 + UNIFORM_UNCOND),
     ("paper, 16 latents/step", "paper", "paper_b16", BATCH16),
     ("paper, lambda 3, 16 latents/step", "paper", "paper_l3_b16", LAMBDA3 + BATCH16),
@@ -111,25 +126,40 @@ def anchoring() -> None:
           "non-target acc before | after |", lines)
 
 
+# The SPMs of part 2: the toy recipe at lambda 3 with 16 latents per step, the setting of part 1 that erases the
+# bare word (toy.yaml's lambda 1000 leaves the membrane near zero, so there would be nothing to compose).
+SPM_TAG, SPM_OVERRIDES = "paper_l3_b16", LAMBDA3 + BATCH16
+
+
+def erasing_spms() -> list[str]:
+    return [train_spm(c, "paper", SPM_TAG, SPM_OVERRIDES)["spm_file"] for c in CONCEPTS]
+
+
 def compose() -> None:
-    """Part 2: SPMs for circle, star, triangle (paper anchoring), applied 1, 2, 3 at a time."""
-    spms = [train_spm(c)["spm_file"] for c in CONCEPTS]
+    """Part 2: SPMs for circle, star, triangle, applied 1, 2, 3 at a time; FT on/off; linear/official."""
+    spms = erasing_spms()
     original = generate(STUDY / "gen_original", TOY_MODEL, [])
+    original_bare = generate(STUDY / "gen_original_bare", TOY_MODEL, [], bare=True)
     rows = []
     for n in (1, 2, 3):
         for ft in (True, False):
             for mode in ("linear", "official"):
-                out = STUDY / f"gen_{n}spm_{'ft' if ft else 'noft'}_{mode}"
+                name = f"gen_{n}spm_{'ft' if ft else 'noft'}_{mode}"
                 flags = ["--composition", mode] + ([] if ft else ["--spm_multiplier", "1"])
-                generate(out, TOY_MODEL, spms[:n], *flags)
-                rows.append({"spms": n, "ft": ft, "composition": mode, **judge(out, original, list(CONCEPTS[:n]))})
-    base = {n: judge(original, original, list(CONCEPTS[:n])) for n in (1, 2, 3)}
+                out = generate(STUDY / name, TOY_MODEL, spms[:n], *flags)
+                bare = generate(STUDY / f"{name}_bare", TOY_MODEL, spms[:n], *flags, bare=True)
+                rows.append({"spms": n, "ft": ft, "composition": mode, **judge(out, original, list(CONCEPTS[:n])),
+                             "bare_rate": bare_rate(bare, list(CONCEPTS[:n]))})
+    base = {n: {**judge(original, original, list(CONCEPTS[:n])),
+                "bare_rate": bare_rate(original_bare, list(CONCEPTS[:n]))} for n in (1, 2, 3)}
     lines = [f"| {r['spms']} ({', '.join(CONCEPTS[:r['spms']])}) | {'on' if r['ft'] else 'off (gamma 1)'} | "
-             f"{r['composition']} | {fmt(base[r['spms']]['target_rate'])} | {fmt(r['target_rate'])} | "
+             f"{r['composition']} | {fmt(base[r['spms']]['bare_rate'])} | {fmt(r['bare_rate'])} | "
+             f"{fmt(base[r['spms']]['target_rate'])} | {fmt(r['target_rate'])} | "
              f"{fmt(base[r['spms']]['nontarget_acc'])} | {fmt(r['nontarget_acc'])} | {fmt(r['nontarget_fid'], 2)} |"
              for r in rows]
-    write("compose", rows, "| SPMs erased | FT | composition | target rate original | with SPMs | "
-          "non-target acc original | with SPMs | non-target FID drift |", lines)
+    write("compose", rows, "| SPMs erased | FT | composition | bare-word target rate original | with SPMs | "
+          "phrase target rate original | with SPMs | non-target acc original | with SPMs | non-target FID drift |",
+          lines)
 
 
 def transfer(hue_shift: float = 30.0, steps: int = 200) -> None:
@@ -139,27 +169,94 @@ def transfer(hue_shift: float = 30.0, steps: int = 200) -> None:
     derived = STUDY / "derived_model"
     if not (derived / "toy_base.json").is_file():
         derive_toy_model(TOY_MODEL, derived, steps=steps, hue_shift=hue_shift)
-    spms = [train_spm(c)["spm_file"] for c in CONCEPTS]
+    spms = erasing_spms()
     rows = []
     for model, folder in (("toy base", TOY_MODEL), (f"derived (hue +{hue_shift:g} deg, {steps} steps)", derived)):
         tag = "base" if folder == TOY_MODEL else "derived"
         original = generate(STUDY / f"gen_{tag}_original", folder, [])
+        original_bare = generate(STUDY / f"gen_{tag}_original_bare", folder, [], bare=True)
         for n in (1, 3):
             out = generate(STUDY / f"gen_{tag}_{n}spm_ft_linear", folder, spms[:n])
+            bare = generate(STUDY / f"gen_{tag}_{n}spm_ft_linear_bare", folder, spms[:n], bare=True)
             rows.append({"model": model, "spms": n, **judge(out, original, list(CONCEPTS[:n])),
-                         "original": judge(original, original, list(CONCEPTS[:n]))})
-    lines = [f"| {r['model']} | {', '.join(CONCEPTS[:r['spms']])} | {fmt(r['original']['target_rate'])} | "
-             f"{fmt(r['target_rate'])} | {fmt(r['original']['nontarget_acc'])} | {fmt(r['nontarget_acc'])} | "
-             f"{fmt(r['nontarget_fid'], 2)} |" for r in rows]
-    write("transfer", rows, "| model | SPMs erased | target rate without SPMs | with SPMs | non-target acc without | "
-          "with | non-target FID drift |", lines)
+                         "bare_rate": bare_rate(bare, list(CONCEPTS[:n])),
+                         "original": {**judge(original, original, list(CONCEPTS[:n])),
+                                      "bare_rate": bare_rate(original_bare, list(CONCEPTS[:n]))}})
+    lines = [f"| {r['model']} | {', '.join(CONCEPTS[:r['spms']])} | {fmt(r['original']['bare_rate'])} | "
+             f"{fmt(r['bare_rate'])} | {fmt(r['original']['target_rate'])} | {fmt(r['target_rate'])} | "
+             f"{fmt(r['original']['nontarget_acc'])} | {fmt(r['nontarget_acc'])} | {fmt(r['nontarget_fid'], 2)} |"
+             for r in rows]
+    write("transfer", rows, "| model | SPMs erased | bare-word target rate without SPMs | with SPMs | "
+          "phrase target rate without | with | non-target acc without | with | non-target FID drift |", lines)
+
+
+def capacity(strength: float = 3.0, iterations: int = 120, bank: int = 64, lr: float = 1e-2) -> None:
+    """Diagnostic, not the SPM recipe: can a rank-1 membrane erase "circle" at all with anchors intact?
+
+    A fixed bank of x_t (``bank`` roll-outs of the FROZEN model, k = 1..29 in turn, official t), full-batch Adam,
+    Eq. 4-7 with every pool word except the target (uniform) plus 3 copies of "" as anchors, one anchor per latent.
+    Judged like part 1, 50 images per prompt, each prompt its own batch from seed 1234.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from projects.spm.anchoring import vocabulary_words
+    from projects.spm.model import DiffusionModel
+    from projects.spm.module import erasing_target, toy_prompt_labels
+    from projects.spm.network import SPMNetwork
+    from projects.spm.toy_base import load_classifier
+
+    torch.manual_seed(0)
+    d = DiffusionModel.from_folder(TOY_MODEL)
+    net = SPMNetwork(d.unet)
+    target, uncond = d.encode_prompts(["circle"]), d.encode_prompts([""])
+    words = [w for w in vocabulary_words(d.tokenizer) if w != "circle"] + [""] * 3
+    anchors = d.encode_prompts(words)
+    steps = d.ddim_timesteps(30, len(d.alphas_cumprod))
+    ks = [1 + i % 29 for i in range(bank)]
+    x = torch.cat([d.rollout(torch.randn(1, 3, 16, 16), steps[:k], uncond, target, 3.0) for k in ks])
+    t = torch.tensor([999 - int(k * 1000 / 30) for k in ks])
+    with torch.no_grad(), net.applied(0.0):
+        eps_target = d.predict(x, t, target.expand(bank, -1, -1))
+        goal = erasing_target(eps_target, d.predict(x, t, uncond.expand(bank, -1, -1)), 1.0)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for it in range(iterations):
+        a = anchors[torch.randint(0, len(words), (bank,))]
+        with torch.no_grad(), net.applied(0.0):
+            frozen = d.predict(x, t, a)
+        with net.applied(1.0):
+            out = d.predict(torch.cat([x, x]), torch.cat([t, t]), torch.cat([target.expand(bank, -1, -1), a]))
+        loss_erase, loss_anchor = F.mse_loss(out[:bank], goal), F.mse_loss(out[bank:], frozen)
+        opt.zero_grad()
+        (loss_erase + strength * loss_anchor).backward()
+        opt.step()
+        if it % 20 == 0 or it == iterations - 1:
+            print(f"step {it}: loss_erase {loss_erase.item():.2e}, loss_anchor {loss_anchor.item():.2e}", flush=True)
+    classifier = load_classifier(CLASSIFIER)
+    prompts = ["circle", "a red circle", "a blue circle", "a yellow circle", "a red square", "a blue triangle",
+               "a yellow star", "a white cross", "a purple ring"]
+    rows = []
+    for gamma in (0.0, 1.0):
+        params = net.merged_weights(d.unet, gamma) if gamma else None
+        row = {"membrane": gamma}
+        with torch.no_grad(), net.applied(0.0):
+            for p in prompts:
+                shape_logits, color_logits = classifier(d.sample([p] * 50, seed=1234, steps=20, guidance=5.0,
+                                                                 unet_params=params))
+                shape, color = toy_prompt_labels(p, need_color=False)
+                right = shape_logits.argmax(1) == shape
+                row[p] = (right if color < 0 else right & (color_logits.argmax(1) == color)).float().mean().item()
+        rows.append(row)
+    lines = [f"| {'on' if r['membrane'] else 'off'} | " + " | ".join(fmt(r[p], 2) for p in prompts) + " |"
+             for r in rows]
+    write("capacity", rows, "| membrane | " + " | ".join(prompts) + " |", lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=("anchoring", "compose", "transfer"))
+    p.add_argument("step", choices=("anchoring", "compose", "transfer", "capacity"))
     args = p.parse_args()
-    {"anchoring": anchoring, "compose": compose, "transfer": transfer}[args.step]()
+    {"anchoring": anchoring, "compose": compose, "transfer": transfer, "capacity": capacity}[args.step]()
 
 
 if __name__ == "__main__":

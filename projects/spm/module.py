@@ -47,13 +47,13 @@ def resolution_bucket(resolution: int, dynamic: bool, multiple: int) -> tuple[in
     return h // multiple * multiple, w // multiple * multiple
 
 
-def toy_prompt_labels(prompt: str, need_color: bool) -> tuple[int, int]:
-    """``"a red circle"`` -> (shape index, colour index) in TOY_SHAPES / TOY_COLORS; colour -1 when not needed."""
+def toy_prompt_labels(prompt: str) -> tuple[int, int]:
+    """``"a red circle"`` -> (shape index, colour index) in TOY_SHAPES / TOY_COLORS."""
     shape, color = toy_labels(prompt)
-    if shape is None or (need_color and color is None):
-        raise ValueError(f"evaluation prompt {prompt!r} must name one toy shape {TOY_SHAPES}"
-                         + (f" and one colour {TOY_COLORS}" if need_color else ""))
-    return shape, -1 if color is None else color
+    if shape is None or color is None:
+        raise ValueError(f"evaluation prompt {prompt!r} must name one toy shape {TOY_SHAPES} and one colour "
+                         f"{TOY_COLORS}")
+    return shape, color
 
 
 class SPMModule(LightningModule):
@@ -304,13 +304,14 @@ class SPMModule(LightningModule):
             return
         n = hp.eval_images_per_prompt
         targets, others = list(hp.eval_target_prompts), list(hp.eval_other_prompts)
-        labels = torch.tensor([toy_prompt_labels(p, need_color=False) for p in targets for _ in range(n)]
-                              + [toy_prompt_labels(p, need_color=True) for p in others for _ in range(n)],
-                              device=self.device)
+        labels = torch.tensor([toy_prompt_labels(p) for p in others for _ in range(n)], device=self.device)
         n_target = n * len(targets)
         # The erased concept is a toy shape or a toy colour: judge the target rate on that attribute.
-        attr, value = (0, TOY_SHAPES.index(self.targets[0])) if self.targets[0] in TOY_SHAPES else (
-            1, TOY_COLORS.index(self.targets[0]))
+        shape, color = toy_labels(self.targets[0])
+        if shape is None and color is None:
+            raise ValueError(f"model.target {self.targets[0]!r}: the toy judge needs a toy shape {TOY_SHAPES} or "
+                             f"colour {TOY_COLORS}")
+        attr, value = (0, shape) if shape is not None else (1, color)
         for gamma, suffix in ((0.0, "_before"), (1.0, "")):
             images = self._generate([p for p in targets + others for _ in range(n)], gamma,
                                     hp.eval_seed + batch_idx).to(self.device)
@@ -318,7 +319,7 @@ class SPMModule(LightningModule):
                 shape_logits, color_logits = self.classifier(images)
             pred = torch.stack([shape_logits.argmax(1), color_logits.argmax(1)], 1)
             is_target = (pred[:n_target, attr] == value).float()
-            other = (pred == labels)[n_target:].float()
+            other = (pred[n_target:] == labels).float()
             metrics = {f"val/target_rate{suffix}": is_target.mean(),
                        f"val/nontarget_acc{suffix}": other.prod(1).mean(),
                        f"val/nontarget_shape_acc{suffix}": other[:, 0].mean(),

@@ -201,8 +201,9 @@ def capacity(strength: float = 3.0, iterations: int = 120, bank: int = 64, lr: f
     import torch.nn.functional as F
 
     from projects.spm.anchoring import vocabulary_words
+    from projects.spm.data import toy_labels
     from projects.spm.model import DiffusionModel
-    from projects.spm.module import erasing_target, toy_prompt_labels
+    from projects.spm.module import erasing_target
     from projects.spm.network import SPMNetwork
     from projects.spm.toy_base import load_classifier
 
@@ -243,9 +244,9 @@ def capacity(strength: float = 3.0, iterations: int = 120, bank: int = 64, lr: f
             for p in prompts:
                 shape_logits, color_logits = classifier(d.sample([p] * 50, seed=1234, steps=20, guidance=5.0,
                                                                  unet_params=params))
-                shape, color = toy_prompt_labels(p, need_color=False)
+                shape, color = toy_labels(p)
                 right = shape_logits.argmax(1) == shape
-                row[p] = (right if color < 0 else right & (color_logits.argmax(1) == color)).float().mean().item()
+                row[p] = (right if color is None else right & (color_logits.argmax(1) == color)).float().mean().item()
         rows.append(row)
     lines = [f"| {'on' if r['membrane'] else 'off'} | " + " | ".join(fmt(r[p], 2) for p in prompts) + " |"
              for r in rows]

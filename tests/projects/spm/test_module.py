@@ -132,14 +132,15 @@ def test_anchor_uncond_adds_the_empty_prompt_to_every_steps_anchors(base: Path):
 
 
 def test_toy_prompt_labels():
+    from projects.spm.data import toy_labels
     from projects.spm.module import toy_prompt_labels
 
-    assert toy_prompt_labels("a red circle", need_color=True) == (0, 0)
-    assert toy_prompt_labels("circle", need_color=False) == (0, -1)
+    assert toy_prompt_labels("a red circle") == (0, 0) and toy_labels("circle") == (0, None)
+    assert toy_labels("a red or blue circle") == (0, None)
     with pytest.raises(ValueError, match="'circle' must name one toy shape.*and one colour"):
-        toy_prompt_labels("circle", need_color=True)
+        toy_prompt_labels("circle")
     with pytest.raises(ValueError, match="'a red blob'"):
-        toy_prompt_labels("a red blob", need_color=False)
+        toy_prompt_labels("a red blob")
 
 
 def run_cli(tmp_path: Path, base: Path, *extra: str) -> subprocess.CompletedProcess:

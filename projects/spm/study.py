@@ -89,21 +89,22 @@ def fmt(x: float | None, digits: int = 3) -> str:
 # Part 1 rows: (label, anchoring mode, run tag, CLI overrides of toy.yaml).
 BATCH16 = ("--model.batch_size", "16")
 LAMBDA3 = ("--model.anchor_strength", "3")
-UNIFORM_UNCOND = ("--model.anchor_alpha", "0", "--model.anchor_uncond", "true")
+ALPHA0 = ("--model.anchor_alpha", "0")
+UNCOND = ("--model.anchor_uncond", "true")
 ANCHORING_ROWS = [
     ("none", "none", "none", ()),
     ("official", "official", "official", ()),
     ("paper", "paper", "paper", ()),
     ("paper, lambda 3", "paper", "paper_l3", LAMBDA3),
-    ("paper, lambda 3 + \"\" anchor", "paper", "paper_l3_u", LAMBDA3 + UNIFORM_UNCOND[2:]),
-    ("paper, lambda 3, alpha 0", "paper", "paper_l3_a0", LAMBDA3 + UNIFORM_UNCOND[:2]),
-    ("paper, lambda 3, alpha 0 + \"\" anchor", "paper", "paper_l3_a0u", LAMBDA3 + UNIFORM_UNCOND),
+    ("paper, lambda 3 + \"\" anchor", "paper", "paper_l3_u", LAMBDA3 + UNCOND),
+    ("paper, lambda 3, alpha 0", "paper", "paper_l3_a0", LAMBDA3 + ALPHA0),
+    ("paper, lambda 3, alpha 0 + \"\" anchor", "paper", "paper_l3_a0u", LAMBDA3 + ALPHA0 + UNCOND),
     ("paper, 16 latents/step", "paper", "paper_b16", BATCH16),
     ("paper, lambda 3, 16 latents/step", "paper", "paper_l3_b16", LAMBDA3 + BATCH16),
     ("paper, lambda 3, alpha 0 + \"\" anchor, 16 latents/step", "paper", "paper_l3_a0u_b16",
-     LAMBDA3 + UNIFORM_UNCOND + BATCH16),
+     LAMBDA3 + ALPHA0 + UNCOND + BATCH16),
     ("same, x_t rolled out by the frozen model", "paper", "paper_l3_a0u_b16_frozen",
-     LAMBDA3 + UNIFORM_UNCOND + BATCH16 + ("--model.rollout_membrane", "false")),
+     LAMBDA3 + ALPHA0 + UNCOND + BATCH16 + ("--model.rollout_membrane", "false")),
 ]
 
 

@@ -1,9 +1,11 @@
 """Bench: one SPM training iteration, ours vs a straightforward re-implementation of the official loop.
 
-The official loop (``train_spm.py`` + ``train_util.predict_noise``) on the same tiny UNet: the DDIM roll-out with
-the membrane hooks on, then five separate UNet calls that each run an [uncond; cond] batch (eps_pos, eps_neu and
-eps_M(target): batch 2 each; anchors with and without the membrane: batch 8 each), predictions moved to the CPU
-for the loss. Both sides draw the same k, x_T and anchors from the same seed.
+The official loop (``train_spm.py`` + ``train_util.predict_noise``) on the same tiny UNet, run on its own copy of
+the module: the official ``SPMLayer`` (each adapted layer's forward patched to ``org_forward(x) + up(down(x)) *
+multiplier * scale``, so the branch is computed at multiplier 0 too, spec 1.2), the DDIM roll-out with it on, then
+five separate UNet calls that each run an [uncond; cond] batch (eps_pos, eps_neu and eps_M(target): batch 2 each;
+anchors with and without the membrane: batch 8 each), predictions moved to the CPU for the loss. Both sides draw the
+same target, k, x_T and anchors from the same seed, and give the same loss (checked when the row is built).
 """
 
 from __future__ import annotations
@@ -20,6 +22,33 @@ from projects.spm.module import SPMModule, erasing_target
 from shared.bench import BenchCase, register
 
 
+class OfficialMembrane:
+    """The official ``SPMLayer`` on ``module``'s UNet, with ``module.network``'s adapters as its weights: the
+    original forward of every adapted layer is replaced (monkey-patched, as the official code does) by
+    ``org_forward(x) + up(down(x)) * multiplier * scale``; ``module.network``'s own hooks are detached for good."""
+
+    def __init__(self, module: SPMModule) -> None:
+        from projects.spm.network import adapted_layers
+
+        network, self.multiplier = module.network, 0.0
+        network.remove()
+        for name, (_, layer) in adapted_layers(module.diffusion.unet).items():
+            layer.forward = self._patched(layer.forward, network.adapters[name])
+
+    def _patched(self, org_forward, adapter):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return org_forward(x) + adapter(x) * self.multiplier  # adapter() includes alpha / rank
+        return forward
+
+    @contextlib.contextmanager
+    def applied(self, multiplier: float):  # official ``with network:`` sets 1 on entry, 0 on exit
+        self.multiplier = multiplier
+        try:
+            yield
+        finally:
+            self.multiplier = 0.0
+
+
 def official_predict(module: SPMModule, x: torch.Tensor, t: int, uncond: torch.Tensor,
                      cond: torch.Tensor) -> torch.Tensor:
     """``predict_noise`` with guidance 1: one [uncond; cond] UNet call, returns uncond + 1 * (cond - uncond)."""
@@ -28,45 +57,58 @@ def official_predict(module: SPMModule, x: torch.Tensor, t: int, uncond: torch.T
     return e_u + 1.0 * (e_c - e_u)
 
 
-def official_losses_at(module: SPMModule, x: torch.Tensor, t: int, target: torch.Tensor,
+def official_losses_at(module: SPMModule, membrane, x: torch.Tensor, t: int, target: torch.Tensor,
                        anchors: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The official loss computation for the same inputs as :meth:`SPMModule.losses_at`."""
-    cache, net, hp = module._embeddings(), module.network, module.hparams
+    cache, hp = module._embeddings(), module.hparams
     u = cache["uncond"]
-    with torch.no_grad(), net.applied(0.0):
+    with torch.no_grad():
         pos = official_predict(module, x, t, u, target)
         neu = official_predict(module, x, t, u, cache["surrogate"])
-    with net.applied(1.0):
+    with membrane.applied(1.0):
         tgt = official_predict(module, x, t, u, target)
     loss_erase = F.mse_loss(tgt.float().cpu(), erasing_target(pos.float().cpu(), neu.float().cpu(), hp.eta))
     out = {"loss_erase": loss_erase, "loss": loss_erase}
     if anchors is not None:
-        with net.applied(1.0):
+        with membrane.applied(1.0):
             anc_spm = official_predict(module, x, t, u.expand_as(anchors), anchors)
-        with torch.no_grad(), net.applied(0.0):
+        with torch.no_grad():
             anc = official_predict(module, x, t, u.expand_as(anchors), anchors)
         out["loss_anchor"] = F.mse_loss(anc_spm.float().cpu(), anc.float().cpu())
         out["loss"] = loss_erase + hp.anchor_strength * out["loss_anchor"]
     return out
 
 
-def official_iteration(module: SPMModule) -> dict[str, torch.Tensor]:
-    """x_t by the roll-out with hooks (not merged weights), then :func:`official_losses_at`."""
-    cache = module._embeddings()
-    merged = module.hparams.merged_rollout
-    module.hparams.merged_rollout = False
-    try:
-        x, t, _ = module.make_xt(cache["targets"][:1])
-    finally:
-        module.hparams.merged_rollout = merged
-    return official_losses_at(module, x, t, cache["targets"][:1], module.sample_anchors(0))
+def official_iteration(module: SPMModule, membrane: OfficialMembrane) -> dict[str, torch.Tensor]:
+    """Spec 2.2: target, k, x_T (drawn in the order :meth:`SPMModule.spm_losses` draws them), k DDIM steps with the
+    membrane on (CFG 3), the official t, then :func:`official_losses_at`."""
+    hp, d, cache = module.hparams, module.diffusion, module._embeddings()
+    ti = random.randrange(len(module.targets))
+    target = cache["targets"][ti:ti + 1]
+    k = random.randint(1, hp.max_denoising_steps - 1)
+    x = torch.randn(d.latent_shape(1, hp.resolution, hp.resolution))
+    steps = d.ddim_timesteps(hp.max_denoising_steps, len(d.alphas_cumprod))
+    with torch.no_grad(), membrane.applied(1.0):
+        x = d.rollout(x, steps[:k], cache["uncond"], target, hp.rollout_guidance)
+    t = len(d.alphas_cumprod) - 1 - int(k * len(d.alphas_cumprod) / hp.max_denoising_steps)
+    return official_losses_at(module, membrane, x, t, target, module.sample_anchors(ti))
 
 
 def build_module(base: Path, anchoring: str = "official", **kw) -> SPMModule:
+    torch.manual_seed(0)  # the same membrane init for every module built from ``base``
     module = SPMModule(base_model=str(base), anchoring=anchoring, resolution=16, dynamic_resolution=False,
                        lr_warmup_steps=1, iterations=10, **kw)
     module.setup("fit")
     return module
+
+
+def _with_signal(*modules: SPMModule) -> None:
+    """Give the membranes the same non-zero ups (at init they are zero, which would hide a wrong branch)."""
+    gen = torch.Generator().manual_seed(1)
+    ups = {k: torch.randn(v.shape, generator=gen) * 1e-2 for k, v in modules[0].network.state_dict().items()
+           if k.endswith("lora_up.weight")}
+    for m in modules:
+        m.network.load_state_dict({**m.network.state_dict(), **ups})
 
 
 def _train_step(module: SPMModule, opt: torch.optim.Optimizer, losses_fn, seed: int) -> float:
@@ -76,28 +118,46 @@ def _train_step(module: SPMModule, opt: torch.optim.Optimizer, losses_fn, seed: 
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
+
+
+def _module_pair() -> tuple[SPMModule, SPMModule, OfficialMembrane]:
+    """(ours, official copy, its official membrane): two modules from one random tiny base, same membrane."""
+    from projects.spm.model import TOY_UNET_CONFIG
+    from projects.spm.toy_base import write_random_base
+
+    base = write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")), TOY_UNET_CONFIG)
+    ours, official = build_module(base, "official"), build_module(base, "official")
+    _with_signal(ours, official)
+    return ours, official, OfficialMembrane(official)
+
+
+def _check_same_loss(ours_loss: float, official_loss: float, what: str) -> None:
+    if abs(ours_loss - official_loss) > 1e-4 * max(1.0, abs(official_loss)):
+        raise AssertionError(f"{what}: ours gives loss {ours_loss:.6g}, the official-style loop {official_loss:.6g}")
 
 
 @register("spm: training iteration, ours vs official-style loop (tiny UNet)", target=0.6, kind="overhead",
           repeats=20, warmup=2, grad=True)
 def _iteration_row() -> BenchCase:
-    from projects.spm.model import TOY_UNET_CONFIG
-    from projects.spm.toy_base import write_random_base
-
-    base = write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")), TOY_UNET_CONFIG)
-    module = build_module(base, "official")
-    module._embeddings()
-    opt = torch.optim.AdamW(module.network.parameters(), 1e-4)
-    counters = {"ours": 0, "official": 0}  # the n-th call of each uses seed n: same k, x_T and anchors
+    module, official_module, membrane = _module_pair()
+    opts = [torch.optim.AdamW(m.network.parameters(), 1e-4) for m in (module, official_module)]
+    with torch.no_grad():
+        random.seed(0)
+        torch.manual_seed(0)
+        ours_loss = float(module.spm_losses()["loss"])
+        random.seed(0)
+        torch.manual_seed(0)
+        _check_same_loss(ours_loss, float(official_iteration(official_module, membrane)["loss"]), "iteration")
+    counters = {"ours": 0, "official": 0}  # the n-th call of each uses seed n: same target, k, x_T and anchors
 
     def ours() -> None:
         counters["ours"] += 1
-        _train_step(module, opt, SPMModule.spm_losses, counters["ours"])
+        _train_step(module, opts[0], SPMModule.spm_losses, counters["ours"])
 
     def official() -> None:
         counters["official"] += 1
-        _train_step(module, opt, official_iteration, counters["official"])
+        _train_step(official_module, opts[1], lambda m: official_iteration(m, membrane), counters["official"])
 
     return BenchCase(method=ours, baseline=official,
                      details={"unet": "toy 16x16 (32, 64, 64), 7 Transformer2DModels", "anchoring": "official",
@@ -107,23 +167,23 @@ def _iteration_row() -> BenchCase:
 @register("spm: predictions + loss given x_t, ours vs official-style (tiny UNet)", target=0.6, kind="overhead",
           repeats=20, warmup=2, grad=True)
 def _loss_row() -> BenchCase:
-    """The part of the iteration the two loops do differently (the shared DDIM roll-out left out)."""
-    from projects.spm.model import TOY_UNET_CONFIG
-    from projects.spm.toy_base import write_random_base
-
-    base = write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")), TOY_UNET_CONFIG)
-    module = build_module(base, "official")
+    """The part of the iteration after the DDIM roll-out (given x_t)."""
+    module, official_module, membrane = _module_pair()
     cache = module._embeddings()
     x = torch.randn(1, 3, 16, 16)
     anchors = module.sample_anchors(0)
-    opt = torch.optim.AdamW(module.network.parameters(), 1e-4)
     target = cache["targets"][:1]
+    opts = [torch.optim.AdamW(m.network.parameters(), 1e-4) for m in (module, official_module)]
+    with torch.no_grad():
+        _check_same_loss(float(module.losses_at(x, 500, target, anchors)["loss"]),
+                         float(official_losses_at(official_module, membrane, x, 500, target, anchors)["loss"]),
+                         "predictions + loss")
 
     def ours() -> None:
-        _train_step(module, opt, lambda m: m.losses_at(x, 500, target, anchors), 0)
+        _train_step(module, opts[0], lambda m: m.losses_at(x, 500, target, anchors), 0)
 
     def official() -> None:
-        _train_step(module, opt, lambda m: official_losses_at(m, x, 500, target, anchors), 0)
+        _train_step(official_module, opts[1], lambda m: official_losses_at(m, membrane, x, 500, target, anchors), 0)
 
     return BenchCase(method=ours, baseline=official, details={"unet": "toy 16x16", "anchoring": "official"})
 

@@ -15,7 +15,8 @@ Transfer (paper 4.2): the states only need the same adapted-layer names and shap
 load into any UNet with the same layout (SD v1.4 -> v1.5 and SD1.x community models in diffusers format); an
 incompatible UNet gets an error naming the file, the first mismatching key and both shapes.
 
-Outside :meth:`SPMComposition.applied` the hooks pass the output through unchanged (the original model).
+The forward hooks are attached only inside :meth:`SPMComposition.applied`: outside it the UNet runs its plain
+forward (the original model, no per-layer dispatch).
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class SPMComposition(nn.Module):
         self._uniform = True
         self._cache: dict[tuple[str, int], tuple] = {}
         self._handles: list = []
-        self.attach()
+        self._removed = False
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -189,19 +190,23 @@ class SPMComposition(nn.Module):
         return self._unet[0]
 
     # ------------------------------------------------------------------ hooks
-    def attach(self) -> None:
-        """(Re-)register the forward hooks (done by ``__init__``; :meth:`remove` undoes it)."""
-        if self._handles:
+    def _attach(self) -> None:
+        """Register the forward hooks (on entering :meth:`applied`, unless :meth:`remove` was called)."""
+        if self._handles or self._removed:
             return
         modules = dict(self.unet.named_modules())
         for key in self.stacks:
             self._handles.append(modules[self._paths[key]].register_forward_hook(self._hook(key)))
 
-    def remove(self) -> None:
-        """Detach the hooks: the UNet is back to its original forward."""
+    def _detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def remove(self) -> None:
+        """Detach the hooks for good: the UNet's original forward, also inside :meth:`applied`."""
+        self._removed = True
+        self._detach()
 
     def _prepared(self, key: str, n: int, device: torch.device) -> tuple:
         """The stack's per-gamma tensors for a UNet batch of ``n`` rows (cached until :meth:`applied` exits)."""
@@ -222,8 +227,6 @@ class SPMComposition(nn.Module):
         stack = self.stacks[key]
 
         def add_branches(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            if self._gammas is None:  # outside applied(): the original layer
-                return output
             x = inputs[0]
             return stack.add_branches(x, output, self._prepared(key, x.shape[0], x.device))
         return add_branches
@@ -240,16 +243,19 @@ class SPMComposition(nn.Module):
                              f"[{self.num_spms}] (one per SPM)")
         previous = self._gammas, self._uniform
         self._gammas, self._uniform, self._cache = gammas, bool((gammas == gammas[:1]).all()), {}
+        self._attach()
         try:
             yield self
         finally:
             (self._gammas, self._uniform), self._cache = previous, {}
+            if self._gammas is None:
+                self._detach()
 
     # ------------------------------------------------------------------ merging
     @torch.no_grad()
     def merged_weights(self, gammas: torch.Tensor | Sequence[float]) -> dict[str, torch.Tensor]:
-        """``{unet param name: W + Delta W(gammas)}`` for one gamma set [C], for ``torch.func.functional_call``
-        (with the hooks passing through, i.e. outside :meth:`applied`): zero per-step overhead."""
+        """``{unet param name: W + Delta W(gammas)}`` for one gamma set [C], for ``model.swapped_parameters``
+        (outside :meth:`applied`, where no hooks are attached): zero per-step overhead."""
         gammas = torch.as_tensor(gammas, dtype=torch.float32).flatten()
         if gammas.numel() != self.num_spms:
             raise ValueError(f"merged_weights needs one gamma set of {self.num_spms} values, got {gammas.numel()}")

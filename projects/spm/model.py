@@ -6,15 +6,34 @@ Pure nn.Module code (no Lightning). Without ``vae/`` the UNet works in pixel spa
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def swapped_parameters(module: nn.Module, tensors: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """Use ``tensors`` ({parameter name: tensor}, e.g. merged SPM weights) as those parameters of ``module`` until
+    exit, then put the originals back (nothing is copied or modified). One swap serves a whole sampling loop, where
+    ``torch.func.functional_call`` would swap on every UNet call."""
+    saved = []
+    try:
+        for name, value in (tensors or {}).items():
+            owner_path, _, attr = name.rpartition(".")
+            owner = module.get_submodule(owner_path)
+            saved.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, nn.Parameter(value.detach(), requires_grad=False))
+        yield
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
 
 # SD v1.4's UNet (CompVis/stable-diffusion-v1-4 unet/config.json), for building it with no weights.
 SD14_UNET_CONFIG: dict = dict(
@@ -140,18 +159,10 @@ class DiffusionModel(nn.Module):
         return [int(i * ratio + offset) for i in reversed(range(steps))]
 
     def guided_eps(self, x: torch.Tensor, t: int, uncond: torch.Tensor, cond: torch.Tensor,
-                   guidance: float, unet_params: dict | None = None) -> torch.Tensor:
+                   guidance: float) -> torch.Tensor:
         """Classifier-free guidance with [uncond; cond] in one UNet call. ``x`` [B, ...]."""
         b = cond.shape[0]
-        xx = torch.cat([x, x])
-        cc = torch.cat([uncond.expand(b, -1, -1), cond])
-        if unet_params:
-            from torch.func import functional_call
-
-            tt = torch.full((2 * b,), t, device=x.device)
-            eps = functional_call(self.unet, unet_params, (xx, tt), {"encoder_hidden_states": cc.to(x.dtype)}).sample
-        else:
-            eps = self.predict(xx, t, cc)
+        eps = self.predict(torch.cat([x, x]), t, torch.cat([uncond.expand(b, -1, -1), cond]))
         e_u, e_c = eps.chunk(2)
         return e_u + guidance * (e_c - e_u)
 
@@ -160,9 +171,9 @@ class DiffusionModel(nn.Module):
                 guidance: float, unet_params: dict | None = None) -> torch.Tensor:
         """Run DDIM over ``timesteps`` (the consecutive steps of one schedule) with CFG; returns x after them."""
         ratio = timesteps[0] - timesteps[1] if len(timesteps) > 1 else 1000 // 30
-        for t in timesteps:
-            eps = self.guided_eps(x, t, uncond, cond, guidance, unet_params)
-            x = self.ddim_step(x, eps, t, t - ratio)
+        with swapped_parameters(self.unet, unet_params):
+            for t in timesteps:
+                x = self.ddim_step(x, self.guided_eps(x, t, uncond, cond, guidance), t, t - ratio)
         return x
 
     @torch.no_grad()
@@ -235,12 +246,18 @@ class DiffusionModel(nn.Module):
         """
         if isinstance(guidance, torch.Tensor):
             guidance = guidance.to(noise.device, torch.float32).view(-1, *([1] * (noise.ndim - 1)))
+        with swapped_parameters(self.unet, unet_params):
+            return self._denoise(noise, cond, uncond, guidance, steps, sampler, generators, callback)
+
+    def _denoise(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                 guidance: float | torch.Tensor, steps: int, sampler, generators: list[torch.Generator] | None,
+                 callback: Callable[[int], None] | None) -> torch.Tensor:
         x = noise
         if sampler == "ddim":
             timesteps = self.sampling_timesteps(steps)
             ratio = len(self.alphas_cumprod) // steps
             for i, t in enumerate(timesteps):
-                eps = self.guided_eps(x, t, uncond, cond, guidance, unet_params)
+                eps = self.guided_eps(x, t, uncond, cond, guidance)
                 x = self.ddim_step(x, eps.to(x.dtype), t, t - ratio).to(noise.dtype)
                 if callback is not None:
                     callback(i)
@@ -251,7 +268,7 @@ class DiffusionModel(nn.Module):
         x = x * scheduler.init_noise_sigma
         for i, t in enumerate(scheduler.timesteps):
             x_in = scheduler.scale_model_input(x, t)
-            eps = self.guided_eps(x_in, t.item(), uncond, cond, guidance, unet_params)
+            eps = self.guided_eps(x_in, t.item(), uncond, cond, guidance)
             kwargs = {"generator": generators} if takes_generator and generators is not None else {}
             x = scheduler.step(eps.to(x.dtype), t, x, **kwargs).prev_sample.to(noise.dtype)
             if callback is not None:

@@ -6,7 +6,9 @@ Paper Eq. 1: ``y = W x + (v_reg^T x) v_sig``. ``v_reg`` is ``lora_down`` (Kaimin
 parameters for SD v1.x); text encoder, ResNets, time embedding, conv_in/conv_out are not.
 
 The UNet is not modified: each adapted layer gets a forward hook that adds the branch to its output, so the
-base weights stay frozen and bit-identical, the UNet's own state dict keeps its keys, and several membranes can
+base weights stay frozen and bit-identical; the hooks are attached only while the multiplier is non-zero, so with
+the membrane off the UNet runs its plain forward (the official ``org_forward(x) + up(down(x)) * 0`` still computes
+the branch), the UNet's own state dict keeps its keys, and several membranes can
 be attached to one UNet (their branches add up: Eq. 9 with one ``multiplier`` = gamma_c per membrane).
 ``multiplier`` may be a float or a tensor of shape ``[B]`` (one gamma per sample of the UNet batch), which is
 what Facilitated Transport needs.
@@ -88,34 +90,51 @@ class SPMNetwork(nn.Module):
                  target_blocks: Sequence[str] = TARGET_BLOCKS, multiplier: float = 1.0) -> None:
         super().__init__()
         self.rank, self.alpha = rank, float(alpha) if alpha else float(rank)
-        self.multiplier: float | torch.Tensor = multiplier
         self.adapters = nn.ModuleDict()
+        self._layers: list[tuple[nn.Module, SPMAdapter]] = []  # plain list: the UNet's layers are not submodules
         self._handles: list = []
+        self._removed = False
         for name, (_, layer) in adapted_layers(unet, target_blocks).items():
             adapter = SPMAdapter(layer, rank, alpha)
             adapter.to(device=layer.weight.device, dtype=layer.weight.dtype)
             self.adapters[name] = adapter
-            self._handles.append(layer.register_forward_hook(self._hook(adapter)))
+            self._layers.append((layer, adapter))
         if not self.adapters:
             raise ValueError(f"SPMNetwork found no {'/'.join(target_blocks)} with Linear/Conv2d layers in "
                              f"{type(unet).__name__}; expected a diffusers UNet2DConditionModel")
+        self.multiplier = multiplier
+
+    @property
+    def multiplier(self) -> float | torch.Tensor:
+        return self._multiplier
+
+    @multiplier.setter
+    def multiplier(self, value: float | torch.Tensor) -> None:
+        """Set gamma; the hooks are attached while it is non-zero and detached at 0 (no per-layer dispatch)."""
+        self._multiplier = value
+        off = self._removed or (not isinstance(value, torch.Tensor) and value == 0)
+        if off:
+            self._detach()
+        elif not self._handles:
+            self._handles = [layer.register_forward_hook(self._hook(adapter)) for layer, adapter in self._layers]
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
     def _hook(self, adapter: SPMAdapter):
         def add_branch(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            gamma = self.multiplier
-            if isinstance(gamma, torch.Tensor):
-                if gamma.ndim == 1:  # per-sample gamma over the UNet batch
-                    gamma = gamma.view(-1, *([1] * (output.ndim - 1)))
-            elif gamma == 0:
-                return output
+            gamma = self._multiplier
+            if isinstance(gamma, torch.Tensor) and gamma.ndim == 1:  # per-sample gamma over the UNet batch
+                gamma = gamma.view(-1, *([1] * (output.ndim - 1)))
             return output + adapter(inputs[0]) * gamma
         return add_branch
 
     def remove(self) -> None:
-        """Detach the hooks (the UNet is back to its original forward)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        """Detach the hooks for good (the UNet is back to its original forward whatever the multiplier)."""
+        self._removed = True
+        self._detach()
 
     @contextlib.contextmanager
     def applied(self, multiplier: float | torch.Tensor = 1.0) -> Iterator[SPMNetwork]:
@@ -131,7 +150,7 @@ class SPMNetwork(nn.Module):
 
     def merged_weights(self, unet: nn.Module, gamma: float = 1.0) -> dict[str, torch.Tensor]:
         """``{unet param name: W + gamma * scale * up @ down}`` for the adapted layers, for
-        ``torch.func.functional_call`` with this membrane's hooks off (multiplier 0).
+        ``model.swapped_parameters`` / ``torch.func.functional_call`` with this membrane off (multiplier 0).
 
         No-grad sampling with the membrane on then costs one matmul per layer instead of three; the UNet's own
         parameters are not modified.

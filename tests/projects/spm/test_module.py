@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from projects.spm.anchoring import ConceptPool, official_anchors, vocabulary_words
-from projects.spm.bench import build_module, official_losses_at
+from projects.spm.bench import OfficialMembrane, build_module, official_iteration, official_losses_at
 from projects.spm.model import TOY_UNET_CONFIG
 from projects.spm.network import SPMNetwork
 from projects.spm.toy_base import ToyClassifier, write_random_base
@@ -57,19 +57,44 @@ def test_one_step_trains_only_the_membrane(base: Path, anchoring: str):
     assert not any(k.endswith(".alpha") for k in changed)
 
 
+def official_copy(base: Path, anchoring: str, ours) -> tuple:
+    """A second module on the same base with ours' membrane weights, run through the official SPMLayer."""
+    other = build_module(base, anchoring)
+    other.network.load_state_dict(ours.network.state_dict())
+    return other, OfficialMembrane(other)
+
+
 @pytest.mark.parametrize("anchoring", ["none", "official", "paper"])
 def test_batched_losses_equal_official_separate_calls(base: Path, anchoring: str):
     module = build_module(base, anchoring)
     randomise_up(module.network)
+    other, membrane = official_copy(base, anchoring, module)
     cache = module._embeddings()
     torch.manual_seed(1)
     x = torch.randn(1, 3, 16, 16)
     anchors = module.sample_anchors(0)
     ours = module.losses_at(x, 500, cache["targets"][:1], anchors)
-    official = official_losses_at(module, x, 500, cache["targets"][:1], anchors)
+    official = official_losses_at(other, membrane, x, 500, cache["targets"][:1], anchors)
     assert set(ours) == set(official)
     for key in ours:
         assert torch.allclose(ours[key].cpu(), official[key], rtol=1e-4, atol=1e-7), key
+
+
+@pytest.mark.parametrize("anchoring", ["official", "paper"])
+def test_iteration_equals_official_loop(base: Path, anchoring: str):
+    """Same seed: the merged-weight roll-out + batched calls give the official loop's loss (hooks on, separate
+    calls, branch computed at multiplier 0 too)."""
+    module = build_module(base, anchoring)
+    randomise_up(module.network)
+    other, membrane = official_copy(base, anchoring, module)
+    results = []
+    for fn in (module.spm_losses, lambda: official_iteration(other, membrane)):
+        random.seed(5)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            results.append(fn())
+    for key in ("loss_erase", "loss_anchor", "loss"):
+        assert torch.allclose(results[0][key].cpu(), results[1][key], rtol=1e-4, atol=1e-7), key
 
 
 def test_batch_of_latents_is_the_mean_of_single_latent_losses(base: Path):

@@ -62,7 +62,9 @@ class ConceptPool:
             cos.append(torch.stack([flat_cosine(emb, t) for t in targets], 1))  # [chunk, T]
             cached.append(emb)
         cos = torch.cat(cos)  # [P, T]
-        self.probs = ((1 - cos.abs()).clamp_min(0) ** alpha).T.contiguous()  # [T, P]
+        # The target itself (|cos| = 1) never anchors: weight 0 for any alpha (at alpha 0, 0^0 would give it 1).
+        far = (1 - cos.abs()).clamp_min(0)
+        self.probs = torch.where(far > 1e-6, far ** alpha, torch.zeros_like(far)).T.contiguous()  # [T, P]
         if (self.probs.sum(1) <= 0).any():
             raise ValueError("ConceptPool: every pool concept has |cos| = 1 with the target; give a wider pool")
         size = sum(e.numel() * e.element_size() for e in cached)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -245,10 +246,12 @@ def _random_states(unet, num: int) -> list[dict[str, torch.Tensor]]:
     return states
 
 
-def _step_case(which: str, num_spms: int, prompts: int = 1) -> BenchCase:
+def _step_case(which: str, num_spms: int, prompts: int = 1, merge: bool = True) -> BenchCase:
     """One CFG denoising step (UNet batch 2 * prompts: the images and their uncond rows) with C SPMs and each
-    prompt's FT gammas (hooks on a weight-sharing twin of the UNet) vs the same step on the bare UNet (no hooks).
-    With one prompt the two CFG rows share gamma (folded into the ups); with several, the per-sample path runs."""
+    prompt's FT gammas (on a weight-sharing twin of the UNet) vs the same step on the bare UNet (no hooks).
+    With one prompt the two CFG rows share gamma: ``applied()`` merges it into the weights on entry (timed once,
+    in the details) unless ``merge`` is off (hooks, gammas folded into the ups); with several prompts the
+    per-sample hook path runs."""
     from projects.spm.composition import SPMComposition
     from projects.spm.transport import facilitated_gammas
 
@@ -261,10 +264,13 @@ def _step_case(which: str, num_spms: int, prompts: int = 1) -> BenchCase:
         previous[1].close()
         previous[0].remove()
     comp = SPMComposition(twin, _random_states(unet, num_spms), concepts[:num_spms])
+    comp.merge_uniform = merge
     # FT gammas are constant over the denoising steps, so a generation enters applied() once per batch of prompts
-    # (that prepares the per-layer tensors) and then runs every step inside it: time one such step.
+    # (that merges or prepares the per-layer tensors) and then runs every step inside it: time one such step.
     scope = contextlib.ExitStack()
+    start = time.perf_counter()
     scope.enter_context(comp.applied(gammas))  # [B, C] -> repeated over the [uncond; cond] halves
+    enter_ms = (time.perf_counter() - start) * 1e3
     _CACHE[f"comp_{which}"] = comp, scope
     cfg = unet.config
     gen = torch.Generator().manual_seed(0)
@@ -282,14 +288,17 @@ def _step_case(which: str, num_spms: int, prompts: int = 1) -> BenchCase:
     return BenchCase(method=with_spms, baseline=bare, details={
         "unet": "SD v1.4 config, random init, 64x64 latents" if which == "sd14" else "toy 16x16 (32, 64, 64)",
         "spms": num_spms, "adapted_layers": len(comp.stacks), "unet_batch": n, "mode": "linear",
+        "path": "hooks" if comp._handles else "merged", "applied_entry_ms (once per generation)": round(enter_ms, 2),
         "gammas": [[round(g, 3) for g in row] for row in gammas.tolist()]})
 
 
 for _which, _label, _repeats in (("toy", "toy UNet 16x16", 30), ("sd14", "SD v1.4-sized UNet, 64x64, CPU", 3)):
     for _num in (1, 5, 20):
-        register(f"spm: CFG step with {_num} SPMs, per-sample FT / no SPM ({_label})", target=1.05,
-                 kind="overhead", repeats=_repeats, warmup=0 if _which == "sd14" else 3)(
+        register(f"spm: CFG step with {_num} SPMs, 1 prompt's FT gammas (merged on entry) / no SPM ({_label})",
+                 target=1.05, kind="overhead", repeats=_repeats, warmup=0 if _which == "sd14" else 3)(
             lambda w=_which, n=_num: _step_case(w, n))
+register("spm: CFG step with 20 SPMs, 1 prompt's FT gammas through the hooks / no SPM (toy UNet 16x16)", target=1.05,
+         kind="overhead", repeats=30)(lambda: _step_case("toy", 20, merge=False))
 register("spm: CFG step with 20 SPMs, 4 prompts with different FT gammas / no SPM (toy UNet 16x16)", target=1.05,
          kind="overhead", repeats=30)(lambda: _step_case("toy", 20, prompts=4))
 

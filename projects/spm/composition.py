@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from projects.spm.model import swapped_parameters
 from projects.spm.network import TARGET_BLOCKS, adapted_layers, load_spm_file, spm_prompts
 
 MODES = ("linear", "official")
@@ -167,6 +168,7 @@ class SPMComposition(nn.Module):
         self._cache: dict[tuple[str, int], tuple] = {}
         self._handles: list = []
         self._removed = False
+        self.merge_uniform = True  # see :meth:`applied`
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -234,22 +236,33 @@ class SPMComposition(nn.Module):
     @contextlib.contextmanager
     def applied(self, gammas: torch.Tensor | Sequence[float]) -> Iterator[SPMComposition]:
         """Switch the SPMs on with ``gammas`` [B, C] (one row per sample) or [C] (all samples); a UNet batch of
-        k*B rows (e.g. CFG's [uncond; cond]) uses ``gammas.repeat(k, 1)``."""
+        k*B rows (e.g. CFG's [uncond; cond]) uses ``gammas.repeat(k, 1)``.
+
+        When every row is the same (one prompt, or prompts with equal gammas) and ``merge_uniform`` is on, the
+        deltas are merged into the adapted weights for the duration (:meth:`merged_weights`, swapped in and back,
+        nothing modified): the UNet then runs its plain forward at zero per-step cost, for one extra copy of the
+        adapted layers' weights. Otherwise the per-layer hooks add the batched low-rank branches.
+        """
         gammas = torch.as_tensor(gammas, dtype=torch.float32)
         if gammas.ndim == 1:
             gammas = gammas.unsqueeze(0)
         if gammas.ndim != 2 or gammas.shape[1] != self.num_spms:
             raise ValueError(f"gammas of shape {tuple(gammas.shape)}: expected [B, {self.num_spms}] or "
                              f"[{self.num_spms}] (one per SPM)")
-        previous = self._gammas, self._uniform
-        self._gammas, self._uniform, self._cache = gammas, bool((gammas == gammas[:1]).all()), {}
-        self._attach()
+        if self._gammas is not None:
+            raise RuntimeError("SPMComposition.applied() is already active; leave it before entering it again")
+        uniform = bool((gammas == gammas[:1]).all())
+        self._gammas, self._uniform, self._cache = gammas, uniform, {}
         try:
-            yield self
+            if uniform and self.merge_uniform and not self._removed:
+                with swapped_parameters(self.unet, self.merged_weights(gammas[0])):
+                    yield self
+            else:
+                self._attach()
+                yield self
         finally:
-            (self._gammas, self._uniform), self._cache = previous, {}
-            if self._gammas is None:
-                self._detach()
+            self._gammas, self._cache = None, {}
+            self._detach()
 
     # ------------------------------------------------------------------ merging
     @torch.no_grad()
@@ -264,7 +277,10 @@ class SPMComposition(nn.Module):
         for key, stack in self.stacks.items():
             path = self._paths[key]
             weight = modules[path].weight
-            out[f"{path}.weight"] = weight + stack.delta_weight(gammas, self.mode == "official", weight.shape)
+            if stack.down.device != weight.device:  # the UNet was moved after the SPMs were loaded
+                stack.to(weight.device)
+            delta = stack.delta_weight(gammas, self.mode == "official", weight.shape)
+            out[f"{path}.weight"] = weight + delta.to(weight.dtype)
         return out
 
 

@@ -292,7 +292,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="linear: paper Eq. 9; official: the released code's gamma-weighted sums (gamma^2, cross "
                         "terms)")
     p.add_argument("--merge", default="auto", choices=("auto", "on", "off"),
-                   help="fold fixed gammas into the UNet weights (auto: when FT is off)")
+                   help="fold the gammas into the UNet weights. auto: fixed gammas (FT off) once per run, FT gammas "
+                        "per batch whose prompts share one gamma row; off: always the per-layer hooks; on: as auto, "
+                        "and require fixed gammas")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                    help="auto: float16 on CUDA, float32 otherwise")
     p.add_argument("--accelerator", default="auto")
@@ -352,6 +354,8 @@ def generate(args: argparse.Namespace) -> dict:
 
     model = DiffusionModel.from_folder(args.base_model, torch_dtype=dtype).to(device)
     comp = SPMComposition.from_files(model.unet, args.spm, mode=args.composition).to(device) if args.spm else None
+    if comp is not None:
+        comp.merge_uniform = args.merge != "off"
     concepts = comp.concepts if comp is not None else []
     columns = gamma_columns(args.spm)
     fixed = fixed_gammas(args, len(args.spm)) if comp is not None else None

@@ -91,8 +91,10 @@ def test_cfg_batch_shares_gamma_and_one_gamma_set_broadcasts(spm_files):
         with comp.applied(gammas.repeat(2, 1)):
             explicit = unet(x, t, encoder_hidden_states=ctx).sample
         assert torch.equal(cfg, explicit)
+        comp.merge_uniform = False  # the hooks' shared-row path (ups pre-multiplied by the gammas)
         with comp.applied([0.3, 0.0, 1.0]):
             one = unet(x, t, encoder_hidden_states=ctx).sample
+        comp.merge_uniform = True
         # One shared gamma row (folded into the ups) = the per-sample path with that row.
         rows = torch.tensor([[0.3, 0.0, 1.0]] * 3 + [[1.0, 1.0, 1.0]])
         with comp.applied(rows):
@@ -100,7 +102,7 @@ def test_cfg_batch_shares_gamma_and_one_gamma_set_broadcasts(spm_files):
     with pytest.raises(ValueError, match=r"expected \[B, 3\] or \[3\]"):
         with comp.applied([1.0, 2.0]):
             pass
-    with pytest.raises(ValueError, match="not a multiple"), torch.no_grad(), comp.applied(torch.ones(3, 3)):
+    with pytest.raises(ValueError, match="not a multiple"), torch.no_grad(), comp.applied(torch.eye(3)):
         unet(x, t, encoder_hidden_states=ctx)
 
 
@@ -157,11 +159,20 @@ def test_merged_weights_equal_hooked_forward(tmp_path, mode):
     params = comp.merged_weights(gammas)
     assert any(k.endswith("proj_in.weight") for k in params) and any(k.endswith("to_q.weight") for k in params)
     x, t, ctx = inputs(2)
+    originals = {name: p for name, p in unet.named_parameters()}
     with torch.no_grad():
+        comp.merge_uniform = False
         with comp.applied(gammas):
             hooked = unet(x, t, encoder_hidden_states=ctx).sample
-        merged = functional_call(unet, params, (x, t), {"encoder_hidden_states": ctx}).sample  # hooks pass through
-    assert torch.allclose(merged, hooked, atol=1e-4)
+        merged = functional_call(unet, params, (x, t), {"encoder_hidden_states": ctx}).sample  # no hooks outside
+        comp.merge_uniform = True
+        with comp.applied(gammas):  # one gamma row: merged into the weights on entry, no hooks
+            assert not comp._handles
+            auto = unet(x, t, encoder_hidden_states=ctx).sample
+    assert torch.allclose(merged, hooked, atol=1e-4) and torch.allclose(auto, hooked, atol=1e-4)
+    assert all(p is originals[name] for name, p in unet.named_parameters())  # the UNet's own weights are back
+    with pytest.raises(RuntimeError, match="already active"), comp.applied(gammas), comp.applied(gammas):
+        pass
     with pytest.raises(ValueError, match="one gamma set of 2 values"):
         comp.merged_weights(torch.ones(2, 2))
 

@@ -144,6 +144,10 @@ def test_concept_pool_probabilities_follow_the_paper(base: Path):
     assert torch.allclose(pool.probs[0], expected, atol=1e-5)
     assert pool.probs[0][pool_words.index("circle")] < 1e-6  # the target itself is never an anchor
     assert pool.sample(0, 6).shape == (6, *target.shape[1:])
+    uniform = ConceptPool(pool_words, d.encode_prompts, target, alpha=0.0)  # alpha 0: 0^0 must not let it in
+    assert uniform.probs[0][pool_words.index("circle")] == 0
+    others = [p for i, p in enumerate(uniform.probs[0].tolist()) if i != pool_words.index("circle")]
+    assert others == [1.0] * len(others)
 
 
 def test_anchor_uncond_adds_the_empty_prompt_to_every_steps_anchors(base: Path):

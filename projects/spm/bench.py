@@ -292,13 +292,15 @@ def _step_case(which: str, num_spms: int, prompts: int = 1, merge: bool = True) 
         "gammas": [[round(g, 3) for g in row] for row in gammas.tolist()]})
 
 
-for _which, _label, _repeats in (("toy", "toy UNet 16x16", 30), ("sd14", "SD v1.4-sized UNet, 64x64, CPU", 3)):
+# The SD-size step takes ~10 s on a CPU: few repeats, one warm-up pair (the first call pays for allocations).
+for _which, _label, _repeats, _warmup in (("toy", "toy UNet 16x16", 30, 3),
+                                          ("sd14", "SD v1.4-sized UNet, 64x64, CPU", 5, 1)):
     for _num in (1, 5, 20):
         register(f"spm: CFG step with {_num} SPMs, 1 prompt's FT gammas (merged on entry) / no SPM ({_label})",
-                 target=1.05, kind="overhead", repeats=_repeats, warmup=0 if _which == "sd14" else 3)(
+                 target=1.05, kind="overhead", repeats=_repeats, warmup=_warmup)(
             lambda w=_which, n=_num: _step_case(w, n))
-register("spm: CFG step with 20 SPMs, 1 prompt's FT gammas through the hooks / no SPM (toy UNet 16x16)", target=1.05,
-         kind="overhead", repeats=30)(lambda: _step_case("toy", 20, merge=False))
+    register(f"spm: CFG step with 20 SPMs, 1 prompt's FT gammas through the hooks / no SPM ({_label})", target=1.05,
+             kind="overhead", repeats=_repeats, warmup=_warmup)(lambda w=_which: _step_case(w, 20, merge=False))
 register("spm: CFG step with 20 SPMs, 4 prompts with different FT gammas / no SPM (toy UNet 16x16)", target=1.05,
          kind="overhead", repeats=30)(lambda: _step_case("toy", 20, prompts=4))
 

@@ -91,7 +91,7 @@ class SPMModule(LightningModule):
         optimizer: Literal["adamw", "adamw8bit"] = "adamw",
         lr_warmup_steps: int = 500,
         lr_cycles: int = 3,
-        iterations: int = 3000,
+        iterations: int = 3000,  # LR-schedule length without a Trainer; with one, the steps it will run
         batch_size: int = 1,
         max_denoising_steps: int = 30,
         rollout_guidance: float = 3.0,
@@ -282,7 +282,10 @@ class SPMModule(LightningModule):
             except ImportError:
                 logger.warning("optimizer adamw8bit: bitsandbytes is not installed; using torch AdamW")
         opt = opt or torch.optim.AdamW(params, lr=hp.lr)
-        sched = get_cosine_with_hard_restarts_schedule_with_warmup(opt, hp.lr_warmup_steps, hp.iterations,
+        # The schedule spans the run the Trainer will make (data.iterations steps, or fewer with max_steps), so
+        # overriding --data.iterations on the command line cannot leave it planned for another length.
+        total = hp.iterations if self._trainer is None else int(self.trainer.estimated_stepping_batches)
+        sched = get_cosine_with_hard_restarts_schedule_with_warmup(opt, hp.lr_warmup_steps, total,
                                                                    num_cycles=hp.lr_cycles)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

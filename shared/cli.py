@@ -5,7 +5,9 @@ shared/configs/<preset>.yaml] [--dotted.overrides ...]``
 
 What it adds to :class:`lightning.pytorch.cli.LightningCLI`:
 
-* omegaconf parser mode, so configs interpolate (``${data.num_classes}``, ``${oc.env:VAR,default}``);
+* omegaconf+ parser mode, so configs interpolate (``${data.num_classes}``, ``${oc.env:VAR,default}``) and the
+  interpolations resolve after the command-line overrides: ``--data.num_classes 5`` reaches
+  ``model.num_classes: ${data.num_classes}`` too (plain omegaconf mode resolves each file as it loads it);
 * one run folder ``logs/<project>/<run_name>/`` (``run_name`` defaults to the first config file's stem),
   holding the checkpoints, the logger files, ``config.yaml`` and ``summary.json``. Because the folder is
   fixed, ``fit --ckpt_path last`` resumes an interrupted run;
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -39,6 +41,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOGS_DIR = Path(os.environ.get("CV_PAPERS_LOGS", REPO_ROOT / "logs"))
+# ``${data.x}`` written in a config means the run's ``data.x``, wherever the subcommand nests the config.
+set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
 
 
 def wandb_is_online() -> bool:
@@ -143,7 +147,7 @@ class ProjectCLI(LightningCLI):
             datamodule_class,
             save_config_callback=LoggedConfigCallback,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+            parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False},
             seed_everything_default=42,
             args=args,
             run=run,
@@ -158,6 +162,7 @@ class ProjectCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse; a bad key or value ends the run with one line naming it (no usage dump)."""
+        self._config_files = config_files(sys.argv[1:] if args is None else args)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
@@ -175,8 +180,8 @@ class ProjectCLI(LightningCLI):
         name = self._get(self.config, "run_name")
         if name:
             return name
-        configs = self._get(self.config, "config") or []
-        return Path(str(configs[0])).stem if configs else "default"
+        # omegaconf+ drops the parsed ``config`` list when it resolves, so the names come from the arguments
+        return Path(self._config_files[0]).stem if self._config_files else "default"
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         run_name = self._run_name()
@@ -202,6 +207,19 @@ class ProjectCLI(LightningCLI):
         user_callbacks = trainer_cfg.get("callbacks") or []
         kwargs["callbacks"] = [*callbacks, *(user_callbacks if isinstance(user_callbacks, list) else [user_callbacks])]
         return super().instantiate_trainer(**kwargs)
+
+
+def config_files(args: Any) -> list[str]:
+    """The ``--config`` files named in command-line ``args`` (a list of strings), in order."""
+    if not isinstance(args, list | tuple):
+        return []
+    found = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            found.append(str(args[i + 1]))
+        elif isinstance(arg, str) and arg.startswith("--config="):
+            found.append(arg.split("=", 1)[1])
+    return found
 
 
 def main(model_class: type[LightningModule], datamodule_class: type[LightningDataModule] | None, project: str,

@@ -52,6 +52,17 @@ def test_print_config_shows_the_whole_interpolated_run(workdir: Path) -> None:
     assert config["seed_everything"] == 42 and config["logger"] == "wandb"
 
 
+def test_command_line_override_reaches_the_keys_that_interpolate_it(workdir: Path) -> None:
+    out = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--data.num_features", "9",
+                   "--print_config").stdout
+    config = yaml.safe_load(out)
+    assert config["data"]["num_features"] == 9
+    assert config["model"]["num_features"] == 9  # ${data.num_features} resolved after the override
+    out = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--model.num_features", "4",
+                   "--print_config").stdout
+    assert yaml.safe_load(out)["model"]["num_features"] == 4  # an explicit value still wins
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_every_trainer_preset_combines_with_a_project_config(workdir: Path, preset: Path) -> None:
     out = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--config", str(preset),

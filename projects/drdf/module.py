@@ -29,11 +29,11 @@ class DRDFModule(LightningModule):
     """
 
     def __init__(self, num_classes: int = 2, task: Literal["binary", "multiclass"] = "binary",
-                 expert: str | None = "late_fusion", num_experts: int | None = 3, expert_kwargs: dict | None = None,
+                 expert: str | None = "late_fusion", num_experts: int | None = 3, expert_kwargs: dict[str, Any] | None = None,
                  routing: Literal["drdf", "uniform"] = "drdf", multimodal: bool = True,
                  unimodal_text_mode: Literal["image", "none", "constant"] = "image",
-                 text_router: dict | None = None, image_router: dict | None = None,
-                 text_slot_image_router: dict | None = None, mwf: dict | None = None,
+                 text_router: dict[str, Any] | None = None, image_router: dict[str, Any] | None = None,
+                 text_slot_image_router: dict[str, Any] | None = None, mwf: dict[str, Any] | None = None,
                  fusion: Literal["logits", "probs", "features"] = "logits", freeze_experts: bool = False,
                  temperature: float = 1.0, temperature_schedule: bool = False, temperature_start: float = 30.0,
                  temperature_fraction: float = 0.1, lambda_aux: float = 0.5, lambda_bal: float = 0.0,

@@ -60,3 +60,13 @@ def test_missing_data_folder_is_named(tmp_path: Path) -> None:
                 str(tmp_path / "nowhere"), "--data.tokenizer", str(tmp_path / "nowhere"), "--logger", "none",
                 "--trainer.fast_dev_run", "1", check=False)
     assert proc.returncode != 0 and "nowhere" in proc.stderr
+
+
+def test_nested_overrides_keep_their_types(tmp_path: Path) -> None:
+    import yaml
+
+    out = drdf(tmp_path, "fit", "--config", "projects/drdf/configs/hateful_memes.yaml", "--data.image_size", "160",
+               "--model.mwf.top_k", "2", "--print_config").stdout
+    config = yaml.safe_load(out)
+    assert config["model"]["mwf"]["top_k"] == 2  # an int, not the string "2"
+    assert config["model"]["expert_kwargs"]["image_size"] == 160  # ${data.image_size} after the override

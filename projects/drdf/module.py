@@ -29,7 +29,8 @@ class DRDFModule(LightningModule):
     """
 
     def __init__(self, num_classes: int = 2, task: Literal["binary", "multiclass"] = "binary",
-                 expert: str | None = "late_fusion", num_experts: int | None = 3, expert_kwargs: dict[str, Any] | None = None,
+                 expert: str | None = "late_fusion", num_experts: int | None = 3,
+                 expert_kwargs: dict[str, Any] | None = None,
                  routing: Literal["drdf", "uniform"] = "drdf", multimodal: bool = True,
                  unimodal_text_mode: Literal["image", "none", "constant"] = "image",
                  text_router: dict[str, Any] | None = None, image_router: dict[str, Any] | None = None,

@@ -103,13 +103,14 @@ def build_module(base: Path, anchoring: str = "official", **kw) -> SPMModule:
     return module
 
 
-def _with_signal(*modules: SPMModule) -> None:
-    """Give the membranes the same non-zero ups (at init they are zero, which would hide a wrong branch)."""
-    gen = torch.Generator().manual_seed(1)
-    ups = {k: torch.randn(v.shape, generator=gen) * 1e-2 for k, v in modules[0].network.state_dict().items()
-           if k.endswith("lora_up.weight")}
-    for m in modules:
-        m.network.load_state_dict({**m.network.state_dict(), **ups})
+def random_ups(*networks, seed: int = 1, scale: float = 1e-2) -> None:
+    """Give the networks the same random non-zero ups (at init they are zero, which would hide a wrong branch)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, adapter in networks[0].adapters.items():
+            up = torch.randn(adapter.lora_up.weight.shape, generator=gen) * scale
+            for network in networks:
+                network.adapters[name].lora_up.weight.copy_(up)
 
 
 def _train_step(module: SPMModule, opt: torch.optim.Optimizer, losses_fn, seed: int) -> float:
@@ -129,7 +130,7 @@ def _module_pair() -> tuple[SPMModule, SPMModule, OfficialMembrane]:
 
     base = write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")), TOY_UNET_CONFIG)
     ours, official = build_module(base, "official"), build_module(base, "official")
-    _with_signal(ours, official)
+    random_ups(ours.network, official.network)
     return ours, official, OfficialMembrane(official)
 
 

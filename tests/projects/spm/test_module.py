@@ -13,9 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from projects.spm.anchoring import ConceptPool, official_anchors, vocabulary_words
-from projects.spm.bench import OfficialMembrane, build_module, official_iteration, official_losses_at
+from projects.spm.bench import OfficialMembrane, build_module, official_iteration, official_losses_at, random_ups
 from projects.spm.model import TOY_UNET_CONFIG
-from projects.spm.network import SPMNetwork
 from projects.spm.toy_base import ToyClassifier, write_random_base
 
 REPO = Path(__file__).resolve().parents[3]
@@ -27,13 +26,6 @@ def base(tmp_path_factory) -> Path:
     out = write_random_base(tmp_path_factory.mktemp("tiny_base"), TINY)
     save_file(ToyClassifier().state_dict(), str(out / "classifier.safetensors"))
     return out
-
-
-def randomise_up(net: SPMNetwork, scale: float = 0.05) -> None:
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for adapter in net.adapters.values():
-            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * scale)
 
 
 @pytest.mark.parametrize("anchoring", ["none", "official", "paper"])
@@ -67,7 +59,7 @@ def official_copy(base: Path, anchoring: str, ours) -> tuple:
 @pytest.mark.parametrize("anchoring", ["none", "official", "paper"])
 def test_batched_losses_equal_official_separate_calls(base: Path, anchoring: str):
     module = build_module(base, anchoring)
-    randomise_up(module.network)
+    random_ups(module.network, seed=3, scale=0.05)
     other, membrane = official_copy(base, anchoring, module)
     cache = module._embeddings()
     torch.manual_seed(1)
@@ -85,7 +77,7 @@ def test_iteration_equals_official_loop(base: Path, anchoring: str):
     """Same seed: the merged-weight roll-out + batched calls give the official loop's loss (hooks on, separate
     calls, branch computed at multiplier 0 too)."""
     module = build_module(base, anchoring)
-    randomise_up(module.network)
+    random_ups(module.network, seed=3, scale=0.05)
     other, membrane = official_copy(base, anchoring, module)
     results = []
     for fn in (module.spm_losses, lambda: official_iteration(other, membrane)):
@@ -99,7 +91,7 @@ def test_iteration_equals_official_loop(base: Path, anchoring: str):
 
 def test_batch_of_latents_is_the_mean_of_single_latent_losses(base: Path):
     module = build_module(base, "paper", batch_size=3)
-    randomise_up(module.network)
+    random_ups(module.network, seed=3, scale=0.05)
     target = module._embeddings()["targets"][:1]
     torch.manual_seed(2)
     anchors = module.sample_anchors(0)

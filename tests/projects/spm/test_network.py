@@ -8,6 +8,7 @@ from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from projects.spm.bench import random_ups
 from projects.spm.model import SD14_UNET_CONFIG, TOY_UNET_CONFIG
 from projects.spm.network import SPMNetwork, load_spm_file
 
@@ -25,13 +26,6 @@ def unet_inputs(unet: UNet2DConditionModel, batch: int = 2):
     x = torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, generator=g)
     ctx = torch.randn(batch, 5, c.cross_attention_dim, generator=g)
     return x, torch.tensor([10, 500])[:batch], ctx
-
-
-def randomise_up(net: SPMNetwork, seed: int = 3) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for adapter in net.adapters.values():
-            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * 0.1)
 
 
 def test_sd14_unet_gets_192_layers_and_423936_parameters():
@@ -53,7 +47,7 @@ def test_identity_at_init_switch_off_and_scale():
         ref = unet(x, t, encoder_hidden_states=ctx).sample
         net = SPMNetwork(unet)
         assert torch.equal(unet(x, t, encoder_hidden_states=ctx).sample, ref)  # up = 0: identity
-        randomise_up(net)
+        random_ups(net, seed=3, scale=0.1)
         on = unet(x, t, encoder_hidden_states=ctx).sample
         assert not torch.allclose(on, ref, atol=1e-4)
         with net.applied(0.0):
@@ -92,7 +86,7 @@ def test_base_weights_untouched_and_only_membrane_trainable():
 def test_save_load_round_trip_and_kohya_layout(tmp_path):
     unet = tiny_unet()
     net = SPMNetwork(unet)
-    randomise_up(net)
+    random_ups(net, seed=3, scale=0.1)
     path = net.save(tmp_path / "circle.safetensors", ["circle", "ring"])
     with safe_open(str(path), framework="pt") as f:
         keys, meta = set(f.keys()), f.metadata()
@@ -146,7 +140,7 @@ def _sd14_forward(config: dict, latent: int) -> None:
         out = unet(x, t, encoder_hidden_states=ctx).sample
         assert out.shape == (1, 4, latent, latent) and torch.isfinite(out).all()
         assert torch.equal(out, ref)  # lora_up = 0 at init
-        randomise_up(net)
+        random_ups(net, seed=3, scale=0.1)
         assert not torch.allclose(unet(x, t, encoder_hidden_states=ctx).sample, ref, atol=1e-4)
 
 

@@ -143,7 +143,8 @@ def _check_same_loss(ours_loss: float, official_loss: float, what: str) -> None:
           repeats=20, warmup=2, grad=True)
 def _iteration_row() -> BenchCase:
     module, official_module, membrane = _module_pair()
-    opts = [torch.optim.AdamW(m.network.parameters(), 1e-4) for m in (module, official_module)]
+    # ours: the module's own optimizer (fused AdamW); official: torch AdamW with its defaults
+    opts = [module.configure_optimizers()["optimizer"], torch.optim.AdamW(official_module.network.parameters(), 1e-4)]
     with torch.no_grad():
         random.seed(0)
         torch.manual_seed(0)
@@ -175,7 +176,7 @@ def _loss_row() -> BenchCase:
     x = torch.randn(1, 3, 16, 16)
     anchors = module.sample_anchors(0)
     target = cache["targets"][:1]
-    opts = [torch.optim.AdamW(m.network.parameters(), 1e-4) for m in (module, official_module)]
+    opts = [module.configure_optimizers()["optimizer"], torch.optim.AdamW(official_module.network.parameters(), 1e-4)]
     with torch.no_grad():
         _check_same_loss(float(module.losses_at(x, 500, target, anchors)["loss"]),
                          float(official_losses_at(official_module, membrane, x, 500, target, anchors)["loss"]),

@@ -180,7 +180,8 @@ class SPMModule(LightningModule):
         target_emb = target_emb.expand(hp.batch_size, -1, -1)
         steps = d.ddim_timesteps(hp.max_denoising_steps, len(d.alphas_cumprod))
         uncond = self._embeddings()["uncond"]
-        with torch.no_grad():
+        # inference_mode, not the official no_grad: no version counters or view tracking on the roll-out's UNet calls
+        with torch.inference_mode():
             if not hp.rollout_membrane:  # ours, a diagnostic: x_t on the frozen model's own trajectory
                 with self.network.applied(0.0):
                     x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance)
@@ -191,6 +192,7 @@ class SPMModule(LightningModule):
             else:
                 with self.network.applied(1.0):
                     x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance)
+        x = x.clone()  # an ordinary tensor again: autograd may save it in the membrane's forward
         n_train = len(d.alphas_cumprod)
         t = (n_train - 1 - int(k * n_train / hp.max_denoising_steps)) if hp.timestep == "official" else steps[k]
         return x, t, k
@@ -281,7 +283,7 @@ class SPMModule(LightningModule):
                 opt = bnb.optim.AdamW8bit(params, lr=hp.lr)
             except ImportError:
                 logger.warning("optimizer adamw8bit: bitsandbytes is not installed; using torch AdamW")
-        opt = opt or torch.optim.AdamW(params, lr=hp.lr)
+        opt = opt or torch.optim.AdamW(params, lr=hp.lr, fused=True)  # one fused kernel (the default: foreach)
         # The schedule spans the run the Trainer will make (data.iterations steps, or fewer with max_steps), so
         # overriding --data.iterations on the command line cannot leave it planned for another length.
         total = hp.iterations if self._trainer is None else int(self.trainer.estimated_stepping_batches)

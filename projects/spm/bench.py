@@ -4,8 +4,9 @@ The official loop (``train_spm.py`` + ``train_util.predict_noise``) on the same 
 the module: the official ``SPMLayer`` (each adapted layer's forward patched to ``org_forward(x) + up(down(x)) *
 multiplier * scale``, so the branch is computed at multiplier 0 too, spec 1.2), the DDIM roll-out with it on, then
 five separate UNet calls that each run an [uncond; cond] batch (eps_pos, eps_neu and eps_M(target): batch 2 each;
-anchors with and without the membrane: batch 8 each), predictions moved to the CPU for the loss. Both sides draw the
-same target, k, x_T and anchors from the same seed, and give the same loss (checked when the row is built).
+anchors with and without the membrane: batch 8 each), predictions moved to the CPU for the loss, stepped by torch's
+default AdamW (the official AdamW8bit needs CUDA); ours steps its module's own optimizer (fused AdamW). Both sides draw
+the same target, k, x_T and anchors from the same seed, and give the same loss (checked when the row is built).
 """
 
 from __future__ import annotations

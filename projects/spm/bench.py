@@ -135,6 +135,11 @@ def _module_pair() -> tuple[SPMModule, SPMModule, OfficialMembrane]:
     return ours, official, OfficialMembrane(official)
 
 
+def _optimizers(ours: SPMModule, official: SPMModule) -> list[torch.optim.Optimizer]:
+    """Ours: the module's own optimizer (fused AdamW); official: torch AdamW with its defaults."""
+    return [ours.configure_optimizers()["optimizer"], torch.optim.AdamW(official.network.parameters(), 1e-4)]
+
+
 def _check_same_loss(ours_loss: float, official_loss: float, what: str) -> None:
     if abs(ours_loss - official_loss) > 1e-4 * max(1.0, abs(official_loss)):
         raise AssertionError(f"{what}: ours gives loss {ours_loss:.6g}, the official-style loop {official_loss:.6g}")
@@ -144,8 +149,7 @@ def _check_same_loss(ours_loss: float, official_loss: float, what: str) -> None:
           repeats=20, warmup=2, grad=True)
 def _iteration_row() -> BenchCase:
     module, official_module, membrane = _module_pair()
-    # ours: the module's own optimizer (fused AdamW); official: torch AdamW with its defaults
-    opts = [module.configure_optimizers()["optimizer"], torch.optim.AdamW(official_module.network.parameters(), 1e-4)]
+    opts = _optimizers(module, official_module)
     with torch.no_grad():
         random.seed(0)
         torch.manual_seed(0)
@@ -177,7 +181,7 @@ def _loss_row() -> BenchCase:
     x = torch.randn(1, 3, 16, 16)
     anchors = module.sample_anchors(0)
     target = cache["targets"][:1]
-    opts = [module.configure_optimizers()["optimizer"], torch.optim.AdamW(official_module.network.parameters(), 1e-4)]
+    opts = _optimizers(module, official_module)
     with torch.no_grad():
         _check_same_loss(float(module.losses_at(x, 500, target, anchors)["loss"]),
                          float(official_losses_at(official_module, membrane, x, 500, target, anchors)["loss"]),

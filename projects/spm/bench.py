@@ -295,7 +295,7 @@ def _step_case(which: str, num_spms: int, prompts: int = 1, merge: bool = True) 
     return BenchCase(method=with_spms, baseline=bare, details={
         "unet": "SD v1.4 config, random init, 64x64 latents" if which == "sd14" else "toy 16x16 (32, 64, 64)",
         "spms": num_spms, "adapted_layers": len(comp.stacks), "unet_batch": n, "mode": "linear",
-        "path": "hooks" if comp._handles else "merged", "applied_entry_ms (once per generation)": round(enter_ms, 2),
+        "path": "hooks" if comp.hooked else "merged", "applied_entry_ms (once per generation)": round(enter_ms, 2),
         "gammas": [[round(g, 3) for g in row] for row in gammas.tolist()]})
 
 

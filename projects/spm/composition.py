@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from projects.spm.model import swapped_parameters
-from projects.spm.network import TARGET_BLOCKS, adapted_layers, load_spm_file, spm_prompts
+from projects.spm.network import TARGET_BLOCKS, adapted_layers, load_spm_file, remove_hooks, spm_prompts
 
 MODES = ("linear", "official")
 
@@ -201,9 +201,12 @@ class SPMComposition(nn.Module):
             self._handles.append(modules[self._paths[key]].register_forward_hook(self._hook(key)))
 
     def _detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_hooks(self._handles)
+
+    @property
+    def hooked(self) -> bool:
+        """Whether the per-layer hooks are attached now (inside :meth:`applied`, when the gammas are not merged)."""
+        return bool(self._handles)
 
     def remove(self) -> None:
         """Detach the hooks for good: the UNet's original forward, also inside :meth:`applied`."""

@@ -78,6 +78,13 @@ class SPMAdapter(nn.Module):
         return self.lora_up(self.lora_down(x)) * (self.alpha / self.rank)
 
 
+def remove_hooks(handles: list) -> None:
+    """Remove every hook in ``handles`` (``register_forward_hook`` results) and empty the list."""
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+
+
 class SPMNetwork(nn.Module):
     """One SPM attached to ``unet`` through forward hooks.
 
@@ -119,9 +126,7 @@ class SPMNetwork(nn.Module):
             self._handles = [layer.register_forward_hook(self._hook(adapter)) for layer, adapter in self._layers]
 
     def _detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_hooks(self._handles)
 
     def _hook(self, adapter: SPMAdapter):
         def add_branch(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:

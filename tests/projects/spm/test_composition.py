@@ -163,11 +163,12 @@ def test_merged_weights_equal_hooked_forward(tmp_path, mode):
     with torch.no_grad():
         comp.merge_uniform = False
         with comp.applied(gammas):
+            assert comp.hooked
             hooked = unet(x, t, encoder_hidden_states=ctx).sample
         merged = functional_call(unet, params, (x, t), {"encoder_hidden_states": ctx}).sample  # no hooks outside
         comp.merge_uniform = True
         with comp.applied(gammas):  # one gamma row: merged into the weights on entry, no hooks
-            assert not comp._handles
+            assert not comp.hooked
             auto = unet(x, t, encoder_hidden_states=ctx).sample
     assert torch.allclose(merged, hooked, atol=1e-4) and torch.allclose(auto, hooked, atol=1e-4)
     assert all(p is originals[name] for name, p in unet.named_parameters())  # the UNet's own weights are back

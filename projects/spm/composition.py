@@ -213,12 +213,16 @@ class SPMComposition(nn.Module):
         self._removed = True
         self._detach()
 
+    def _stack_on(self, key: str, device: torch.device) -> None:
+        """Move the stack to ``device`` if the UNet was moved after the SPMs were loaded."""
+        if self.stacks[key].down.device != device:
+            self.stacks[key].to(device)
+
     def _prepared(self, key: str, n: int, device: torch.device) -> tuple:
         """The stack's per-gamma tensors for a UNet batch of ``n`` rows (cached until :meth:`applied` exits)."""
         prep = self._cache.get((key, n))
         if prep is None:
-            if self.stacks[key].down.device != device:  # the UNet was moved after the SPMs were loaded
-                self.stacks[key].to(device)
+            self._stack_on(key, device)
             gammas = self._gammas
             if n != gammas.shape[0]:
                 if n % gammas.shape[0]:
@@ -280,8 +284,7 @@ class SPMComposition(nn.Module):
         for key, stack in self.stacks.items():
             path = self._paths[key]
             weight = modules[path].weight
-            if stack.down.device != weight.device:  # the UNet was moved after the SPMs were loaded
-                stack.to(weight.device)
+            self._stack_on(key, weight.device)
             delta = stack.delta_weight(gammas, self.mode == "official", weight.shape)
             out[f"{path}.weight"] = weight + delta.to(weight.dtype)
         return out

@@ -14,7 +14,8 @@ What it adds to :class:`lightning.pytorch.cli.LightningCLI`:
 * the default logger: wandb, offline unless the user has logged in or set ``WANDB_MODE``
   (``--logger csv`` switches to the CSV logger, ``--logger none`` disables logging); the run's whole
   config is saved to the logger;
-* the default callbacks: ModelCheckpoint (``last`` plus the best on the module's ``monitor`` metric),
+* the default callbacks: :class:`RunCheckpoint` (``last``, the run's end state, plus the best on the
+  module's ``monitor`` metric),
   LearningRateMonitor, a progress bar, and :class:`RunSummary`.
 
 A LightningModule tells the launcher what to monitor with two class attributes::
@@ -38,6 +39,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOGS_DIR = Path(os.environ.get("CV_PAPERS_LOGS", REPO_ROOT / "logs"))
@@ -136,6 +138,45 @@ class RunSummary(Callback):
         self._write(trainer, "test")
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` always follows the run, up to its end state.
+
+    Lightning 2.6 rewrites ``last.ckpt`` at a validation (or train epoch end) only when that validation also saved
+    a new best, and at the end of training only when no ``last.ckpt`` was written at all. So a run whose final
+    validations do not improve the best (any early stop, most ends of a plateau) ends with a ``last.ckpt`` from
+    the last improvement, and ``fit --ckpt_path last`` would resume from there. Here ``last.ckpt`` is written
+    after every validation and every train epoch end that left it behind the trainer's step, and at the end of
+    training if it is still behind (a last epoch without validation). The best checkpoint is Lightning's,
+    judged at every validation.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_step_in_last: int | None = None  # global step of the newest last.ckpt written by this run
+
+    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_step_in_last = trainer.global_step
+
+    def _save_last_if_behind(self, trainer: Trainer) -> None:
+        if (self.save_last and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+                and not trainer.fast_dev_run and self._last_step_in_last != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):  # else the train epoch end, same step, follows
+            self._save_last_if_behind(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_if_behind(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save_last_if_behind(trainer)
+
+
 class ProjectCLI(LightningCLI):
     """The shared LightningCLI: one ``project`` name, one module class and one data module class."""
 
@@ -195,10 +236,10 @@ class ProjectCLI(LightningCLI):
 
         monitor = getattr(self.model, "monitor", None)
         callbacks: list[Callback] = [
-            ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch}-step{step}",
-                            auto_insert_metric_name=False, monitor=monitor,
-                            mode=getattr(self.model, "monitor_mode", "max"), save_top_k=1 if monitor else 0,
-                            save_last=True),
+            RunCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch}-step{step}",
+                          auto_insert_metric_name=False, monitor=monitor,
+                          mode=getattr(self.model, "monitor_mode", "max"), save_top_k=1 if monitor else 0,
+                          save_last=True),
             TQDMProgressBar(refresh_rate=int(os.environ.get("PROGRESS_REFRESH", 10))),
             RunSummary(self.project, run_name, run_dir, getattr(self.model, "headline_metric", monitor)),
         ]

@@ -3,7 +3,6 @@ the global, local and fused predictions, and validation panels (image, rollout h
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -18,6 +17,7 @@ from projects.rams_trans.model import RAMSTrans
 from shared.data.images import IMAGENET_MEAN, IMAGENET_STD
 from shared.metrics import topk_accuracy
 from shared.panels import log_images
+from shared.schedules import warmup_cosine
 
 Report = Literal["global", "local", "fused"]
 
@@ -119,20 +119,8 @@ class RAMSTransModule(L.LightningModule):
             opt = torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
         else:                      # toy only: a tiny ViT from scratch learns far faster with AdamW
             opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(h.warmup_steps, h.total_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, h.total_steps, h.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def warmup_cosine(warmup: int, total: int):
-    """Official ``WarmupCosineSchedule``: linear 0 -> 1 over ``warmup`` steps, then cosine to 0 at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
-
-    return factor
 
 
 def denormalize(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:

@@ -213,13 +213,33 @@ def toy_scene(rng: np.random.Generator, label: int, size: int, part_frac: float,
                         clutter=clutter, object_size=(0.18 * size, 0.3 * size), max_overlap=0.05)
 
 
+TOY_PART_BOXES = "part_boxes.txt"
+
+
+def _clip(box: tuple[int, int, int, int], size: int) -> tuple[int, int, int, int]:
+    return max(0, box[0]), max(0, box[1]), min(size, box[2]), min(size, box[3])
+
+
+def read_boxes(path: Path) -> dict[int, tuple[int, int, int, int]]:
+    """A CUB ``bounding_boxes.txt``-style file -> ``{image id: (x0, y0, x1, y1)}`` (exclusive end)."""
+    out = {}
+    for n, line in enumerate(read_lines(path, "box file", CUB_LAYOUT), 1):
+        parts = line.split()
+        try:
+            i, x, y, w, h = int(parts[0]), *(round(float(v)) for v in parts[1:5])
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}:{n}: expected '<image id> <x> <y> <width> <height>', got {line!r}") from None
+        out[i] = (x, y, x + w, y + h)
+    return out
+
+
 def write_toy_cub(root: str | Path, num_train: int = 1200, num_test: int = 400, size: int = 72,
                   part_frac: float = 0.02, clutter: int = 14, seed: int = 0) -> Path:
     """Write the toy dataset in the CUB-200-2011 layout under ``root`` (idempotent: a stamp file records the
     arguments); classes are balanced and test ids interleave with train ids (the loader joins on id)."""
     root = Path(root)
     args = dict(num_train=num_train, num_test=num_test, size=size, part_frac=part_frac, clutter=clutter,
-                seed=seed, version=1)
+                seed=seed, version=2)
     stamp = root / "toy_args.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == args:
         return root
@@ -229,19 +249,27 @@ def write_toy_cub(root: str | Path, num_train: int = 1200, num_test: int = 400, 
     labels = np.arange(n) % len(names)
     is_train = np.zeros(n, dtype=bool)
     is_train[rng.permutation(n)[:num_train]] = True
-    lines_img, lines_lab, lines_split = [], [], []
+    lines_img, lines_lab, lines_split, lines_host, lines_part = [], [], [], [], []
     for i in range(n):
         y = int(labels[i])
         rel = f"{y + 1:03d}.{names[y]}/toy_{i:06d}.png"
         path = root / "images" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        render(toy_scene(rng, y, size, part_frac, clutter)).save(path, compress_level=1)
+        scene = toy_scene(rng, y, size, part_frac, clutter)
+        render(scene).save(path, compress_level=1)
         lines_img.append(f"{i + 1} {rel}")
         lines_lab.append(f"{i + 1} {y + 1}")
         lines_split.append(f"{i + 1} {int(is_train[i])}")
+        host = scene.objects[0]  # toy_scene puts the part's host first
+        for lines, (x0, y0, x1, y1) in ((lines_host, scene.boxes()[0]), (lines_part, _clip(host.part_bbox, size))):
+            lines.append(f"{i + 1} {x0} {y0} {x1 - x0} {y1 - y0}")
     (root / "images.txt").write_text("\n".join(lines_img) + "\n")
     (root / "image_class_labels.txt").write_text("\n".join(lines_lab) + "\n")
     (root / "train_test_split.txt").write_text("\n".join(lines_split) + "\n")
+    # CUB's bounding_boxes.txt (the host object) and, in the same '<id> <x> <y> <width> <height>' form, the
+    # discriminative part: the ground truth of the DPPM mechanism measure (projects/rams_trans/mechanism.py).
+    (root / "bounding_boxes.txt").write_text("\n".join(lines_host) + "\n")
+    (root / TOY_PART_BOXES).write_text("\n".join(lines_part) + "\n")
     (root / "classes.txt").write_text("\n".join(f"{i + 1} {i + 1:03d}.{c}" for i, c in enumerate(names)) + "\n")
     stamp.write_text(json.dumps(args))
     return root

@@ -80,6 +80,31 @@ _UNIT_POLYGONS: dict[str, tuple[tuple[float, float], ...]] = {
               (-1, _T), (-1, -_T), (-_T, -_T)),
     "arrow": ((-1, -0.28), (0.15, -0.28), (0.15, -0.72), (1, 0), (0.15, 0.72), (0.15, 0.28), (-1, 0.28)),
 }
+
+def _semicircle(n: int = 12) -> tuple[tuple[float, float], ...]:
+    """Unit half-disc, flat side down, spanning x in [-1, 1] and y in [-0.5, 0.5]."""
+    return tuple((math.cos(math.pi * i / n), 0.5 - math.sin(math.pi * i / n)) for i in range(n + 1))
+
+
+# The pretraining tier's shapes (shared/pretrain): never a downstream category, as ImageNet's classes are not CUB's.
+_UNIT_POLYGONS.update({
+    "heptagon": _regular(7),
+    "octagon": _regular(8, start=22.5),
+    "star4": _regular(4, inner=0.38),
+    "star6": _regular(6, inner=0.55),
+    "rectangle": ((-1, -0.5), (1, -0.5), (1, 0.5), (-1, 0.5)),
+    "trapezoid": ((-1, 0.6), (1, 0.6), (0.45, -0.6), (-0.45, -0.6)),
+    "parallelogram": ((-1, 0.5), (0.4, 0.5), (1, -0.5), (-0.4, -0.5)),
+    "kite": ((0, -1), (0.55, -0.35), (0, 1), (-0.55, -0.35)),
+    "chevron": ((-1, -0.7), (0, 0.1), (1, -0.7), (1, -0.1), (0, 0.7), (-1, -0.1)),
+    "lshape": ((-1, -1), (-0.3, -1), (-0.3, 0.3), (1, 0.3), (1, 1), (-1, 1)),
+    "tshape": ((-1, -1), (1, -1), (1, -0.4), (0.3, -0.4), (0.3, 1), (-0.3, 1), (-0.3, -0.4), (-1, -0.4)),
+    "semicircle": _semicircle(),
+})
+PRETRAIN_SHAPES: tuple[str, ...] = ("heptagon", "octagon", "star4", "star6", "rectangle", "trapezoid",
+                                    "parallelogram", "kite", "chevron", "lshape", "tshape", "semicircle")
+"""Object kinds of the pretraining corpus only, disjoint from :data:`SHAPES` (the downstream categories)."""
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon",
                            "pentagon", "arrow")
 """Object kinds (the categories). ``circle`` and ``ring`` are ellipses, the rest polygons."""
@@ -132,6 +157,11 @@ class ToyObject:
     def bbox(self) -> Box:
         """Pixel box ``(x0, y0, x1, y1)`` (exclusive end) around the object and its part, unclipped."""
         return _box_of(draw_ops(self))
+
+    @property
+    def part_bbox(self) -> Box | None:
+        """Pixel box ``(x0, y0, x1, y1)`` (exclusive end) of the part alone, unclipped; ``None`` without one."""
+        return None if self.part is None else _box_of(draw_ops(self)[-1:])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""Does the DPPM box contain the discriminative part? The mechanism measure of the toy task (issue 14.3).
+
+The toy CUB writer records every image's part box (``part_boxes.txt``, CUB ``bounding_boxes.txt`` form). On
+the test split, through the test transform (square resize, centre crop), this compares it with the scale-1
+DPPM box of a trained RAMS-Trans:
+
+* ``part_in_box``: the whole part box lies inside the DPPM box (inclusive pixels);
+* ``centre_in_box``: the part's centre does;
+* ``box_area``: the DPPM box's area as a fraction of the input; ``found``: the mask was non-empty.
+
+    python -m projects.rams_trans.mechanism --ckpt logs/rams_trans/<run>/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from projects.rams_trans.data import TOY_PART_BOXES, CUBDataset, _id_table, build_transforms, read_boxes
+from projects.rams_trans.model import RAMSTrans
+
+
+def toy_part_boxes(root: Path, resize: int, crop: int, size: int) -> tuple[CUBDataset, torch.Tensor]:
+    """The test split and its part boxes ``[N, 4]`` (x0, y0, x1, y1 exclusive) in the test input's pixels."""
+    ds = CUBDataset(root, "test", build_transforms(False, resize, crop))
+    ids = {rel.strip(): int(i) for i, rel in _id_table(root / "images.txt", "CUB images.txt", "").items()}
+    boxes = read_boxes(root / TOY_PART_BOXES)
+    rows = [boxes[ids[str(path.relative_to(root / "images"))]] for path, _ in ds.samples]
+    scale = resize / size
+    offset = int(round((resize - crop) / 2.0))  # torchvision CenterCrop
+    b = torch.tensor(rows, dtype=torch.float64) * scale - offset
+    b[:, :2] = b[:, :2].floor()
+    b[:, 2:] = b[:, 2:].ceil()
+    return ds, b.clamp(0, crop).long()
+
+
+@torch.no_grad()
+def part_coverage(model: RAMSTrans, ds: CUBDataset, part: torch.Tensor, batch_size: int = 100) -> dict[str, float]:
+    """Fractions of test images whose scale-1 DPPM box holds the part (whole / centre), mean box area."""
+    if model.num_scales < 2:
+        raise ValueError("part_coverage needs num_scales >= 2 (the ViT baseline has no DPPM box)")
+    model.eval()
+    boxes, found = [], []
+    for i in range(0, len(ds), batch_size):
+        x = torch.stack([ds[j][0] for j in range(i, min(len(ds), i + batch_size))])
+        out = model(x)
+        boxes.append(out["boxes"][0])
+        found.append(out["found"][0])
+    b, f = torch.cat(boxes), torch.cat(found)                         # inclusive pixels
+    inside = (b[:, 0] <= part[:, 0]) & (b[:, 1] <= part[:, 1]) & (b[:, 2] >= part[:, 2] - 1) & \
+             (b[:, 3] >= part[:, 3] - 1)
+    cx, cy = (part[:, 0] + part[:, 2] - 1) / 2, (part[:, 1] + part[:, 3] - 1) / 2
+    centre = (b[:, 0] <= cx) & (cx <= b[:, 2]) & (b[:, 1] <= cy) & (cy <= b[:, 3])
+    area = ((b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)).double() / model.img_size ** 2
+    return {"part_in_box": float(inside.double().mean()), "centre_in_box": float(centre.double().mean()),
+            "box_area": float(area.mean()), "found": float(f.double().mean()), "n": len(ds)}
+
+
+def measure_checkpoint(ckpt: str | Path) -> dict[str, float]:
+    """Rebuild the run's model and data from a training checkpoint (our own files: read as weights only)."""
+    from projects.rams_trans.module import RAMSTransModule
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp, dm = state["hyper_parameters"], state["datamodule_hyper_parameters"]
+    if dm["dataset"] != "toy":
+        raise ValueError(f"{ckpt}: the part boxes exist for the toy dataset only, this run used {dm['dataset']!r}")
+    module = RAMSTransModule(**{**hp, "pretrained": False})
+    module.load_state_dict(state["state_dict"])
+    size = json.loads((Path(dm["root"]) / "toy_args.json").read_text())["size"]
+    ds, part = toy_part_boxes(Path(dm["root"]), dm["resize"], dm["crop"], size)
+    return part_coverage(module.model, ds, part)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True)
+    print(json.dumps(measure_checkpoint(p.parse_args().ckpt)))
+
+
+if __name__ == "__main__":
+    main()

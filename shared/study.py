@@ -1,0 +1,57 @@
+"""What every toy study does alike: run ``fit`` through the project's CLI, read its ``summary.json``, write
+the rows to the project's committed result file, and format mean +- std over seeds.
+
+A study's result file (``projects/<name>/results/<study>.json``) is what ``make claims`` renders; the raw runs
+stay under ``logs/<name>/<run>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from shared.cli import LOGS_DIR, REPO_ROOT
+
+
+def run_fit(project: str, config: str, name: str, seed: int, overrides: Sequence[str] = (),
+            quiet: bool = True) -> dict:
+    """One ``python -m projects.<project> fit`` (CSV logger); returns its summary plus ``wall_s`` and ``run_dir``."""
+    cmd = [sys.executable, "-m", f"projects.{project}", "fit", "--config", config, "--seed_everything", str(seed),
+           "--run_name", name, "--logger", "csv", *overrides]
+    print("$", " ".join(cmd[1:]), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL if quiet else None)
+    run_dir = LOGS_DIR / project / name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {**summary, "wall_s": round(time.perf_counter() - start, 1), "run_dir": str(run_dir)}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cell(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``"mean ± std"`` of ``values * scale``; ``"-"`` when empty."""
+    if not values:
+        return "-"
+    m, s = mean_std([v * scale for v in values])
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def results_path(project: str, study: str) -> Path:
+    return REPO_ROOT / "projects" / project / "results" / f"{study}.json"
+
+
+def write_results(project: str, study: str, payload: dict) -> Path:
+    """Write ``payload`` (rows, table, the command) to the project's committed result file."""
+    path = results_path(project, study)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,184 @@
+"""Do DiD's discovered boxes land on the instances? The mechanism measure of the toy task.
+
+The toy COCO writer records every instance's box (``annotations/instances_val2014.json``, COCO ``bbox`` =
+x, y, w, h with exclusive end x + w). On the validation images the loader keeps (images without annotations
+are dropped), through the DataModule's validation transform (a square resize to ``img_size``; boxes are
+scaled as continuous pixel edges, exactly; the toy boxes cover every pixel PIL may draw, so they are usually
+one source pixel loose at the right and bottom), this compares them with the N boxes DiD discovers for its top-N
+predicted classes (``DiD.discover``: inclusive input pixels):
+
+* ``instance_hit``: fraction of instances that some box of their image covers with IoU >= 0.5 (any class);
+* ``instance_hit_same_class``: the same, counting only the boxes discovered for the instance's own class;
+* ``best_iou``: mean over instances of the best IoU with a box of their image (any class);
+* ``absent_box_frac``: fraction of the N boxes per image spent on classes absent from the image;
+  ``absent_box_floor``: the least any ranking must spend there (images with fewer than N classes);
+* ``box_area``: mean box area as a fraction of the input; ``found``: fraction of boxes whose thresholded map
+  was non-empty (an empty one gives the ``empty_box`` fallback, which is counted like any other box).
+
+The boxes come from the backbone's attentions and class maps through ``DiD.discover``, the step ``DiD.forward``
+runs before its local branch (same boxes, tested), so the ViT baseline (``local_views=False``), which is
+trained without local views, is measured too: its boxes are what discovery would pick from its own global
+logits, class maps and attentions.
+
+    python -m projects.did.mechanism --ckpt logs/did/<run>/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from projects.did.data import DEFAULT_SPLITS, DiDData, MultiLabelImages
+from projects.did.model import DiD
+from shared.cli import REPO_ROOT, run_with_clear_errors
+
+
+def val_instances(ds: MultiLabelImages, ann_file: str | Path, img_size: int) -> tuple[Tensor, Tensor]:
+    """Every instance of the images of ``ds`` in its transformed input's pixels (a resize to ``img_size``).
+
+    Returns ``(boxes [M, K, 4] float64 (x0, y0, x1, y1) continuous pixel edges, exclusive end; classes [M, K]
+    long class index in sorted-category-id order, -1 = padding)``, rows in ``ds`` order (matched by file name).
+    """
+    ann_file = Path(ann_file)
+    data = json.loads(ann_file.read_text(encoding="utf-8"))
+    index = {cid: i for i, cid in enumerate(sorted(int(c["id"]) for c in data["categories"]))}
+    if len(index) != ds.num_classes:
+        raise ValueError(f"{ann_file}: {len(index)} categories but the dataset has {ds.num_classes} classes")
+    by_file = {im["file_name"]: im for im in data["images"]}
+    per_image: dict[int, list[tuple[int, list[float]]]] = {}
+    for a in data["annotations"]:
+        per_image.setdefault(int(a["image_id"]), []).append((index[int(a["category_id"])], a["bbox"]))
+    rows = []
+    for path, target in zip(ds.paths, ds.targets, strict=True):
+        im = by_file[path.name]
+        w, h = (im["width"], im["height"]) if "width" in im and "height" in im else Image.open(path).size
+        sx, sy = img_size / w, img_size / h
+        inst = per_image.get(int(im["id"]), [])
+        if {c for c, _ in inst} != set((target > 0).nonzero().flatten().tolist()):
+            raise ValueError(f"{ann_file}: the instances of {path.name} do not match its loader target")
+        rows.append([(c, (x * sx, y * sy, (x + bw) * sx, (y + bh) * sy)) for c, (x, y, bw, bh) in inst])
+    k = max((len(r) for r in rows), default=0)
+    boxes = torch.zeros(len(rows), k, 4, dtype=torch.float64)
+    classes = torch.full((len(rows), k), -1, dtype=torch.long)
+    for m, r in enumerate(rows):
+        for j, (c, b) in enumerate(r):
+            classes[m, j] = c
+            boxes[m, j] = torch.tensor(b, dtype=torch.float64)
+    return boxes, classes
+
+
+def box_iou(pred: Tensor, gt: Tensor) -> Tensor:
+    """IoU of inclusive-pixel boxes ``pred [..., N, 4]`` with continuous exclusive-end boxes ``gt [..., K, 4]``
+    -> ``[..., K, N]``. An inclusive box (x0..x1) covers the continuous span [x0, x1 + 1)."""
+    p = pred.double() + pred.new_tensor([0, 0, 1, 1]).double()
+    g = gt.double()
+    lo = torch.maximum(g[..., :, None, :2], p[..., None, :, :2])
+    hi = torch.minimum(g[..., :, None, 2:], p[..., None, :, 2:])
+    inter = (hi - lo).clamp_min(0).prod(-1)
+    area_p = (p[..., 2:] - p[..., :2]).clamp_min(0).prod(-1)[..., None, :]
+    area_g = (g[..., 2:] - g[..., :2]).clamp_min(0).prod(-1)[..., :, None]
+    return inter / (area_p + area_g - inter).clamp_min(1e-12)
+
+
+def mechanism_figures(boxes: Tensor, top_classes: Tensor, found: Tensor, gt_boxes: Tensor, gt_classes: Tensor,
+                      image_size: tuple[int, int], iou: float = 0.5) -> dict[str, float]:
+    """The figures of the module docstring from discovered ``boxes [M, N, 4]`` (inclusive input pixels),
+    ``top_classes [M, N]``, ``found [M, N]`` and the instances ``gt_boxes [M, K, 4]`` / ``gt_classes [M, K]``
+    (``val_instances``' layout, -1 = padding)."""
+    valid = gt_classes >= 0                                                    # [M, K]
+    ious = box_iou(boxes, gt_boxes)                                            # [M, K, N]
+    same = gt_classes[:, :, None] == top_classes[:, None, :]                   # [M, K, N]
+    hit = (ious >= iou).any(-1)
+    hit_same = ((ious >= iou) & same).any(-1)
+    present = (top_classes[:, :, None] == gt_classes[:, None, :]).any(-1)    # [M, N]: padding never matches
+    h, w = image_size
+    area = ((boxes[..., 2] - boxes[..., 0] + 1) * (boxes[..., 3] - boxes[..., 1] + 1)).double() / (h * w)
+    n = int(valid.sum())
+    c = int(torch.cat([gt_classes.flatten(), top_classes.flatten()]).max()) + 1
+    classes_in = torch.zeros(gt_classes.shape[0], c + 1, dtype=torch.float64).scatter_(1, gt_classes + 1, 1.0)
+    n_classes = classes_in[:, 1:].sum(1)                                      # column 0 took the padding
+    floor = (top_classes.shape[1] - n_classes).clamp_min(0) / top_classes.shape[1]
+    best = ious.amax(-1)
+    return {"instance_hit": float(hit[valid].double().sum()) / max(1, n),
+            "instance_hit_same_class": float(hit_same[valid].double().sum()) / max(1, n),
+            "best_iou": float(best[valid].sum()) / max(1, n),
+            "absent_box_frac": float((~present).double().mean()), "absent_box_floor": float(floor.mean()),
+            "box_area": float(area.mean()),
+            "found": float(found.double().mean()), "n_instances": n, "n_images": int(boxes.shape[0])}
+
+
+@torch.no_grad()
+def discover_boxes(model: DiD, x: Tensor) -> dict[str, Tensor]:
+    """``DiD.discover`` on ``x`` from the model's own class maps, global logits and attentions (any model)."""
+    tokens, attentions = model.backbone(x, return_attention=True)
+    s = model.class_maps(tokens)
+    return model.discover(x, s, s.mean((2, 3)), attentions)
+
+
+@torch.no_grad()
+def measure(model: DiD, ds: MultiLabelImages, gt_boxes: Tensor, gt_classes: Tensor, batch_size: int = 128
+            ) -> dict[str, float]:
+    """Discovered boxes on every image of ``ds`` (eval mode, batched) -> :func:`mechanism_figures`."""
+    was_training = model.training
+    model.eval()
+    boxes, top, found, size = [], [], [], None
+    for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
+        out = discover_boxes(model, x)
+        boxes.append(out["boxes"])
+        top.append(out["top_classes"])
+        found.append(out["found"])
+        size = tuple(x.shape[-2:])
+    model.train(was_training)
+    if size is None:
+        raise ValueError("measure: the validation set is empty")
+    return mechanism_figures(torch.cat(boxes), torch.cat(top), torch.cat(found), gt_boxes, gt_classes, size)
+
+
+def _init_args(cls: type, hp: dict) -> dict:
+    """The entries of a checkpoint's hyper-parameters that ``cls.__init__`` takes (drops ``_instantiator``)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in hp.items() if k in params}
+
+
+def measure_checkpoint(ckpt: str | Path, batch_size: int = 128) -> dict[str, float]:
+    """Rebuild a toy run's model and validation set from its Lightning checkpoint (our own file: weights only)."""
+    from projects.did.module import DiDModule
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp, dm = state.get("hyper_parameters"), state.get("datamodule_hyper_parameters")
+    if hp is None or dm is None:
+        raise ValueError(f"{ckpt}: no hyper_parameters / datamodule_hyper_parameters (not a DiD CLI checkpoint)")
+    if dm.get("dataset") != "toy":
+        raise ValueError(f"{ckpt}: the instance boxes are only checked on the toy dataset, this run used "
+                         f"{dm.get('dataset')!r}")
+    module = DiDModule(**{**_init_args(DiDModule, hp), "pretrained": False})
+    module.load_state_dict(state["state_dict"])
+    root = Path(dm["root"])
+    if not root.is_absolute() and not root.exists():
+        root = REPO_ROOT / root                                 # runs launched from the repository root
+    data = DiDData(**{**_init_args(DiDData, dm), "root": str(root)})
+    data.prepare_data()                                         # no-op when the same toy set is there
+    data.setup("validate")
+    split = dm.get("val_split") or DEFAULT_SPLITS["toy"][1]
+    gt_boxes, gt_classes = val_instances(data.val_set, root / "annotations" / f"instances_{split}2014.json",
+                                         dm["img_size"])
+    return measure(module.model, data.val_set, gt_boxes, gt_classes, batch_size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="a toy run's checkpoint, e.g. logs/did/<run>/checkpoints/last.ckpt")
+    p.add_argument("--batch_size", type=int, default=128)
+    args = p.parse_args(argv)
+    print(json.dumps(run_with_clear_errors(measure_checkpoint, args.ckpt, args.batch_size)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,69 +1,148 @@
-"""3-seed toy study: ViT baseline vs DiD (global / local / fused mAP) at the same step budget.
+"""Toy study: ViT baseline, compute-matched ViT baseline and DiD, from pretrained and from scratch, over seeds.
 
-``python -m projects.did.study [--seeds 0 1 2] [--config projects/did/configs/toy.yaml] [ARGS...]`` runs
-``fit`` for every (seed, variant) through the CLI (CSV logger, run folders ``logs/did/study_<variant>_s<seed>``),
-then prints a markdown table of the final validation metrics (mean +- std over seeds) and writes it with the raw
-numbers to ``logs/did/study.json``. Extra arguments are passed to every run (e.g. ``--trainer.max_steps 400``).
+``python -m projects.did.study [--seeds 0 1 2] [--inits pretrained scratch] [--variants baseline
+baseline_matched did] [--config projects/did/configs/toy.yaml] [ARGS...]`` runs ``fit`` through the CLI for
+every (seed, init, variant) (CSV logger, run folders ``logs/did/study_<init>_<variant>_s<seed>``), measures the
+discovery mechanism on each run's ``last.ckpt`` (``projects.did.mechanism``), prints a markdown table (mean +-
+std over seeds) and writes it with the per-run rows and the command to ``projects/did/results/study.json``.
+Extra arguments go to every run (e.g. ``--trainer.max_steps 400``).
+
+* ``baseline``: ``--model.local_views false``, the config's steps.
+* ``baseline_matched``: the baseline with (1 + N) x the steps and the validation interval (N = ``model.top_n``):
+  DiD's backbone sees 1 + N images per sample and step. The LR schedule follows, since ``DiDModule`` sizes it
+  from ``trainer.estimated_stepping_batches`` = ``max_steps`` (no ``max_epochs`` in the toy config).
+* ``did``: the config as it is.
+* init ``pretrained``: the config's ``model.pretrained``; ``scratch``: ``--model.pretrained false``.
+
+The mechanism figures are measured for the baselines too: their boxes are what discovery would pick from their
+own maps (see ``projects.did.mechanism``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
+import shlex
 import sys
-import time
+from pathlib import Path
 
-from shared.cli import LOGS_DIR
+import yaml
 
-VARIANTS = {"baseline": ["--model.local_views", "false"], "did": []}
-KEYS = {"baseline": ["val/global/mAP"], "did": ["val/global/mAP", "val/local/mAP", "val/fused/mAP"]}
+from projects.did.mechanism import measure_checkpoint
+from shared.cli import REPO_ROOT
+from shared.study import cell, run_fit, write_results
+
+VARIANTS = ("baseline", "baseline_matched", "did")
+INITS = ("pretrained", "scratch")
+BRANCHES = ("global", "local", "fused")
+KEPT_METRICS = ("mAP", "CF1", "OF1")
+MECHANISM = ("instance_hit", "instance_hit_same_class", "absent_box_frac", "box_area")
+LABELS = {"baseline": "ViT baseline", "baseline_matched": "ViT baseline, (1+N)x steps", "did": "DiD"}
 
 
-def run(config: str, variant: str, seed: int, extra: list[str]) -> dict:
-    name = f"study_{variant}_s{seed}"
-    cmd = [sys.executable, "-m", "projects.did", "fit", "--config", config, "--seed_everything", str(seed),
-           "--run_name", name, "--logger", "csv", *VARIANTS[variant], *extra]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    summary = json.loads((LOGS_DIR / "did" / name / "summary.json").read_text())
-    return {"variant": variant, "seed": seed, "wall_s": round(time.perf_counter() - start, 1),
-            **{k: summary["metrics"][k] for k in KEYS[variant]}}
+def arg_value(args: list[str], key: str) -> str | None:
+    """The last value given to ``--key`` in ``args`` (``--key v`` or ``--key=v``), else None."""
+    value = None
+    for i, a in enumerate(args):
+        if a == key and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(key + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def effective(config: dict, extra: list[str], dotted: str, default=None):
+    """``dotted`` (e.g. ``trainer.max_steps``) as the run will see it: the extra arguments, else the config."""
+    given = arg_value(extra, f"--{dotted}")
+    if given is not None:
+        return yaml.safe_load(given)
+    node = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return default if node is None else node
+
+
+def step_factor(config: dict, extra: list[str]) -> int:
+    """1 + N: the images DiD's backbone sees per sample and step (N = ``model.top_n``, default 4)."""
+    return 1 + int(effective(config, extra, "model.top_n", 4))
+
+
+def run_overrides(init: str, variant: str, config: dict, extra: list[str]) -> list[str]:
+    """The arguments of one run after the config: ``extra`` first, then the init's and the variant's (they win)."""
+    args = list(extra)
+    if init == "scratch":
+        args += ["--model.pretrained", "false"]
+    if variant in ("baseline", "baseline_matched"):
+        args += ["--model.local_views", "false"]
+    if variant == "baseline_matched":
+        k = step_factor(config, extra)
+        steps = effective(config, extra, "trainer.max_steps")
+        if not isinstance(steps, int) or steps <= 0:
+            raise ValueError(f"baseline_matched scales trainer.max_steps, which is {steps!r} in the config")
+        args += ["--trainer.max_steps", str(k * steps)]
+        interval = effective(config, extra, "trainer.val_check_interval")
+        if isinstance(interval, int) and not isinstance(interval, bool):   # a float is a fraction of an epoch
+            args += ["--trainer.val_check_interval", str(k * interval)]
+    return args
+
+
+def run_row(config_path: str, config: dict, init: str, variant: str, seed: int, extra: list[str]) -> dict:
+    """One fit + the mechanism figures of its last checkpoint, as a compact result row."""
+    name = f"study_{init}_{variant}_s{seed}"
+    summary = run_fit("did", config_path, name, seed, run_overrides(init, variant, config, extra))
+    metrics = summary["metrics"]
+    row = {"init": init, "variant": variant, "seed": seed, "run": name, "global_step": summary["global_step"],
+           "wall_s": summary["wall_s"]}
+    row.update({f"{b}/{m}": metrics[f"val/{b}/{m}"] for b in BRANCHES for m in KEPT_METRICS
+                if f"val/{b}/{m}" in metrics})
+    row["mechanism"] = measure_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "last.ckpt")
+    return row
 
 
 def table(rows: list[dict]) -> str:
-    def cell(variant: str, key: str) -> str:
-        vals = [r[key] for r in rows if r["variant"] == variant]
-        if not vals:
-            return "-"
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
-
-    lines = ["| model | global mAP | local mAP | fused mAP | seeds |", "|---|---|---|---|---|",
-             f"| ViT baseline | {cell('baseline', 'val/global/mAP')} | - | - | "
-             f"{sum(r['variant'] == 'baseline' for r in rows)} |",
-             f"| DiD | {cell('did', 'val/global/mAP')} | {cell('did', 'val/local/mAP')} | "
-             f"{cell('did', 'val/fused/mAP')} | {sum(r['variant'] == 'did' for r in rows)} |"]
+    """Markdown: one line per (init, variant), mean +- std over seeds; mechanism figures in percent."""
+    head = ["init", "model", "steps", *(f"{b} mAP" for b in BRANCHES), "instance hit %", "same-class hit %",
+            "absent-class boxes %", "box area %", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for init in INITS:
+        for variant in VARIANTS:
+            group = [r for r in rows if r["init"] == init and r["variant"] == variant]
+            if not group:
+                continue
+            steps = sorted({r["global_step"] for r in group})
+            cells = [init, LABELS[variant], "/".join(map(str, steps))]
+            cells += [cell([r[f"{b}/mAP"] for r in group if f"{b}/mAP" in r]) for b in BRANCHES]
+            cells += [cell([r["mechanism"][k] for r in group], scale=100) for k in MECHANISM]
+            lines.append("| " + " | ".join([*cells, str(len(group))]) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--config", default="projects/did/configs/toy.yaml")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     args, extra = parser.parse_known_args(argv)
+    config_file = Path(args.config) if Path(args.config).exists() else REPO_ROOT / args.config
+    config = yaml.safe_load(config_file.read_text()) or {}
+    pretrained = effective(config, extra, "model.pretrained", False)
+    if "pretrained" in args.inits and not pretrained:
+        print(f"note: {args.config} has model.pretrained={pretrained!r}: the 'pretrained' runs start from scratch",
+              flush=True)
     rows = []
     for seed in args.seeds:
-        for variant in args.variants:
-            rows.append(run(args.config, variant, seed, extra))
-            print(json.dumps(rows[-1]), flush=True)
+        for init in args.inits:
+            for variant in args.variants:
+                rows.append(run_row(args.config, config, init, variant, seed, extra))
+                print(json.dumps(rows[-1]), flush=True)
     text = table(rows)
     print(text)
-    out = LOGS_DIR / "did" / "study.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "table": text, "extra_args": extra}, indent=2))
+    write_results("did", "study", {
+        "command": shlex.join(["python", "-m", "projects.did.study", *argv]), "config": args.config,
+        "seeds": args.seeds, "inits": args.inits, "variants": args.variants, "extra_args": extra,
+        "pretrained": pretrained, "step_factor": step_factor(config, extra), "table": text, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ stay under ``logs/<name>/<run>/``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import statistics
 import subprocess
@@ -14,6 +15,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from shared.cli import LOGS_DIR, REPO_ROOT
 
@@ -55,3 +59,32 @@ def write_results(project: str, study: str, payload: dict) -> Path:
     path.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def rebuild_toy_run(ckpt: str | Path, module_cls: type, data_cls: type, what: str) -> tuple[Any, Any, dict]:
+    """A toy run's module (weights loaded) and data module from its Lightning checkpoint, for a measurement.
+
+    Our own checkpoint, read with ``weights_only=True``; the hyper-parameters are filtered to what each class's
+    ``__init__`` takes (the CLI also stores ``_instantiator``); ``pretrained`` is off (the state dict holds the
+    weights); a relative data root is taken from the repository root. ``what`` names the measurement in the
+    error raised for a run on a real dataset. Returns ``(module, datamodule, datamodule hyper-parameters)``.
+    """
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp, dm = state.get("hyper_parameters"), state.get("datamodule_hyper_parameters")
+    if hp is None or dm is None:
+        raise ValueError(f"{ckpt}: no hyper_parameters / datamodule_hyper_parameters (not a training checkpoint "
+                         "of this repository's CLI)")
+    if dm.get("dataset") != "toy":
+        raise ValueError(f"{ckpt}: {what} needs the toy dataset's ground truth; this run used {dm.get('dataset')!r}")
+    module = module_cls(**{**_init_args(module_cls, hp), "pretrained": False})
+    module.load_state_dict(state["state_dict"])
+    root = Path(dm["root"])
+    if not root.is_absolute() and not root.exists():
+        root = REPO_ROOT / root                                   # runs launched from the repository root
+    dm = {**_init_args(data_cls, dm), "root": str(root)}
+    return module, data_cls(**dm), dm
+
+
+def _init_args(cls: type, hp: dict) -> dict:
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in hp.items() if k in params}

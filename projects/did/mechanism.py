@@ -26,7 +26,6 @@ logits, class maps and attentions.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from pathlib import Path
 
@@ -37,7 +36,8 @@ from torch.utils.data import DataLoader
 
 from projects.did.data import DEFAULT_SPLITS, DiDData, MultiLabelImages
 from projects.did.model import DiD
-from shared.cli import REPO_ROOT, run_with_clear_errors
+from shared.cli import run_with_clear_errors
+from shared.study import rebuild_toy_run
 
 
 def val_instances(ds: MultiLabelImages, ann_file: str | Path, img_size: int) -> tuple[Tensor, Tensor]:
@@ -141,34 +141,16 @@ def measure(model: DiD, ds: MultiLabelImages, gt_boxes: Tensor, gt_classes: Tens
     return mechanism_figures(torch.cat(boxes), torch.cat(top), torch.cat(found), gt_boxes, gt_classes, size)
 
 
-def _init_args(cls: type, hp: dict) -> dict:
-    """The entries of a checkpoint's hyper-parameters that ``cls.__init__`` takes (drops ``_instantiator``)."""
-    params = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in hp.items() if k in params}
-
-
 def measure_checkpoint(ckpt: str | Path, batch_size: int = 128) -> dict[str, float]:
     """Rebuild a toy run's model and validation set from its Lightning checkpoint (our own file: weights only)."""
     from projects.did.module import DiDModule
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hp, dm = state.get("hyper_parameters"), state.get("datamodule_hyper_parameters")
-    if hp is None or dm is None:
-        raise ValueError(f"{ckpt}: no hyper_parameters / datamodule_hyper_parameters (not a DiD CLI checkpoint)")
-    if dm.get("dataset") != "toy":
-        raise ValueError(f"{ckpt}: the instance boxes are only checked on the toy dataset, this run used "
-                         f"{dm.get('dataset')!r}")
-    module = DiDModule(**{**_init_args(DiDModule, hp), "pretrained": False})
-    module.load_state_dict(state["state_dict"])
-    root = Path(dm["root"])
-    if not root.is_absolute() and not root.exists():
-        root = REPO_ROOT / root                                 # runs launched from the repository root
-    data = DiDData(**{**_init_args(DiDData, dm), "root": str(root)})
+    module, data, dm = rebuild_toy_run(ckpt, DiDModule, DiDData, "the instance-discovery measure")
     data.prepare_data()                                         # no-op when the same toy set is there
     data.setup("validate")
     split = dm.get("val_split") or DEFAULT_SPLITS["toy"][1]
-    gt_boxes, gt_classes = val_instances(data.val_set, root / "annotations" / f"instances_{split}2014.json",
-                                         dm["img_size"])
+    gt_boxes, gt_classes = val_instances(data.val_set, Path(dm["root"]) / "annotations" /
+                                         f"instances_{split}2014.json", dm["img_size"])
     return measure(module.model, data.val_set, gt_boxes, gt_classes, batch_size)
 
 

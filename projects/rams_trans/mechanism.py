@@ -19,8 +19,16 @@ from pathlib import Path
 
 import torch
 
-from projects.rams_trans.data import TOY_PART_BOXES, CUBDataset, _id_table, build_transforms, read_boxes
+from projects.rams_trans.data import (
+    TOY_PART_BOXES,
+    CUBDataset,
+    FGVCDataModule,
+    _id_table,
+    build_transforms,
+    read_boxes,
+)
 from projects.rams_trans.model import RAMSTrans
+from shared.study import rebuild_toy_run
 
 
 def toy_part_boxes(root: Path, resize: int, crop: int, size: int) -> tuple[CUBDataset, torch.Tensor]:
@@ -60,17 +68,13 @@ def part_coverage(model: RAMSTrans, ds: CUBDataset, part: torch.Tensor, batch_si
 
 
 def measure_checkpoint(ckpt: str | Path) -> dict[str, float]:
-    """Rebuild the run's model and data from a training checkpoint (our own files: read as weights only)."""
+    """Rebuild a toy run's model and test split from its Lightning checkpoint (our own file: weights only)."""
     from projects.rams_trans.module import RAMSTransModule
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hp, dm = state["hyper_parameters"], state["datamodule_hyper_parameters"]
-    if dm["dataset"] != "toy":
-        raise ValueError(f"{ckpt}: the part boxes exist for the toy dataset only, this run used {dm['dataset']!r}")
-    module = RAMSTransModule(**{**hp, "pretrained": False})
-    module.load_state_dict(state["state_dict"])
-    size = json.loads((Path(dm["root"]) / "toy_args.json").read_text())["size"]
-    ds, part = toy_part_boxes(Path(dm["root"]), dm["resize"], dm["crop"], size)
+    module, _, dm = rebuild_toy_run(ckpt, RAMSTransModule, FGVCDataModule, "the DPPM part-coverage measure")
+    root = Path(dm["root"])
+    size = json.loads((root / "toy_args.json").read_text())["size"]
+    ds, part = toy_part_boxes(root, dm["resize"], dm["crop"], size)
     return part_coverage(module.model, ds, part)
 
 

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from projects.rams_trans.mechanism import measure_checkpoint
+
 REPO = Path(__file__).resolve().parents[3]
 TOY = REPO / "projects" / "rams_trans" / "configs" / "toy.yaml"
 SMALL = ["--data.toy_num_train", "16", "--data.toy_num_test", "8", "--data.batch_size", "4",
-         "--data.eval_batch_size", "4", "--model.backbone_kwargs", "{embed_dim: 32, depth: 2, num_heads: 2}"]
+         "--data.eval_batch_size", "4", "--model.backbone_kwargs", "{embed_dim: 32, depth: 2, num_heads: 2}",
+         "--model.pretrained", "false"]  # the pretrained toy ViT is 64 wide
 
 
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -31,6 +34,14 @@ def test_fast_dev_run_fit_on_the_toy_config(tmp_path: Path) -> None:
     assert (tmp_path / "toy" / "images.txt").is_file()
     panels = list((tmp_path / "logs" / "rams_trans" / "toy" / "panels").glob("val_dppm_*.png"))
     assert panels, "the DPPM panel (image | heat map + box | crop) was not written"
+
+
+def test_mechanism_measure_of_a_two_step_fit(tmp_path: Path) -> None:
+    run_cli(tmp_path, "fit", "--config", str(TOY), "--logger", "none", "--trainer.max_steps", "2",
+            "--data.root", str(tmp_path / "toy"), "--run_name", "tiny", *SMALL)
+    got = measure_checkpoint(tmp_path / "logs" / "rams_trans" / "tiny" / "checkpoints" / "last.ckpt")
+    assert got["n"] == 8 and all(0.0 <= got[k] <= 1.0 for k in ("part_in_box", "centre_in_box", "box_area", "found"))
+    assert got["part_in_box"] <= got["centre_in_box"]  # the whole part inside implies its centre
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo DDP subprocess test")

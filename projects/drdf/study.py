@@ -4,7 +4,8 @@
 [-- extra CLI args]``. Each run is ``python -m projects.drdf fit --config projects/drdf/configs/<config>.yaml
 --seed_everything <s>`` (CSV logger, 1 CPU thread); the numbers are the last epoch's dev_seen metrics (no
 checkpoint selection, so dev_seen is a held-out set here). Runs go one at a time. Writes
-``logs/drdf/study.json`` and prints a markdown table of mean ± std.
+``logs/drdf/study.json`` as it goes, then ``projects/drdf/results/study.json`` (rows, table and the claim
+block ``make claims`` renders) and prints a markdown table of mean ± std.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from shared.study import write_results
 
 REPO = Path(__file__).resolve().parents[2]
 PERCENT = ("val/acc", "val/auroc", "val/acc_text_decided", "val/acc_image_decided")
@@ -89,7 +92,29 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(results[-1]), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2))
-    print(table(results, args.configs))
+    text = table(results, args.configs)
+    print(text)
+    write_results("drdf", "study", {"command": " ".join(["python -m projects.drdf.study", *(argv or sys.argv[1:])]),
+                                    "rows": results, "table": text, "claim": claim(results)})
+
+
+def claim(results: list[dict]) -> dict:
+    """The ``claim`` block ``make claims`` renders (shared/claims.py): dev accuracy %, routing mechanism."""
+    def values(config: str, key: str, scale: float = 100) -> list[float]:
+        return [scale * r[key] for r in results if r["config"] == config and r[key] is not None]
+
+    names = {"toy_single_text": "text expert alone", "toy_single_image": "image expert alone",
+             "toy_ensemble": "uniform ensemble", "toy": "DRDF"}
+    series = {name: values(config, "val/acc") for config, name in names.items() if values(config, "val/acc")}
+    return {"paper": "DRDF (arXiv 2107.09909)",
+            "statement": "Weighing the experts per sample with a text + image router (and the MWF layer) beats a "
+                         "uniform ensemble of the same experts and each expert alone.",
+            "unit": "dev accuracy %", "series": series,
+            "comparisons": [{"method": "DRDF", "baseline": b} for b in series if b != "DRDF"],
+            "mechanism": {"router's a_t separates text- from image-decided memes": {
+                "values": values("toy", "val/a_t_auroc_text_decided"), "unit": "AUROC x 100"},
+                "text expert's weight separates them": {"values": values("toy", "val/w_text_auroc_text_decided"),
+                                                         "unit": "AUROC x 100"}}}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,184 @@
+"""``make claims``: one report of what the toy world says about each paper's claim.
+
+Every study writes its committed result file ``projects/<name>/results/<study>.json`` with a ``claim`` block::
+
+    {"paper": "...", "statement": "the paper's claim in one sentence", "unit": "top-1 %",
+     "series": {"<name>": [one value per seed], ...},              # every measured row, same unit
+     "comparisons": [{"method": "<series>", "baseline": "<series>", "higher_is_better": true}, ...],
+     "mechanism": {"<name>": {"values": [...], "unit": "%", "aim": 80, "higher_is_better": true}, ...},
+     "note": "what the numbers mean, in a sentence or two"}
+
+This module only reads those files (it imports no project), computes each verdict from the numbers, and
+writes ``CLAIMS.md``, one PNG per claim (``projects/<name>/results/<study>.png``) and the results table of the
+top-level README (between its ``claims`` markers). ``--full`` re-runs the studies first.
+
+Verdict, per comparison: the mean difference ``d`` (signed so that positive favours the method) against twice
+its standard error ``se = sqrt(s_m^2 / n_m + s_b^2 / n_b)``: ``d > 2 se`` favours the method, ``d < -2 se``
+favours the baseline, anything else is within seed noise. A claim is **supported** when every comparison
+favours the method, **not supported** when any favours the baseline, **inconclusive** otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.cli import REPO_ROOT
+
+STUDIES = {  # project -> the command that re-writes its result file (make claims FULL=1)
+    "rams_trans": ["-m", "projects.rams_trans.study"],
+    "did": ["-m", "projects.did.study"],
+    "drdf": ["-m", "projects.drdf.study"],
+    "spm": None,  # no study writes an SPM claim file yet (issue 14, point 5)
+}
+README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: list[float], digits: int = 1) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def compare(method: list[float], baseline: list[float], higher_is_better: bool = True) -> tuple[str, float, float]:
+    """``("method" | "baseline" | "noise", d, se)`` with ``d`` signed in the method's favour."""
+    (mm, sm), (mb, sb) = mean_std(method), mean_std(baseline)
+    d = (mm - mb) if higher_is_better else (mb - mm)
+    se = math.sqrt(sm ** 2 / len(method) + sb ** 2 / len(baseline))
+    return ("method" if d > 2 * se else "baseline" if d < -2 * se else "noise"), d, se
+
+
+def verdict(claim: dict) -> tuple[str, list[str]]:
+    """The claim's verdict and one line of evidence per comparison."""
+    series, outcomes, lines = claim["series"], [], []
+    for c in claim["comparisons"]:
+        who, d, se = compare(series[c["method"]], series[c["baseline"]], c.get("higher_is_better", True))
+        outcomes.append(who)
+        word = {"method": "better than", "baseline": "worse than", "noise": "within noise of"}[who]
+        lines.append(f"{c['method']} is {word} {c['baseline']} (difference {d:+.1f}, 2 se = {2 * se:.1f})")
+    if outcomes and all(o == "method" for o in outcomes):
+        return "supported", lines
+    if any(o == "baseline" for o in outcomes):
+        return "not supported", lines
+    return "inconclusive", lines
+
+
+def aim_status(m: dict) -> str:
+    if "aim" not in m:
+        return ""
+    mean = statistics.mean(m["values"])
+    ok = mean >= m["aim"] if m.get("higher_is_better", True) else mean <= m["aim"]
+    return f"aim {'>=' if m.get('higher_is_better', True) else '<='} {m['aim']}: {'met' if ok else 'missed'}"
+
+
+def plot(claim: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(claim["unit"], claim["series"])]
+    if claim.get("mechanism"):
+        panels.append(("mechanism", {k: v["values"] for k, v in claim["mechanism"].items()}))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, (unit, series) in zip(axes[0], panels, strict=True):
+        names = list(series)
+        for i, name in enumerate(names):
+            m, s = mean_std(series[name])
+            ax.bar(i, m, yerr=s, color=f"C{i % 10}", alpha=0.7, capsize=4)
+            ax.scatter([i] * len(series[name]), series[name], color="k", s=10, zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(unit)
+        for m in (claim.get("mechanism") or {}).values():
+            if unit == "mechanism" and "aim" in m:
+                ax.axhline(m["aim"], color="gray", ls="--", lw=1)
+    fig.suptitle(f"{claim['paper']}: mean ± std over seeds (dots: seeds)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def result_files(root: Path = REPO_ROOT) -> dict[str, Path]:
+    found = {}
+    for project in STUDIES:
+        files = sorted((root / "projects" / project / "results").glob("*.json"))
+        files = [f for f in files if "claim" in json.loads(f.read_text())]
+        if files:
+            found[project] = files[0]
+    return found
+
+
+def render(root: Path = REPO_ROOT) -> tuple[str, str]:
+    """``(CLAIMS.md text, README table)``; writes the plots."""
+    files = result_files(root)
+    doc = ["# What the toy world says about each paper's claim", "",
+           "Generated by `make claims` from the committed study results (`projects/<name>/results/*.json`); "
+           "`make claims FULL=1` re-runs the studies. Numbers are mean ± std over seeds; verdicts are computed "
+           "(see `shared/claims.py`): a difference counts when it exceeds twice its standard error.", ""]
+    table = ["| paper | claim | toy measurement | mechanism | verdict |", "|---|---|---|---|---|"]
+    for project in STUDIES:
+        if project not in files:
+            how = f"run `python {' '.join(STUDIES[project])}`" if STUDIES[project] else "no study writes one yet"
+            doc += [f"## {project}", "", f"No result file with a claim yet: {how}.", ""]
+            table.append(f"| {project} | - | not measured yet | - | - |")
+            continue
+        f = files[project]
+        claim = json.loads(f.read_text())["claim"]
+        v, evidence = verdict(claim)
+        png = f.with_suffix(".png")
+        plot(claim, png)
+        rel_png, rel_json = png.relative_to(root), f.relative_to(root)
+        doc += [f"## {claim['paper']}", "", f"**Claim.** {claim['statement']}", "",
+                f"| {claim['unit']} | mean ± std | seeds |", "|---|---|---|"]
+        doc += [f"| {k} | {fmt(vals)} | {len(vals)} |" for k, vals in claim["series"].items()]
+        if claim.get("mechanism"):
+            doc += ["", "| mechanism | mean ± std | aim |", "|---|---|---|"]
+            doc += [f"| {k} ({m.get('unit', '')}) | {fmt(m['values'])} | {aim_status(m)} |"
+                    for k, m in claim["mechanism"].items()]
+        doc += ["", f"**Verdict: {v}.** " + "; ".join(evidence) + ".", ""]
+        if claim.get("note"):
+            doc += [claim["note"], ""]
+        doc += [f"![{project}]({rel_png})", "", f"Source: `{rel_json}` (`{json.loads(f.read_text())['command']}`).",
+                ""]
+        c0 = claim["comparisons"][0]
+        meas = (f"{c0['method']} {fmt(claim['series'][c0['method']])} vs {c0['baseline']} "
+                f"{fmt(claim['series'][c0['baseline']])} ({claim['unit']})")
+        mech = "; ".join(f"{k} {fmt(m['values'])} {m.get('unit', '')}".strip()
+                         for k, m in (claim.get("mechanism") or {}).items()) or "-"
+        table.append(f"| {claim['paper']} | {claim['statement']} | {meas} | {mech} | **{v}** |")
+    return "\n".join(doc), "\n".join(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--full", action="store_true", help="re-run every study first (hours on 2 CPU cores)")
+    args = p.parse_args(argv)
+    if args.full:
+        for project, cmd in STUDIES.items():
+            if cmd is None:
+                print(f"=== {project}: no claim study yet, skipped", flush=True)
+                continue
+            print(f"=== {project}: python {' '.join(cmd)}", flush=True)
+            subprocess.run([sys.executable, *cmd], check=True, cwd=REPO_ROOT)
+    doc, table = render()
+    (REPO_ROOT / "CLAIMS.md").write_text(doc)
+    readme = REPO_ROOT / "README.md"
+    text = readme.read_text()
+    if README_START in text and README_END in text:
+        head, rest = text.split(README_START, 1)
+        readme.write_text(head + README_START + "\n" + table + "\n" + README_END + rest.split(README_END, 1)[1])
+    print(doc)
+    print(f"wrote {REPO_ROOT / 'CLAIMS.md'} and the README's results table")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""make claims: verdicts come from the numbers, and the report names every figure it was given."""
+
+import json
+
+import pytest
+
+from shared.claims import aim_status, compare, render, verdict
+
+
+def claim(method, baseline, mechanism=None):
+    return {"paper": "P", "statement": "M beats B.", "unit": "acc %", "series": {"M": method, "B": baseline},
+            "comparisons": [{"method": "M", "baseline": "B"}], "mechanism": mechanism or {}}
+
+
+@pytest.mark.parametrize("method,baseline,expected", [
+    ([80, 81, 82], [70, 71, 72], "supported"),
+    ([70, 71, 72], [80, 81, 82], "not supported"),
+    ([70, 80, 90], [72, 79, 85], "inconclusive"),
+])
+def test_verdict_follows_twice_the_standard_error(method, baseline, expected):
+    assert verdict(claim(method, baseline))[0] == expected
+
+
+def test_lower_is_better_flips_the_sign_and_every_comparison_must_favour_the_method():
+    assert compare([1, 1.1, 0.9], [5, 5.2, 4.8], higher_is_better=False)[0] == "method"
+    c = claim([80, 81, 82], [70, 71, 72])
+    c["series"]["C"] = [90, 91, 92]
+    c["comparisons"].append({"method": "M", "baseline": "C"})
+    assert verdict(c)[0] == "not supported"
+    assert aim_status({"values": [70, 75], "aim": 80}) == "aim >= 80: missed"
+    assert aim_status({"values": [85, 95], "aim": 80}) == "aim >= 80: met"
+
+
+def test_render_writes_the_table_the_plot_and_a_pointer_for_missing_studies(tmp_path):
+    res = tmp_path / "projects" / "rams_trans" / "results"
+    res.mkdir(parents=True)
+    mech = {"box holds part": {"values": [85, 90, 88], "unit": "%", "aim": 80}}
+    (res / "study.json").write_text(json.dumps({"command": "python -m x", "claim": claim([80, 81, 82], [70, 71, 72],
+                                                                                           mech)}))
+    doc, table = render(tmp_path)
+    assert "**Verdict: supported.**" in doc and "81.0 ± 1.0" in doc and "aim >= 80: met" in doc
+    assert (res / "study.png").stat().st_size > 1000
+    assert "No result file with a claim yet" in doc  # did, drdf, spm have none in this tree
+    assert table.count("\n") == 5 and "**supported**" in table

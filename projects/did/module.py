@@ -14,14 +14,7 @@ from projects.did.model import DiD, EmptyBox, Reconstraint
 from projects.did.viz import instance_panel
 from shared.metrics import multilabel_metrics
 from shared.panels import log_bar_chart, log_images
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """LR factor: linear from 0 over ``warmup`` steps, then cosine to 0 at ``total`` (official schedule)."""
-    if step < warmup:
-        return step / max(1, warmup)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+from shared.schedules import warmup_cosine
 
 
 class DiDModule(LightningModule):

@@ -1,12 +1,11 @@
 """DiD LightningModule: the metrics on a hand-computed example, the two-branch loss, the LR schedule."""
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from projects.did.module import DiDModule, warmup_cosine
+from projects.did.module import DiDModule
 from shared.metrics import multilabel_metrics
 
 torch.set_num_threads(2)
@@ -57,12 +56,3 @@ def test_loss_is_bce_on_global_plus_local(difficult_as_positive: bool) -> None:
     bce = F.binary_cross_entropy_with_logits
     expected = bce(out["global"], y) + bce(out["local"], y)
     torch.testing.assert_close(loss, expected)
-
-
-def test_warmup_then_cosine_schedule() -> None:
-    total, warmup = 100, 5
-    assert warmup_cosine(0, total, warmup) == 0.0
-    assert warmup_cosine(2, total, warmup) == pytest.approx(0.4)
-    assert warmup_cosine(5, total, warmup) == pytest.approx(1.0)
-    assert warmup_cosine(5 + 95 // 2, total, warmup) == pytest.approx(0.5 * (1 + math.cos(math.pi * 47 / 95)))
-    assert warmup_cosine(100, total, warmup) == pytest.approx(0.0, abs=1e-12)

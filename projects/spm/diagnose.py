@@ -221,6 +221,13 @@ def guidance_directions(eps: torch.Tensor, prompts: list[str]) -> dict[str, dict
                 "norm_ratio": norm_ratio(e[p] - e[""], d).mean().item()} for p in prompts if p}
 
 
+def guidance_strength(eps: dict[str, torch.Tensor], t: torch.Tensor, prompts: list[str]) -> dict[str, dict[int, float]]:
+    """Per prompt and timestep: mean squared element of eps(p) - eps("") (the Eq. 5 erasing signal's size for the
+    target, which sets how large lambda may be before the anchor term pins the membrane)."""
+    return {p: {int(ti): (eps[p] - eps[""])[t == ti].pow(2).mean().item() for ti in t.unique(sorted=True)}
+            for p in prompts}
+
+
 # ------------------------------------------------------------------ how prompt-blind the adapted layers are
 def layer_input_sensitivity(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor,
                             pairs: list[tuple[str, str]]) -> dict[str, dict]:
@@ -349,13 +356,18 @@ def diagnose(base: Path = TOY_MODEL, spm: Path | None = None, per_timestep: int 
     lines += ["", "### 3. UNet guidance direction eps(p) - eps(\"\") vs eps(\"circle\") - eps(\"\")", "",
               "| prompt | cos | norm ratio |", "|---|---|---|"]
     lines += [f"| {p!r} | {fmt(r['cos'])} | {fmt(r['norm_ratio'])} |" for p, r in directions.items()]
+    by_prompt = dict(zip(eps_prompts, eps, strict=True))
+    strength = guidance_strength(by_prompt, t, [WORD, PHRASES[0]])
+    result["guidance_strength"] = strength
+    lines += ["", "Mean squared element of eps(p) - eps(\"\") by t: " + "; ".join(
+        f"{p!r} " + ", ".join(f"t={ti}: {v:.1e}" for ti, v in sorted(r.items(), reverse=True))
+        for p, r in strength.items())]
 
     # circle-vs-square, bare vs inside each phrase, and phrase vs the first phrase: text and UNet
     cond = model.encode_prompts(eps_prompts)
     seq = {p: cond[i:i + 1] for i, p in enumerate(eps_prompts)}
     token = {p: cond[i:i + 1, concept_position(tok, p, WORD if WORD in p else CONTRAST)]
              for i, p in enumerate(eps_prompts) if WORD in p or CONTRAST in p}
-    by_prompt = dict(zip(eps_prompts, eps, strict=True))
     bare, first = (WORD, CONTRAST), (PHRASES[0], squares[0])
     contrast = {}
     for phrase, square in zip(PHRASES, squares, strict=True):

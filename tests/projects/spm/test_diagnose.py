@@ -12,6 +12,7 @@ from projects.spm.diagnose import (
     AttentionRecorder,
     concept_position,
     group_mass,
+    guidance_strength,
     matched_noise,
     projection,
     spm_drift,
@@ -79,10 +80,13 @@ def test_identical_tokens_get_uniform_attention(toy):
     assert torch.allclose(rec.normalized_entropy(), torch.ones(1), atol=1e-5)
 
 
-def test_projection_of_the_opposite_is_minus_one():
+def test_projection_of_the_opposite_is_minus_one_and_strength_per_timestep():
     d = torch.randn(4, 3, 2, 2)
     assert torch.allclose(projection(-d, d), -torch.ones(4), atol=1e-6)
     assert torch.allclose(projection(torch.zeros_like(d), d), torch.zeros(4))
+    circle = torch.tensor([1.0, 1.0, 2.0, 2.0]).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    eps = {"": torch.zeros(4, 3, 2, 2), "circle": circle}
+    assert guidance_strength(eps, torch.tensor([900, 900, 100, 100]), ["circle"]) == {"circle": {100: 4.0, 900: 1.0}}
 
 
 def test_text_encoder_report_is_one_for_the_reference(toy):

@@ -24,15 +24,26 @@ from shared.cli import LOGS_DIR, REPO_ROOT
 
 def run_fit(project: str, config: str, name: str, seed: int, overrides: Sequence[str] = (),
             quiet: bool = True) -> dict:
-    """One ``python -m projects.<project> fit`` (CSV logger); returns its summary plus ``wall_s`` and ``run_dir``."""
+    """One ``python -m projects.<project> fit`` (CSV logger); returns its summary plus ``wall_s`` and ``run_dir``.
+
+    A run folder that already finished the very same command (``study_command.json``) is reused, not re-run,
+    so a study interrupted or extended (another seed, another init) only trains what is missing.
+    """
     cmd = [sys.executable, "-m", f"projects.{project}", "fit", "--config", config, "--seed_everything", str(seed),
            "--run_name", name, "--logger", "csv", *overrides]
+    run_dir = LOGS_DIR / project / name
+    stamp = run_dir / "study_command.json"
+    if stamp.is_file() and json.loads(stamp.read_text())["args"] == cmd[1:] and (run_dir / "summary.json").is_file():
+        print("reusing", run_dir, flush=True)
+        return {**json.loads((run_dir / "summary.json").read_text()), "wall_s": json.loads(stamp.read_text())["wall_s"],
+                "run_dir": str(run_dir)}
     print("$", " ".join(cmd[1:]), flush=True)
+    stamp.unlink(missing_ok=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL if quiet else None)
-    run_dir = LOGS_DIR / project / name
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {**summary, "wall_s": round(time.perf_counter() - start, 1), "run_dir": str(run_dir)}
+    wall = round(time.perf_counter() - start, 1)
+    stamp.write_text(json.dumps({"args": cmd[1:], "wall_s": wall}))
+    return {**json.loads((run_dir / "summary.json").read_text()), "wall_s": wall, "run_dir": str(run_dir)}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -66,3 +66,19 @@ def test_paper_config_full_size_model(name: str) -> None:
     assert module.model.backbone.embed_dim == 768 and module.model.backbone.depth == 12
     assert module.model.backbone.grid_size == (28, 28)
     _forward(model, data["num_classes"])
+
+
+def test_toy_config_starts_from_the_committed_pretrained_vit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(CONFIGS.parents[2])             # the config's path is relative to the repository root
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "toy.yaml"), resolve=True)
+    module = DiDModule(**cfg["model"])
+    state = load_file(cfg["model"]["pretrained"])
+    own = module.model.backbone.model.state_dict()
+    assert set(own) == set(state)
+    for k, v in own.items():
+        if k.startswith("norm."):       # official quirk: the final LayerNorm is re-initialised, not loaded (did.md 1)
+            assert torch.equal(v, torch.ones_like(v) if k.endswith("weight") else torch.zeros_like(v)), k
+            continue
+        assert torch.equal(v, state[k]), k

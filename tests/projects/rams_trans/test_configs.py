@@ -63,3 +63,18 @@ def test_config_builds_its_full_size_model(path: Path) -> None:
 
 def test_toy_config_model(tmp_path: Path) -> None:
     build_and_forward(CONFIGS[[c.stem for c in CONFIGS].index("toy")], depth=None)
+
+
+def test_toy_config_starts_from_the_committed_pretrained_vit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(CONFIGS[0].parents[3])          # the config's path is relative to the repository root
+    cfg = load(CONFIGS[[c.stem for c in CONFIGS].index("toy")])
+    module = RAMSTransModule(**cfg["model"])
+    state = load_file(cfg["model"]["pretrained"])
+    own = module.model.vit.model.state_dict()
+    assert set(own) == set(state)
+    for k, v in own.items():
+        assert torch.equal(v, state[k]), k
+    for k in range(cfg["model"]["num_scales"]):      # every scale's CLS starts as the pretrained CLS (spec 1)
+        assert torch.equal(module.model.cls_tokens[k], state["cls_token"][0])

@@ -87,7 +87,7 @@ def plot(claim: dict, path: Path) -> None:
 
     panels = [(claim["unit"], claim["series"])]
     if claim.get("mechanism"):
-        panels.append(("mechanism", {k: v["values"] for k, v in claim["mechanism"].items()}))
+        panels.append(("mechanism (units in CLAIMS.md)", {k: v["values"] for k, v in claim["mechanism"].items()}))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
     for ax, (unit, series) in zip(axes[0], panels, strict=True):
         names = list(series)
@@ -98,7 +98,7 @@ def plot(claim: dict, path: Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(unit)
         for m in (claim.get("mechanism") or {}).values():
-            if unit == "mechanism" and "aim" in m:
+            if unit.startswith("mechanism") and "aim" in m:
                 ax.axhline(m["aim"], color="gray", ls="--", lw=1)
     fig.suptitle(f"{claim['paper']}: mean ± std over seeds (dots: seeds)", fontsize=10)
     fig.tight_layout()

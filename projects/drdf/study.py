@@ -110,7 +110,8 @@ def claim(results: list[dict]) -> dict:
             "statement": "Weighing the experts per sample with a text + image router (and the MWF layer) beats a "
                          "uniform ensemble of the same experts and each expert alone.",
             "unit": "dev accuracy %", "series": series,
-            "comparisons": [{"method": "DRDF", "baseline": b} for b in series if b != "DRDF"],
+            "comparisons": [{"method": "DRDF", "baseline": b}   # the control with the same experts first
+                            for b in ("uniform ensemble", "text expert alone", "image expert alone") if b in series],
             "mechanism": {"router's a_t separates text- from image-decided memes": {
                 "values": values("toy", "val/a_t_auroc_text_decided"), "unit": "AUROC x 100"},
                 "text expert's weight separates them": {"values": values("toy", "val/w_text_auroc_text_decided"),

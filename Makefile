@@ -56,7 +56,7 @@ bench: $(STAMP) ## Time each method against its baseline (BENCH=<filter> for a s
 claims: $(STAMP) ## Render CLAIMS.md + plots from the committed study results (FULL=1 re-runs the studies: hours)
 	$(PY) -m shared.claims $(if $(FULL),--full,)
 
-pretrain: $(STAMP) ## Re-run the toy world's pretraining tier (about 40 min on 1 idle core; resumable)
+pretrain: $(STAMP) ## Re-run the toy world's pretraining tier (about 35 min on one core; resumable)
 	$(PY) -m shared.pretrain $(ARGS)
 
 lint: $(STAMP) ## Lint with ruff

@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.cli import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]  # as shared.cli's, without importing Lightning
 
 STUDIES = {  # project -> the command that re-writes its result file (make claims FULL=1)
     "rams_trans": ["-m", "projects.rams_trans.study"],

@@ -42,7 +42,7 @@ def test_rows_table_and_result_file_from_stub_runs(monkeypatch: pytest.MonkeyPat
     def fake_measure(ckpt):
         assert str(ckpt).endswith("checkpoints/last.ckpt")
         return {"instance_hit": 0.5, "instance_hit_same_class": 0.25, "best_iou": 0.4, "absent_box_frac": 0.6,
-                "box_area": 0.3, "found": 1.0, "n_instances": 10, "n_images": 5}
+                "absent_box_floor": 0.4, "box_area": 0.3, "found": 1.0, "n_instances": 10, "n_images": 5}
 
     monkeypatch.setattr(study, "run_fit", fake_fit)
     monkeypatch.setattr(study, "measure_checkpoint", fake_measure)
@@ -60,3 +60,8 @@ def test_rows_table_and_result_file_from_stub_runs(monkeypatch: pytest.MonkeyPat
     assert len(lines) == 2 + 4
     assert "| scratch | DiD | 250 | 50.5 ± 0.7 | 40.5 ± 0.7 | 50.5 ± 0.7 | 50.0 ± 0.0 | 25.0 ± 0.0 |" in lines[-1]
     assert "| pretrained | ViT baseline | 250 | 50.5 ± 0.7 | - | 50.5 ± 0.7 |" in lines[2]
+    claim = written["claim"]                       # what make claims renders (shared/claims.py)
+    assert claim["series"]["DiD fused (pretrained)"] == [50.0, 51.0]
+    assert claim["comparisons"] == [{"method": "DiD fused (pretrained)", "baseline": "ViT (pretrained)"}]
+    assert claim["mechanism"]["instances hit, IoU >= 0.5 (pretrained)"]["values"] == [50.0, 50.0]
+    assert "40.0 %" in claim["note"]

@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from shared.stats import cell, mean_std
+
 REPO_ROOT = Path(__file__).resolve().parents[1]  # as shared.cli's, without importing Lightning
 
 STUDIES = {  # project -> the command that re-writes its result file (make claims FULL=1)
@@ -39,13 +41,8 @@ STUDIES = {  # project -> the command that re-writes its result file (make claim
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def fmt(values: list[float], digits: int = 1) -> str:
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    return cell(values, digits=digits)
 
 
 def compare(method: list[float], baseline: list[float], higher_is_better: bool = True) -> tuple[str, float, float]:

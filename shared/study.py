@@ -1,5 +1,5 @@
 """What every toy study does alike: run ``fit`` through the project's CLI, read its ``summary.json``, write
-the rows to the project's committed result file, and format mean +- std over seeds.
+the rows to the project's committed result file (mean ± std cells: ``shared.stats``).
 
 A study's result file (``projects/<name>/results/<study>.json``) is what ``make claims`` renders; the raw runs
 stay under ``logs/<name>/<run>/``.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -44,19 +43,6 @@ def run_fit(project: str, config: str, name: str, seed: int, overrides: Sequence
     wall = round(time.perf_counter() - start, 1)
     stamp.write_text(json.dumps({"args": cmd[1:], "wall_s": wall}))
     return {**json.loads((run_dir / "summary.json").read_text()), "wall_s": wall, "run_dir": str(run_dir)}
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def cell(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
-    """``"mean ± std"`` of ``values * scale``; ``"-"`` when empty."""
-    if not values:
-        return "-"
-    m, s = mean_std([v * scale for v in values])
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def results_path(project: str, study: str) -> Path:

@@ -31,7 +31,8 @@ import yaml
 
 from projects.did.mechanism import measure_checkpoint
 from shared.cli import REPO_ROOT
-from shared.study import cell, run_fit, write_results
+from shared.stats import cell
+from shared.study import run_fit, write_results
 
 VARIANTS = ("baseline", "baseline_matched", "did")
 INITS = ("pretrained", "scratch")

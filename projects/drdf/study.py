@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from shared.stats import cell
 from shared.study import write_results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,23 +54,16 @@ def run(config: str, seed: int, logs: Path, extra: list[str]) -> dict:
             "weights": weights}
 
 
-def _cell(vals: list[float], scale: float, digits: int) -> str:
-    if not vals:
-        return "–"
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{scale * statistics.mean(vals):.{digits}f} ± {scale * sd:.{digits}f}"
-
-
 def table(results: list[dict], configs: list[str]) -> str:
     cols = [*PERCENT, *SCORES]
     lines = ["| config | " + " | ".join(COLUMNS[c] for c in cols) + " | colour / shape to different experts | runs |",
              "|---|" + "---|" * (len(cols) + 2)]
     for c in configs:
         rs = [r for r in results if r["config"] == c]
-        cells = [_cell([r[m] for r in rs if r[m] is not None], 100 if m in PERCENT else 1, 2 if m in PERCENT else 3)
+        cells = [cell([r[m] for r in rs if r[m] is not None], 100 if m in PERCENT else 1, 2 if m in PERCENT else 3)
                  for m in cols]
         spec = [r["specialised"] for r in rs if r["specialised"] is not None]
-        cells.append(f"{sum(spec)} of {len(spec)}" if spec else "–")
+        cells.append(f"{sum(spec)} of {len(spec)}" if spec else "-")
         lines.append(f"| {c} | {' | '.join(cells)} | {len(rs)} |")
     return "\n".join(lines)
 

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from projects.rams_trans.mechanism import measure_checkpoint
-from shared.study import cell, run_fit, write_results
+from shared.stats import cell
+from shared.study import run_fit, write_results
 
 CONFIG = "projects/rams_trans/configs/toy.yaml"
 VARIANTS = {"vit": ["--model.num_scales", "1", "--model.eta", "[]"], "rams": []}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import shared.study as study
+from shared.stats import cell, mean_std
 
 
 def test_a_run_that_finished_the_same_command_is_reused(tmp_path, monkeypatch):
@@ -28,9 +29,9 @@ def test_a_run_that_finished_the_same_command_is_reused(tmp_path, monkeypatch):
 
 
 def test_cell_and_mean_std():
-    assert study.cell([0.5, 0.7], 100) == "60.0 ± 14.1"
-    assert study.cell([]) == "-"
-    assert study.mean_std([3.0]) == (3.0, 0.0)
+    assert cell([0.5, 0.7], 100) == "60.0 ± 14.1"
+    assert cell([]) == "-"
+    assert mean_std([3.0]) == (3.0, 0.0)
 
 
 def test_rebuild_refuses_a_run_on_a_real_dataset(tmp_path):

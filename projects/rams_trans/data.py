@@ -233,6 +233,19 @@ def read_boxes(path: Path) -> dict[int, tuple[int, int, int, int]]:
     return out
 
 
+def toy_part_boxes(ds: CUBDataset, root: Path, resize: int, crop: int, size: int) -> torch.Tensor:
+    """Part boxes ``[N, 4]`` (x0, y0, x1, y1 exclusive) of the toy split ``ds`` in its *test-transform* input's
+    pixels (square resize of the ``size`` px images to ``resize``, centre crop ``crop``), in ``ds`` order."""
+    ids = {rel.strip(): int(i) for i, rel in _id_table(root / "images.txt", "CUB images.txt", CUB_LAYOUT).items()}
+    boxes = read_boxes(root / TOY_PART_BOXES)
+    rows = [boxes[ids[str(path.relative_to(root / "images"))]] for path, _ in ds.samples]
+    offset = int(round((resize - crop) / 2.0))  # torchvision CenterCrop
+    b = torch.tensor(rows, dtype=torch.float64) * (resize / size) - offset
+    b[:, :2] = b[:, :2].floor()
+    b[:, 2:] = b[:, 2:].ceil()
+    return b.clamp(0, crop).long()
+
+
 def write_toy_cub(root: str | Path, num_train: int = 1200, num_test: int = 400, size: int = 72,
                   part_frac: float = 0.02, clutter: int = 14, seed: int = 0) -> Path:
     """Write the toy dataset in the CUB-200-2011 layout under ``root`` (idempotent: a stamp file records the
@@ -295,6 +308,7 @@ class FGVCDataModule(L.LightningDataModule):
             raise ValueError(f"data.dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
         self.save_hyperparameters()
         self.train_set = self.test_set = None
+        self.test_part_boxes: torch.Tensor | None = None  # toy only: [N, 4] ground truth of the DPPM panels
 
     def _write_toy(self) -> None:
         h = self.hparams
@@ -311,6 +325,9 @@ class FGVCDataModule(L.LightningDataModule):
         cls = DATASETS[h.dataset]
         self.train_set = cls(h.root, "train", build_transforms(True, h.resize, h.crop, h.autoaugment))
         self.test_set = cls(h.root, "test", build_transforms(False, h.resize, h.crop))
+        if h.dataset == "toy":
+            size = json.loads((Path(h.root) / "toy_args.json").read_text())["size"]
+            self.test_part_boxes = toy_part_boxes(self.test_set, Path(h.root), h.resize, h.crop, size)
         top = max(max(ds.targets, default=-1) for ds in (self.train_set, self.test_set))
         if top >= h.num_classes:
             raise ValueError(f"data.num_classes={h.num_classes} but {h.root} has labels up to {top + 1}")

@@ -19,30 +19,9 @@ from pathlib import Path
 
 import torch
 
-from projects.rams_trans.data import (
-    TOY_PART_BOXES,
-    CUBDataset,
-    FGVCDataModule,
-    _id_table,
-    build_transforms,
-    read_boxes,
-)
+from projects.rams_trans.data import CUBDataset, FGVCDataModule, build_transforms, toy_part_boxes
 from projects.rams_trans.model import RAMSTrans
 from shared.study import rebuild_toy_run
-
-
-def toy_part_boxes(root: Path, resize: int, crop: int, size: int) -> tuple[CUBDataset, torch.Tensor]:
-    """The test split and its part boxes ``[N, 4]`` (x0, y0, x1, y1 exclusive) in the test input's pixels."""
-    ds = CUBDataset(root, "test", build_transforms(False, resize, crop))
-    ids = {rel.strip(): int(i) for i, rel in _id_table(root / "images.txt", "CUB images.txt", "").items()}
-    boxes = read_boxes(root / TOY_PART_BOXES)
-    rows = [boxes[ids[str(path.relative_to(root / "images"))]] for path, _ in ds.samples]
-    scale = resize / size
-    offset = int(round((resize - crop) / 2.0))  # torchvision CenterCrop
-    b = torch.tensor(rows, dtype=torch.float64) * scale - offset
-    b[:, :2] = b[:, :2].floor()
-    b[:, 2:] = b[:, 2:].ceil()
-    return ds, b.clamp(0, crop).long()
 
 
 @torch.no_grad()
@@ -74,8 +53,8 @@ def measure_checkpoint(ckpt: str | Path) -> dict[str, float]:
     module, _, dm = rebuild_toy_run(ckpt, RAMSTransModule, FGVCDataModule, "the DPPM part-coverage measure")
     root = Path(dm["root"])
     size = json.loads((root / "toy_args.json").read_text())["size"]
-    ds, part = toy_part_boxes(root, dm["resize"], dm["crop"], size)
-    return part_coverage(module.model, ds, part)
+    ds = CUBDataset(root, "test", build_transforms(False, dm["resize"], dm["crop"]))
+    return part_coverage(module.model, ds, toy_part_boxes(ds, root, dm["resize"], dm["crop"], size))
 
 
 def main() -> None:

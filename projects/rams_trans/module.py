@@ -109,7 +109,12 @@ class RAMSTransModule(L.LightningModule):
             return
         if self.hparams.num_panels <= 0 or not panel[1]["boxes"]:
             return
-        images, captions = dppm_panels(panel[1])
+        truth = getattr(self.trainer.datamodule, "test_part_boxes", None)  # toy set: the part's box
+        if truth is not None and self.trainer.world_size == 1:  # the panel batch = the first test images
+            truth = truth[: len(panel[0])]
+        else:
+            truth = None
+        images, captions = dppm_panels(panel[1], truth)
         log_images(self, "val/dppm", images, captions)
 
     def configure_optimizers(self):
@@ -130,29 +135,48 @@ def denormalize(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[
     return (x * s + m).clamp(0, 1)
 
 
-def dppm_panels(out: dict[str, list[Tensor]]) -> tuple[list[np.ndarray], list[str]]:
+CYAN, GREEN = (0, 230, 255), (0, 255, 0)  # panel colours: ground-truth part, DPPM box
+
+
+def dppm_panels(out: dict[str, list[Tensor]], part_boxes: Tensor | None = None) -> tuple[list[np.ndarray], list[str]]:
     """Per sample, one strip: the scale-1 image | the rollout score map as a heat map with the DPPM box |
-    the amplified crop (and further scales). HWC uint8 arrays for :func:`shared.panels.log_images`."""
+    the amplified crop (and further scales). HWC uint8 arrays for :func:`shared.panels.log_images`.
+
+    ``part_boxes`` ``[B, 4]`` (exclusive ends, toy set): the ground-truth part, drawn in cyan on the image and on
+    the heat map, so a reader sees whether the DPPM box (green) holds it (``mechanism.py`` counts it)."""
     images, captions = [], []
     for i in range(out["inputs"][0].shape[0]):
         tiles = []
         for k, (boxes, g) in enumerate(zip(out["boxes"], out["score_maps"], strict=True)):
             img = (denormalize(out["inputs"][k][i]).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            truth = None
             if k == 0:
-                tiles.append(img)
+                if part_boxes is not None:
+                    x0, y0, x1, y1 = part_boxes[i].tolist()
+                    truth = (x0, y0, x1 - 1, y1 - 1)
+                tiles.append(_with_box(img, truth, CYAN))
             s = img.shape[0]
             heat = F.interpolate(g[i][None, None].float(), size=(s, s), mode="bilinear", align_corners=False)[0, 0]
             heat = heat.clamp(0, 1).numpy()[..., None]
             red = np.array([255.0, 40.0, 0.0])
             blend = (0.45 * img + 0.55 * heat * red + 0.55 * (1 - heat) * img * 0.3).clip(0, 255).astype(np.uint8)
-            pil = Image.fromarray(blend)
-            x0, y0, x1, y1 = boxes[i].tolist()
-            ImageDraw.Draw(pil).rectangle((x0, y0, x1, y1), outline=(0, 255, 0), width=max(1, s // 64))
-            tiles.append(np.asarray(pil))
+            tiles.append(_with_box(_with_box(blend, truth, CYAN), tuple(boxes[i].tolist()), GREEN))
             nxt = (denormalize(out["inputs"][k + 1][i]).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
             tiles.append(nxt)
         sep = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
         images.append(np.concatenate([t for tile in tiles for t in (tile, sep)][:-1], axis=1))
         found = " ".join(str(bool(f[i])) for f in out["found"])
-        captions.append(f"image | rollout + DPPM box {out['boxes'][0][i].tolist()} (found={found}) | amplified crop")
+        truth = "" if part_boxes is None else f", part (cyan) {part_boxes[i].tolist()}"
+        captions.append(f"image | rollout + DPPM box (green) {out['boxes'][0][i].tolist()} (found={found}){truth} | "
+                        "amplified crop")
     return images, captions
+
+
+def _with_box(img: np.ndarray, box: tuple[int, int, int, int] | None, rgb: tuple[int, int, int]) -> np.ndarray:
+    """``img`` with the inclusive pixel box outlined in ``rgb`` (unchanged when ``box`` is None)."""
+    if box is None:
+        return img
+    pil = Image.fromarray(img)
+    ImageDraw.Draw(pil).rectangle(box, outline=rgb, width=max(1, img.shape[0] // 64))
+    return np.asarray(pil)
+

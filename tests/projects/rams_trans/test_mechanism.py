@@ -7,16 +7,25 @@ import pytest
 import torch
 from torch import nn
 
-from projects.rams_trans.data import TOY_PART_COLORS, read_boxes, write_toy_cub
-from projects.rams_trans.mechanism import part_coverage, toy_part_boxes
-from projects.rams_trans.module import denormalize
+from projects.rams_trans.data import (
+    TOY_PART_COLORS,
+    CUBDataset,
+    FGVCDataModule,
+    build_transforms,
+    read_boxes,
+    toy_part_boxes,
+    write_toy_cub,
+)
+from projects.rams_trans.mechanism import part_coverage
+from projects.rams_trans.module import CYAN, GREEN, denormalize, dppm_panels
 from shared.data.toyworld import COLORS
 
 
 @pytest.mark.parametrize("resize,crop", [(72, 64), (90, 80)])
 def test_part_boxes_cover_the_part_colour_in_the_test_input(tmp_path, resize, crop):
     root = write_toy_cub(tmp_path / "toy", num_train=8, num_test=16, seed=5)
-    ds, boxes = toy_part_boxes(root, resize, crop, size=72)
+    ds = CUBDataset(root, "test", build_transforms(False, resize, crop))
+    boxes = toy_part_boxes(ds, root, resize, crop, size=72)
     assert boxes.shape == (16, 4) and len(ds) == 16
     for (x, label), (x0, y0, x1, y1) in zip((ds[i] for i in range(len(ds))), boxes.tolist(), strict=True):
         rgb = torch.tensor(COLORS[TOY_PART_COLORS[label // 4]], dtype=torch.float32) / 255
@@ -63,3 +72,20 @@ def test_part_coverage_counts_whole_part_centre_and_area():
         m = FixedBoxes(boxes)
         m.num_scales = 1
         part_coverage(m, ds, part)
+
+
+def test_datamodule_exposes_the_part_boxes_and_the_panel_draws_them_beside_the_dppm_box(tmp_path):
+    dm = FGVCDataModule("toy", str(tmp_path / "toy"), toy_num_train=8, toy_num_test=8)
+    dm.setup("fit")
+    assert dm.test_part_boxes.shape == (8, 4)
+    x = torch.stack([dm.test_set[i][0] for i in range(2)])
+    out = {"inputs": [x, x], "boxes": [torch.tensor([[0, 0, 63, 63], [8, 8, 40, 40]])],
+           "score_maps": [torch.rand(2, 8, 8)], "found": [torch.ones(2, dtype=torch.bool)]}
+    truth = torch.tensor([[10, 12, 20, 22], [30, 30, 41, 44]])
+    images, captions = dppm_panels(out, truth)
+    strip = images[1]                                                  # image | heat map | crop, 2 px apart
+    assert tuple(strip[30, 30]) == CYAN and tuple(strip[43, 40]) == CYAN  # part box corners (inclusive)
+    assert tuple(strip[8, 66 + 8]) == GREEN                            # DPPM box on the heat map tile
+    assert "part (cyan) [30, 30, 41, 44]" in captions[1]
+    assert "part" not in dppm_panels(out)[1][0]
+

@@ -18,7 +18,16 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
+from shared.data.images import IMAGENET_MEAN, IMAGENET_STD
+
 ImageLike = np.ndarray | torch.Tensor | Image.Image
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised ``[..., 3, H, W]`` (the projects' transforms) -> [0, 1] for drawing."""
+    mean = x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
 
 
 def to_uint8_hwc(image: ImageLike) -> np.ndarray:

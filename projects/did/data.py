@@ -245,6 +245,40 @@ def toy_scenes(n: int, seed: int, size: int, object_frac: tuple[float, float], n
     return scenes
 
 
+def val_instances(ds: MultiLabelImages, ann_file: str | Path, img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every instance of the images of ``ds`` in its transformed input's pixels (a resize to ``img_size``).
+
+    Returns ``(boxes [M, K, 4] float64 (x0, y0, x1, y1) continuous pixel edges, exclusive end; classes [M, K]
+    long class index in sorted-category-id order, -1 = padding)``, rows in ``ds`` order (matched by file name).
+    """
+    ann_file = Path(ann_file)
+    data = json.loads(ann_file.read_text(encoding="utf-8"))
+    index = {cid: i for i, cid in enumerate(sorted(int(c["id"]) for c in data["categories"]))}
+    if len(index) != ds.num_classes:
+        raise ValueError(f"{ann_file}: {len(index)} categories but the dataset has {ds.num_classes} classes")
+    by_file = {im["file_name"]: im for im in data["images"]}
+    per_image: dict[int, list[tuple[int, list[float]]]] = {}
+    for a in data["annotations"]:
+        per_image.setdefault(int(a["image_id"]), []).append((index[int(a["category_id"])], a["bbox"]))
+    rows = []
+    for path, target in zip(ds.paths, ds.targets, strict=True):
+        im = by_file[path.name]
+        w, h = (im["width"], im["height"]) if "width" in im and "height" in im else Image.open(path).size
+        sx, sy = img_size / w, img_size / h
+        inst = per_image.get(int(im["id"]), [])
+        if {c for c, _ in inst} != set((target > 0).nonzero().flatten().tolist()):
+            raise ValueError(f"{ann_file}: the instances of {path.name} do not match its loader target")
+        rows.append([(c, (x * sx, y * sy, (x + bw) * sx, (y + bh) * sy)) for c, (x, y, bw, bh) in inst])
+    k = max((len(r) for r in rows), default=0)
+    boxes = torch.zeros(len(rows), k, 4, dtype=torch.float64)
+    classes = torch.full((len(rows), k), -1, dtype=torch.long)
+    for m, r in enumerate(rows):
+        for j, (c, b) in enumerate(r):
+            classes[m, j] = c
+            boxes[m, j] = torch.tensor(b, dtype=torch.float64)
+    return boxes, classes
+
+
 def write_toy_coco(root: str | Path, n_train: int = 2048, n_val: int = 512, size: int = 64, seed: int = 0,
                    object_frac: tuple[float, float] = (0.16, 0.26), n_objects: tuple[int, int] = (1, 4),
                    clutter: int = 14, empty_every: int = 64, category_colors: bool = True) -> Path:
@@ -307,6 +341,7 @@ class DiDData(LightningDataModule):
         self.save_hyperparameters()
         self.train_set: MultiLabelImages | None = None
         self.val_set: MultiLabelImages | None = None
+        self.val_instance_boxes: tuple[torch.Tensor, torch.Tensor] | None = None  # toy: (boxes, classes)
 
     @property
     def class_names(self) -> list[str]:
@@ -340,6 +375,9 @@ class DiDData(LightningDataModule):
             self.train_set = self._dataset(train_split, train=True)
         if self.val_set is None:
             self.val_set = self._dataset(val_split, train=False)
+            if self.hparams.dataset == "toy":
+                ann = Path(self.hparams.root) / "annotations" / f"instances_{val_split}2014.json"
+                self.val_instance_boxes = val_instances(self.val_set, ann, self.hparams.img_size)
         for ds in (self.train_set, self.val_set):
             if ds is not None and ds.num_classes != self.hparams.num_classes:
                 raise ValueError(f"data.num_classes={self.hparams.num_classes} but {self.hparams.dataset} at "

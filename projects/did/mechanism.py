@@ -30,48 +30,13 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from projects.did.data import DEFAULT_SPLITS, DiDData, MultiLabelImages
+from projects.did.data import DiDData, MultiLabelImages
 from projects.did.model import DiD
 from shared.cli import run_with_clear_errors
 from shared.study import rebuild_toy_run
-
-
-def val_instances(ds: MultiLabelImages, ann_file: str | Path, img_size: int) -> tuple[Tensor, Tensor]:
-    """Every instance of the images of ``ds`` in its transformed input's pixels (a resize to ``img_size``).
-
-    Returns ``(boxes [M, K, 4] float64 (x0, y0, x1, y1) continuous pixel edges, exclusive end; classes [M, K]
-    long class index in sorted-category-id order, -1 = padding)``, rows in ``ds`` order (matched by file name).
-    """
-    ann_file = Path(ann_file)
-    data = json.loads(ann_file.read_text(encoding="utf-8"))
-    index = {cid: i for i, cid in enumerate(sorted(int(c["id"]) for c in data["categories"]))}
-    if len(index) != ds.num_classes:
-        raise ValueError(f"{ann_file}: {len(index)} categories but the dataset has {ds.num_classes} classes")
-    by_file = {im["file_name"]: im for im in data["images"]}
-    per_image: dict[int, list[tuple[int, list[float]]]] = {}
-    for a in data["annotations"]:
-        per_image.setdefault(int(a["image_id"]), []).append((index[int(a["category_id"])], a["bbox"]))
-    rows = []
-    for path, target in zip(ds.paths, ds.targets, strict=True):
-        im = by_file[path.name]
-        w, h = (im["width"], im["height"]) if "width" in im and "height" in im else Image.open(path).size
-        sx, sy = img_size / w, img_size / h
-        inst = per_image.get(int(im["id"]), [])
-        if {c for c, _ in inst} != set((target > 0).nonzero().flatten().tolist()):
-            raise ValueError(f"{ann_file}: the instances of {path.name} do not match its loader target")
-        rows.append([(c, (x * sx, y * sy, (x + bw) * sx, (y + bh) * sy)) for c, (x, y, bw, bh) in inst])
-    k = max((len(r) for r in rows), default=0)
-    boxes = torch.zeros(len(rows), k, 4, dtype=torch.float64)
-    classes = torch.full((len(rows), k), -1, dtype=torch.long)
-    for m, r in enumerate(rows):
-        for j, (c, b) in enumerate(r):
-            classes[m, j] = c
-            boxes[m, j] = torch.tensor(b, dtype=torch.float64)
-    return boxes, classes
 
 
 def box_iou(pred: Tensor, gt: Tensor) -> Tensor:
@@ -148,9 +113,7 @@ def measure_checkpoint(ckpt: str | Path, batch_size: int = 128) -> dict[str, flo
     module, data, dm = rebuild_toy_run(ckpt, DiDModule, DiDData, "the instance-discovery measure")
     data.prepare_data()                                         # no-op when the same toy set is there
     data.setup("validate")
-    split = dm.get("val_split") or DEFAULT_SPLITS["toy"][1]
-    gt_boxes, gt_classes = val_instances(data.val_set, Path(dm["root"]) / "annotations" /
-                                         f"instances_{split}2014.json", dm["img_size"])
+    gt_boxes, gt_classes = data.val_instance_boxes                # the toy set's instances (DiDData.setup)
     return measure(module.model, data.val_set, gt_boxes, gt_classes, batch_size)
 
 

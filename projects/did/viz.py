@@ -6,14 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shared.data import IMAGENET_MEAN, IMAGENET_STD
+from shared.panels import denormalize
 
-
-def denormalize(x: Tensor) -> Tensor:
-    """ImageNet-normalised ``[..., 3, H, W]`` -> [0, 1]."""
-    mean = x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x * std + mean).clamp(0, 1)
+CYAN = (0.0, 0.9, 1.0)  # ground-truth instances (discovered boxes: green)
 
 
 def heatmap(m: Tensor) -> Tensor:
@@ -33,20 +28,27 @@ def draw_box(img: Tensor, box: Tensor, color: tuple[float, float, float] = (0.0,
     return img
 
 
-def instance_panel(image: Tensor, maps: Tensor, boxes: Tensor, views: Tensor, min_side: int = 128) -> Tensor:
+def instance_panel(image: Tensor, maps: Tensor, boxes: Tensor, views: Tensor, min_side: int = 128,
+                   truth: Tensor | None = None) -> Tensor:
     """One ``[3, 2H, (N + 1) W]`` panel in [0, 1].
 
     Top row: the input, then for each of the N top classes its instance-aware map (min-max normalised,
     upsampled, blended over the image) with the box drawn. Bottom row: blank, then the N local views.
     ``image [3, H, W]`` and ``views [N, 3, H, W]`` are ImageNet-normalised; ``maps [N, h, w]``;
-    ``boxes [N, 4]`` inclusive pixels. Small images are enlarged (nearest) to ``min_side``.
+    ``boxes [N, 4]`` inclusive pixels. ``truth [K, 4]`` (toy set: the instances' boxes, exclusive pixel edges)
+    is drawn in cyan on the input. Small images are enlarged (nearest) to ``min_side``.
     """
     img = denormalize(image.float().cpu())
     h, w = img.shape[-2:]
+    raw = img
+    for b in (truth if truth is not None else []):
+        x0, y0 = (int(v) for v in b[:2].floor().tolist())
+        x1, y1 = (int(v) - 1 for v in b[2:].ceil().tolist())
+        img = draw_box(img, torch.tensor([max(0, x0), max(0, y0), min(w - 1, x1), min(h - 1, y1)]), CYAN)
     m = F.interpolate(maps.float().cpu()[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
     lo = m.amin((1, 2), keepdim=True)
     m = (m - lo) / (m.amax((1, 2), keepdim=True) - lo).clamp_min(1e-12)
-    top = [img] + [draw_box(0.45 * img + 0.55 * heatmap(mi), b) for mi, b in zip(m, boxes.cpu(), strict=True)]
+    top = [img] + [draw_box(0.45 * raw + 0.55 * heatmap(mi), b) for mi, b in zip(m, boxes.cpu(), strict=True)]
     bottom = [torch.ones_like(img)] + list(denormalize(views.float().cpu()))
     panel = torch.cat([torch.cat(top, 2), torch.cat(bottom, 2)], 1)
     scale = max(1, -(-min_side // h))

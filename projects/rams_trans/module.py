@@ -3,7 +3,6 @@ the global, local and fused predictions, and validation panels (image, rollout h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import lightning as L
@@ -14,9 +13,8 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from projects.rams_trans.model import RAMSTrans
-from shared.data.images import IMAGENET_MEAN, IMAGENET_STD
 from shared.metrics import topk_accuracy
-from shared.panels import log_images
+from shared.panels import denormalize, log_images
 from shared.schedules import warmup_cosine
 
 Report = Literal["global", "local", "fused"]
@@ -126,13 +124,6 @@ class RAMSTransModule(L.LightningModule):
             opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, h.total_steps, h.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def denormalize(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
-    """ImageNet-normalised [C, H, W] -> [0, 1]."""
-    m = torch.tensor(mean, dtype=x.dtype).view(3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(3, 1, 1)
-    return (x * s + m).clamp(0, 1)
 
 
 CYAN, GREEN = (0, 230, 255), (0, 255, 0)  # panel colours: ground-truth part, DPPM box

@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from projects.did.data import TOY_CATEGORY_IDS, TOY_COLORS, COCO2014Dataset, build_transform, write_toy_coco
-from projects.did.mechanism import box_iou, discover_boxes, measure_checkpoint, mechanism_figures, val_instances
+from projects.did.data import (
+    TOY_CATEGORY_IDS,
+    TOY_COLORS,
+    COCO2014Dataset,
+    build_transform,
+    val_instances,
+    write_toy_coco,
+)
+from projects.did.mechanism import box_iou, discover_boxes, measure_checkpoint, mechanism_figures
 from projects.did.mechanism import main as mechanism_main
 from projects.did.model import DiD
 from projects.did.module import DiDModule
@@ -128,3 +135,22 @@ def test_measure_checkpoint_of_a_two_step_fit_and_of_a_baseline(tmp_path: Path,
                 "state_dict": baseline.state_dict()}, tmp_path / "coco.ckpt")
     with pytest.raises(ValueError, match="toy dataset"):
         measure_checkpoint(tmp_path / "coco.ckpt")
+
+
+def test_datamodule_exposes_the_instances_and_the_panel_draws_them(tmp_path: Path) -> None:
+    from projects.did.data import DiDData
+    from projects.did.viz import CYAN, instance_panel
+
+    data = DiDData("toy", str(tmp_path / "toy"), img_size=64, toy_train=TOY["n_train"], toy_val=TOY["n_val"])
+    data.prepare_data()
+    data.setup("validate")
+    boxes, classes = data.val_instance_boxes
+    assert boxes.shape[0] == len(data.val_set) and (classes >= 0).sum() == int((data.val_set.targets > 0).sum())
+    x = data.val_set[0][0]
+    truth = boxes[0][classes[0] >= 0]
+    maps, found = torch.rand(2, 8, 8), torch.tensor([[0, 0, 63, 63], [4, 4, 20, 20]])
+    panel = instance_panel(x, maps, found, torch.stack([x, x]), min_side=64, truth=truth)
+    x0, y0 = (int(v) for v in truth[0, :2].floor().tolist())
+    assert torch.allclose(panel[:, y0, x0], torch.tensor(CYAN))          # the instance's box corner, input tile
+    plain = instance_panel(x, maps, found, torch.stack([x, x]), min_side=64)
+    assert not torch.equal(panel[:, :64, :64], plain[:, :64, :64]) and torch.equal(panel[:, :, 64:], plain[:, :, 64:])

@@ -17,8 +17,9 @@ from projects.rams_trans.data import (
     write_toy_cub,
 )
 from projects.rams_trans.mechanism import part_coverage
-from projects.rams_trans.module import CYAN, GREEN, denormalize, dppm_panels
+from projects.rams_trans.module import CYAN, GREEN, dppm_panels
 from shared.data.toyworld import COLORS
+from shared.panels import denormalize
 
 
 @pytest.mark.parametrize("resize,crop", [(72, 64), (90, 80)])

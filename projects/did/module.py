@@ -147,11 +147,11 @@ class DiDModule(LightningModule):
         if p is None:
             return
         images, captions = [], []
-        truth = getattr(self.trainer.datamodule, "val_instance_boxes", None)  # toy set: the instances' boxes
-        if truth is None or self.trainer.world_size > 1 or stage != "val":    # panel batch = first val images
-            truth = None
+        instances = getattr(self.trainer.datamodule, "val_instance_boxes", None)  # toy set: (boxes, classes)
+        if self.trainer.world_size > 1 or stage != "val":                          # panel batch = first val images
+            instances = None
         for i in range(p["x"].shape[0]):
-            gt = None if truth is None else truth[0][i][truth[1][i] >= 0]
+            gt = None if instances is None else instances[0][i][instances[1][i] >= 0]
             images.append(instance_panel(p["x"][i], p["maps"][i], p["boxes"][i], p["views"][i], truth=gt))
             truth = [names[c] for c in (p["targets"][i] > 0).nonzero().flatten().tolist()]
             top = ", ".join(f"{names[c]} {s:.2f}" for c, s in zip(p["top"][i].tolist(), p["scores"][i].tolist(),

@@ -21,6 +21,7 @@ import torch
 
 from projects.rams_trans.data import CUBDataset, FGVCDataModule, build_transforms, toy_part_boxes
 from projects.rams_trans.model import RAMSTrans
+from shared.cli import run_with_clear_errors
 from shared.study import rebuild_toy_run
 
 
@@ -60,7 +61,7 @@ def measure_checkpoint(ckpt: str | Path) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True)
-    print(json.dumps(measure_checkpoint(p.parse_args().ckpt)))
+    print(json.dumps(run_with_clear_errors(measure_checkpoint, p.parse_args().ckpt)))
 
 
 if __name__ == "__main__":

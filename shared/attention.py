@@ -15,6 +15,7 @@ Everything is batched tensor code on the input's device; there is no Python loop
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -100,8 +101,19 @@ def _min_3x3(src: Tensor, tmp: Tensor, out: Tensor, row: int) -> None:
     torch.minimum(v, tmp[row:n - row], out=v)
 
 
-def _label_components(mask: Tensor) -> tuple[Tensor, Tensor, int, int]:
-    """Label the 8-connected components of ``mask [B, H, W]`` (min-label hooking + pointer jumping).
+def _min_plus(src: Tensor, tmp: Tensor, out: Tensor, row: int) -> None:
+    """``out`` = minimum of ``src`` over each inner cell and its 4 edge neighbours (4-connectivity)."""
+    n = src.numel()
+    v = out[row:n - row]
+    torch.minimum(src[:n - 2 * row], src[2 * row:], out=v)      # above and below
+    torch.minimum(v, src[row - 1:n - row - 1], out=v)           # left
+    torch.minimum(v, src[row + 1:n - row + 1], out=v)           # right
+    torch.minimum(v, src[row:n - row], out=v)                   # the cell itself
+
+
+def _label_components(mask: Tensor, connectivity: int = 8) -> tuple[Tensor, Tensor, int, int]:
+    """Label the 8-connected (or 4-connected) components of ``mask [B, H, W]`` (min-label hooking + pointer
+    jumping).
 
     The maps are zero-padded by one cell and flattened into one vector of ``N = B (H + 2) (W + 2)`` cells.
     Each foreground cell ends up holding the flat position of its component's FIRST cell in raster order
@@ -136,8 +148,9 @@ def _label_components(mask: Tensor) -> tuple[Tensor, Tensor, int, int]:
     nb = torch.full((n,), n, dtype=vdt, device=dev)
     gf = torch.empty_like(f)
     gf.copy_(f)                                            # grandparents f[f]; f is the identity here
+    neighbourhood_min = _min_3x3 if connectivity == 8 else _min_plus
     while True:
-        _min_3x3(gf, tmp, nb, wp)                          # smallest grandparent around each cell
+        neighbourhood_min(gf, tmp, nb, wp)                 # smallest grandparent around each cell
         torch.maximum(nb, bg_fill, out=nb)                 # the background keeps its own labels
         # nb == f everywhere: every tree is a star and 8-neighbours agree, i.e. converged. (Otherwise some
         # nb[u] < f[u], so the update below strictly lowers a label and the loop terminates.)
@@ -149,7 +162,10 @@ def _label_components(mask: Tensor) -> tuple[Tensor, Tensor, int, int]:
         torch.gather(parent, 0, idx, out=gf)               # pointer jumping
 
 
-def mask_to_box(mask: Tensor) -> tuple[Tensor, Tensor]:
+RegionMeasure = Literal["pixels", "contour_area"]
+
+
+def mask_to_box(mask: Tensor, measure: RegionMeasure = "pixels") -> tuple[Tensor, Tensor]:
     """Bounding box of the largest 8-connected component of every map in ``mask``.
 
     ``mask``: bool ``[B, H, W]`` (any H, W). Returns ``(boxes, found)``:
@@ -161,13 +177,17 @@ def mask_to_box(mask: Tensor) -> tuple[Tensor, Tensor]:
 
     Components are 8-connected (``skimage.measure.label(connectivity=2)`` in RAMS-Trans). Equal-area ties go
     to the component whose first pixel in raster order comes first, i.e. the one ``scipy.ndimage.label``
-    numbers first, so results equal the per-sample scipy loop exactly. Batched on ``mask.device``; the
+    numbers first, so results equal the per-sample scipy loop exactly. ``measure="contour_area"`` is DiD's
+    official rule instead (:func:`_contour_keys`): the largest ``cv2.contourArea`` of the outer contour, ties to
+    the component found LAST in raster order (the first in OpenCV's list). Batched on ``mask.device``; the
     labelling loop syncs once per iteration for its convergence test (about 5-20 iterations). On CPU it runs
     on one thread.
     """
     if not isinstance(mask, Tensor) or mask.ndim != 3 or mask.dtype != torch.bool:
         got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"mask_to_box: expected a bool tensor [B, H, W], got {got}")
+    if measure not in ("pixels", "contour_area"):
+        raise ValueError(f"mask_to_box: measure must be 'pixels' or 'contour_area', got {measure!r}")
     b, h, w = mask.shape
     dev = mask.device
     full = torch.tensor([0, 0, w, h], dtype=torch.long, device=dev)
@@ -181,25 +201,79 @@ def mask_to_box(mask: Tensor) -> tuple[Tensor, Tensor]:
         # pool for each costs more than it gains (measured 1.3-8x slower with 2 threads on shared cores).
         torch.set_num_threads(1)
     try:
-        return _mask_to_box(mask)
+        return _mask_to_box(mask, measure)
     finally:
         if serial:
             torch.set_num_threads(threads)
 
 
-def _mask_to_box(mask: Tensor) -> tuple[Tensor, Tensor]:
+def _contour_keys(mask: Tensor, labels: Tensor, hp: int, wp: int) -> Tensor:
+    """DiD's official region rule as a unique key per padded cell ``[B, Hp * Wp]``: > 0 only at the first cell of
+    an outermost component, ``2 * contourArea * cells + position + 1`` (ties: the later first cell wins).
+
+    ``cv2.findContours(RETR_TREE)`` + ``max(contours, key=cv2.contourArea)`` (did.md 5.4): the area of the
+    polygon through the outer boundary's pixel centres. Between pixel centres the plane is tiled by unit squares
+    whose corners are 2x2 pixel blocks; the 8-connected outer contour encloses a square whose 4 corners lie in
+    the component with its holes filled, cuts one with 3 such corners along the diagonal (half), and no other
+    square, so the area is a sum over 2x2 blocks. Holes are 4-connected background regions that do not reach
+    the map's edge; a region's parent is the region of the pixel above its first pixel, and pointer jumping
+    sends every hole and nested component to its outermost enclosing component. Hole and nested contours are
+    always smaller than their encloser's outer contour, so only outermost components compete.
+    """
+    b = mask.shape[0]
+    cells = hp * wp
+    n = b * cells
+    dev = mask.device
+    pad = torch.zeros(b, hp, wp, dtype=torch.bool, device=dev)
+    inner, fg, edge = pad.clone(), pad.clone(), pad.clone()
+    inner[:, 1:-1, 1:-1] = True
+    fg[:, 1:-1, 1:-1] = mask
+    edge[:, 1:-1, 1:-1] = True
+    edge[:, 2:-2, 2:-2] = False
+    inner, fg, edge = inner.view(n), fg.view(n), edge.view(n)
+    background = _label_components(~mask, connectivity=4)[1]
+    region = torch.where(fg, labels.long(), background)                   # each cell's region: its first cell
+    region = torch.where(inner, region, torch.full_like(region, n))       # the padding: sentinel n
+    outside = torch.zeros(n + 1, dtype=torch.bool, device=dev)
+    outside.scatter_(0, torch.where(edge & ~fg, region, n), True)         # background reaching the edge
+    outside[n] = True
+    cell = torch.arange(n, device=dev)
+    first = inner & (region == cell)
+    above = region[(cell - wp).clamp_min(0)]                              # the region holding each region
+    outermost = first & fg & outside[above]
+    ptr = torch.where(outermost, cell, torch.where(first & ~(outside[cell] & ~fg), above, n))
+    ptr = torch.cat([ptr, ptr.new_full((1,), n)])
+    while True:                                                           # pointer jumping up the nesting
+        nxt = ptr[ptr]
+        if torch.equal(nxt, ptr):
+            break
+        ptr = nxt
+    top = ptr[region]                                                     # outermost encloser, n = none
+    corners = (top[:n - wp - 1], top[1:n - wp], top[wp:n - 1], top[wp + 1:])
+    count = sum((c < n).long() for c in corners)
+    owner = torch.minimum(torch.minimum(corners[0], corners[1]), torch.minimum(corners[2], corners[3]))
+    area2 = torch.zeros(n + 1, dtype=torch.long, device=dev)
+    area2.scatter_add_(0, owner, (count == 4).long() * 2 + (count == 3).long())
+    key = area2[:n] * cells + cell % cells + 1
+    return torch.where(outermost, key, torch.zeros_like(key)).view(b, cells)
+
+
+def _mask_to_box(mask: Tensor, measure: RegionMeasure = "pixels") -> tuple[Tensor, Tensor]:
     """:func:`mask_to_box` for a validated, non-empty ``mask``."""
     b, h, w = mask.shape
     dev = mask.device
     labels, idx, hp, wp = _label_components(mask)
     cells = hp * wp
     n = b * cells
-    # Component areas, indexed by label (background labels >= N fall into the unused second half).
-    area = torch.zeros(2 * n, dtype=torch.int32, device=dev)
-    area.scatter_add_(0, idx, torch.ones(1, dtype=torch.int32, device=dev).expand(n))
-    # Largest area; ties -> the smallest label = the earliest first pixel (a unique key, so no reliance on
-    # which of several equal maxima a device's max() returns).
-    key = area[:n].view(b, cells).long() * cells - torch.arange(cells, device=dev)
+    if measure == "contour_area":
+        key = _contour_keys(mask, labels, hp, wp)
+    else:
+        # Component areas, indexed by label (background labels >= N fall into the unused second half).
+        area = torch.zeros(2 * n, dtype=torch.int32, device=dev)
+        area.scatter_add_(0, idx, torch.ones(1, dtype=torch.int32, device=dev).expand(n))
+        # Largest area; ties -> the smallest label = the earliest first pixel (a unique key, so no reliance on
+        # which of several equal maxima a device's max() returns).
+        key = area[:n].view(b, cells).long() * cells - torch.arange(cells, device=dev)
     top, best = key.max(1)
     found = top > 0                                        # an area >= 1 gives a key >= 1
     chosen = labels.view(b, hp, wp) == (best + torch.arange(0, n, cells, device=dev)).to(labels.dtype)[

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared.attention import attention_rollout_row, crop_and_resize, mask_to_box
+from shared.attention import RegionMeasure, attention_rollout_row, crop_and_resize, mask_to_box
 from shared.backbones.vit import ViTBackbone
 
 logger = logging.getLogger(__name__)
@@ -82,21 +82,22 @@ def threshold_maps(maps: Tensor, size: tuple[int, int], threshold: float = 0.6, 
 
 def instance_boxes(maps: Tensor, image_size: tuple[int, int], threshold: float = 0.6,
                    resolution: tuple[int, int] | None = None, quantize: bool = True,
-                   empty_box: EmptyBox = "full") -> tuple[Tensor, Tensor]:
+                   empty_box: EmptyBox = "full", measure: RegionMeasure = "contour_area") -> tuple[Tensor, Tensor]:
     """Boxes of the largest 8-connected above-threshold region of each map, in input pixels.
 
     ``maps [K, h, w]`` -> ``(boxes [K, 4] int64 INCLUSIVE (x0, y0, x1, y1), found [K] bool)``, ready for
     ``crop_and_resize``. The official code thresholds at the input size (``resolution=None``); a smaller
     ``resolution`` thresholds there and scales the box out to the input size (the cells' outer pixel edges),
-    much cheaper and within one cell of the full-size box. Components are 8-connected with the largest pixel
-    count (``shared.attention.mask_to_box``); the official code takes the largest ``cv2.contourArea``, which
-    only differs for near-equal regions. No region: ``empty_box="full"`` uses the whole image;
-    ``"official"`` the code's degenerate ``(0, 0, 1, 1)`` box, i.e. a 1-pixel crop.
+    much cheaper and within one cell of the full-size box. Components are 8-connected; ``measure`` picks the
+    region (``shared.attention.mask_to_box``): ``contour_area`` is the official rule (largest ``cv2.contourArea``,
+    ties to the last region in raster order), ``pixels`` the largest pixel count (ties to the first); they differ
+    on near-equal regions and thin bands (a 1-px band has contour area 0). No region: ``empty_box="full"`` uses
+    the whole image; ``"official"`` the code's degenerate ``(0, 0, 1, 1)`` box, i.e. a 1-pixel crop.
     """
     h_img, w_img = image_size
     res = tuple(resolution) if resolution is not None else (h_img, w_img)
     mask = threshold_maps(maps, res, threshold, quantize)
-    cells, found = mask_to_box(mask)                                       # exclusive, in ``res`` cells
+    cells, found = mask_to_box(mask, measure)                              # exclusive, in ``res`` cells
     if res != (h_img, w_img):
         sx, sy = w_img / res[1], h_img / res[0]
         scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float64, device=cells.device)
@@ -130,7 +131,8 @@ class DiD(nn.Module):
                  attn_dropout: float = 0.0, drop_path_rate: float = 0.0, reset_final_norm: bool = True,
                  local_views: bool = True, top_n: int = 4, threshold: float = 0.6,
                  reconstraint: Reconstraint = "product", box_resolution: int | None = None,
-                 quantize_threshold: bool = True, empty_box: EmptyBox = "full") -> None:
+                 quantize_threshold: bool = True, empty_box: EmptyBox = "full",
+                 region_measure: RegionMeasure = "contour_area") -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -142,6 +144,8 @@ class DiD(nn.Module):
             raise ValueError(f"reconstraint must be 'product' or 'sum', got {reconstraint!r}")
         if empty_box not in ("full", "official"):
             raise ValueError(f"empty_box must be 'full' or 'official', got {empty_box!r}")
+        if region_measure not in ("pixels", "contour_area"):
+            raise ValueError(f"region_measure must be 'pixels' or 'contour_area', got {region_measure!r}")
         arch = {k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v is not None}
         self.backbone = ViTBackbone(backbone, pretrained=pretrained, img_size=img_size, patch_size=patch_size,
                                     pos_drop_rate=hidden_dropout, proj_drop_rate=hidden_dropout,
@@ -159,6 +163,7 @@ class DiD(nn.Module):
         self.box_resolution = box_resolution
         self.quantize_threshold = quantize_threshold
         self.empty_box = empty_box
+        self.region_measure = region_measure
 
     def class_maps(self, tokens: Tensor) -> Tensor:
         """SCM: 1x1 classifier over the patch tokens -> ``[B, C, h, w]`` (did.md 2)."""
@@ -182,7 +187,7 @@ class DiD(nn.Module):
         chosen = maps.gather(1, top[:, :, None, None].expand(-1, -1, gh, gw))
         res = None if self.box_resolution is None else (self.box_resolution, self.box_resolution)
         boxes, found = instance_boxes(chosen.flatten(0, 1), (h_img, w_img), self.threshold, res,
-                                      self.quantize_threshold, self.empty_box)
+                                      self.quantize_threshold, self.empty_box, self.region_measure)
         repeated = x.detach()[:, None].expand(-1, self.top_n, -1, -1, -1).flatten(0, 1)
         views = crop_and_resize(repeated, boxes, (h_img, w_img), detach=True)
         return {"rollout": rollout, "instance_maps": maps, "top_classes": top,

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from projects.did.model import DiD, EmptyBox, Reconstraint
 from projects.did.viz import instance_panel
+from shared.attention import RegionMeasure
 from shared.metrics import multilabel_metrics
 from shared.panels import log_bar_chart, log_images
 from shared.schedules import warmup_cosine
@@ -38,12 +39,13 @@ class DiDModule(LightningModule):
                  quantize_threshold: bool = True, empty_box: EmptyBox = "full", lr: float = 0.05,
                  momentum: float = 0.9, weight_decay: float = 1e-5, warmup_frac: float = 0.05,
                  difficult_as_positive: bool = True, local_loss_weight: float = 1.0, panel_images: int = 4,
-                 cpu_threads: int | None = None, optimizer: Literal["sgd", "adamw"] = "sgd") -> None:
+                 cpu_threads: int | None = None, optimizer: Literal["sgd", "adamw"] = "sgd",
+                 region_measure: RegionMeasure = "contour_area") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = DiD(num_classes, backbone, img_size, patch_size, embed_dim, depth, num_heads, pretrained,
                          hidden_dropout, attn_dropout, drop_path_rate, reset_final_norm, local_views, top_n,
-                         threshold, reconstraint, box_resolution, quantize_threshold, empty_box)
+                         threshold, reconstraint, box_resolution, quantize_threshold, empty_box, region_measure)
         self.branches = ("global", "local", "fused") if local_views else ("global", "fused")
         self.val_metrics = nn.ModuleDict({b: multilabel_metrics(num_classes, prefix=f"{b}/") for b in self.branches})
         self._panel: dict[str, Tensor] | None = None

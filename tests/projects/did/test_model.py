@@ -1,5 +1,6 @@
 """DiD model pieces on hand-made inputs: rollout row, re-constraint, map -> box, local views, the full forward."""
 
+import cv2
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -73,8 +74,10 @@ def test_boxes_on_hand_made_maps() -> None:
     assert instance_boxes(diag, (6, 6))[0].tolist() == [[1, 1, 3, 3]]
 
 
-def official_style_boxes(maps: np.ndarray, size: int, threshold: float = 0.6) -> np.ndarray:
-    """Per-map loop as the official code (cv2 replaced by F.interpolate + scipy, largest area)."""
+def official_style_boxes(maps: np.ndarray, size: int, threshold: float = 0.6,
+                         measure: str = "contour_area") -> np.ndarray:
+    """Per-map loop as the official ``get_bboxes`` (its cv2.resize replaced by F.interpolate): threshold, then
+    ``max(cv2.findContours(RETR_TREE), key=cv2.contourArea)``; ``pixels``: scipy's largest 8-connected region."""
     out = []
     for m in maps:
         up = F.interpolate(torch.from_numpy(m)[None, None], size=(size, size), mode="bilinear",
@@ -82,6 +85,11 @@ def official_style_boxes(maps: np.ndarray, size: int, threshold: float = 0.6) ->
         up = (up - up.min()) / (up.max() - up.min())
         u8 = (up * 255).astype(np.uint8)
         mask = u8 > int(threshold * 255)
+        if measure == "contour_area":
+            contours, _ = cv2.findContours(mask.astype(np.uint8) * 255, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+            x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+            out.append([x, y, x + w - 1, y + h - 1])
+            continue
         lab, n = ndi.label(mask, structure=np.ones((3, 3)))
         area = np.bincount(lab.ravel())
         area[0] = 0
@@ -95,11 +103,24 @@ def smooth_maps(k: int, grid: int, seed: int) -> torch.Tensor:
     return F.avg_pool2d(torch.randn(k, 1, grid, grid, generator=gen), 3, 1, 1)[:, 0]
 
 
-def test_batched_boxes_equal_the_per_sample_official_loop() -> None:
-    maps = smooth_maps(24, 8, seed=1)
-    got, found = instance_boxes(maps, (64, 64))
+@pytest.mark.parametrize("measure", ["contour_area", "pixels"])
+def test_batched_boxes_equal_the_per_sample_official_loop(measure: str) -> None:
+    maps = smooth_maps(64, 8, seed=1)
+    got, found = instance_boxes(maps, (64, 64), measure=measure)
     assert found.all()
-    np.testing.assert_array_equal(got.numpy(), official_style_boxes(maps.numpy(), 64))
+    np.testing.assert_array_equal(got.numpy(), official_style_boxes(maps.numpy(), 64, measure=measure))
+
+
+def test_region_measure_reaches_the_model_boxes() -> None:
+    """A thin band with more pixels against a compact blob: pixels picks the band, the official rule the blob."""
+    maps = torch.zeros(1, 12, 12)
+    maps[0, 0, :] = maps[0, 1, :4] = 1.0      # 16 px, contour area 3
+    maps[0, 5:9, 5:8] = 1.0                   # 12 px, contour area 6
+    assert instance_boxes(maps, (12, 12), measure="pixels")[0].tolist() == [[0, 0, 11, 1]]
+    assert instance_boxes(maps, (12, 12), measure="contour_area")[0].tolist() == [[5, 5, 7, 8]]
+    with pytest.raises(ValueError, match="region_measure must be 'pixels' or 'contour_area', got 'area'"):
+        DiD(num_classes=6, backbone="vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1,
+            region_measure="area")
 
 
 def blob_maps() -> torch.Tensor:
@@ -111,18 +132,19 @@ def blob_maps() -> torch.Tensor:
     return torch.stack([sum(bump(*b) for b in spec) for spec in specs])
 
 
-@pytest.mark.parametrize("resolution", [16, 32])
-def test_low_resolution_boxes_agree_with_full_resolution(resolution: int) -> None:
-    """The box_resolution flag: thresholding at a lower resolution moves box edges by at most one cell."""
+@pytest.mark.parametrize("resolution,measure", [(16, "pixels"), (32, "pixels"), (32, "contour_area")])
+def test_low_resolution_boxes_agree_with_full_resolution(resolution: int, measure: str) -> None:
+    """The box_resolution flag: thresholding at a lower resolution moves box edges by at most one cell.
+    (Not with contour_area at 4-px cells: on a two-bump map the coarse polygon areas pick the other bump.)"""
     cell = 64 // resolution
-    full, _ = instance_boxes(blob_maps(), (64, 64))
-    low, _ = instance_boxes(blob_maps(), (64, 64), resolution=(resolution, resolution))
+    full, _ = instance_boxes(blob_maps(), (64, 64), measure=measure)
+    low, _ = instance_boxes(blob_maps(), (64, 64), resolution=(resolution, resolution), measure=measure)
     assert int((low - full).abs().max()) <= cell, (low - full)
     # Random smooth maps can hold two near-equal regions, where a one-cell shift may flip the choice; on
     # most maps the boxes still agree within a cell.
     maps = smooth_maps(64, 8, seed=2)
-    full, _ = instance_boxes(maps, (64, 64))
-    low, _ = instance_boxes(maps, (64, 64), resolution=(resolution, resolution))
+    full, _ = instance_boxes(maps, (64, 64), measure=measure)
+    low, _ = instance_boxes(maps, (64, 64), resolution=(resolution, resolution), measure=measure)
     close = ((low - full).abs() <= cell + 1).all(1).float().mean()
     assert close >= 0.9, close
 

@@ -4,7 +4,8 @@ Every study writes its committed result file ``projects/<name>/results/<study>.j
 
     {"paper": "...", "statement": "the paper's claim in one sentence", "unit": "top-1 %",
      "series": {"<name>": [one value per seed], ...},              # every measured row, same unit
-     "comparisons": [{"method": "<series>", "baseline": "<series>", "higher_is_better": true}, ...],
+     "comparisons": [{"method": "<series>", "baseline": "<series>", "higher_is_better": true,
+                      "margin": 3}, ...],                            # margin: optional, see below
      "mechanism": {"<name>": {"values": [...], "unit": "%", "aim": 80, "higher_is_better": true}, ...},
      "note": "what the numbers mean, in a sentence or two"}
 
@@ -14,8 +15,10 @@ top-level README (between its ``claims`` markers). ``--full`` re-runs the studie
 
 Verdict, per comparison: the mean difference ``d`` (signed so that positive favours the method) against twice
 its standard error ``se = sqrt(s_m^2 / n_m + s_b^2 / n_b)``: ``d > 2 se`` favours the method, ``d < -2 se``
-favours the baseline, anything else is within seed noise. A claim is **supported** when every comparison
-favours the method, **not supported** when any favours the baseline, **inconclusive** otherwise.
+favours the baseline, anything else is within seed noise. A comparison with a ``margin`` is a non-inferiority
+test ("the method is no more than ``margin`` worse", e.g. SPM's non-target accuracy): ``d + margin`` takes the
+place of ``d``. A claim is **supported** when every comparison favours the method, **not supported** when any
+favours the baseline, **inconclusive** otherwise.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ STUDIES = {  # project -> the command that re-writes its result file (make claim
     "rams_trans": ["-m", "projects.rams_trans.study"],
     "did": ["-m", "projects.did.study"],
     "drdf": ["-m", "projects.drdf.study"],
-    "spm": None,  # no study writes an SPM claim file yet (issue 14, point 5)
+    "spm": ["-m", "projects.spm.study", "phrases"],
 }
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 
@@ -45,21 +48,28 @@ def fmt(values: list[float], digits: int = 1) -> str:
     return cell(values, digits=digits)
 
 
-def compare(method: list[float], baseline: list[float], higher_is_better: bool = True) -> tuple[str, float, float]:
-    """``("method" | "baseline" | "noise", d, se)`` with ``d`` signed in the method's favour."""
+def compare(method: list[float], baseline: list[float], higher_is_better: bool = True,
+            margin: float = 0.0) -> tuple[str, float, float]:
+    """``("method" | "baseline" | "noise", d, se)`` with ``d`` signed in the method's favour; a ``margin``
+    tests non-inferiority (``d + margin`` against 2 se)."""
     (mm, sm), (mb, sb) = mean_std(method), mean_std(baseline)
     d = (mm - mb) if higher_is_better else (mb - mm)
     se = math.sqrt(sm ** 2 / len(method) + sb ** 2 / len(baseline))
-    return ("method" if d > 2 * se else "baseline" if d < -2 * se else "noise"), d, se
+    return ("method" if d + margin > 2 * se else "baseline" if d + margin < -2 * se else "noise"), d, se
 
 
 def verdict(claim: dict) -> tuple[str, list[str]]:
     """The claim's verdict and one line of evidence per comparison."""
     series, outcomes, lines = claim["series"], [], []
     for c in claim["comparisons"]:
-        who, d, se = compare(series[c["method"]], series[c["baseline"]], c.get("higher_is_better", True))
+        margin = c.get("margin", 0.0)
+        who, d, se = compare(series[c["method"]], series[c["baseline"]], c.get("higher_is_better", True), margin)
         outcomes.append(who)
-        word = {"method": "better than", "baseline": "worse than", "noise": "within noise of"}[who]
+        if margin:
+            word = {"method": f"no more than {margin:g} worse than", "baseline": f"more than {margin:g} worse than",
+                    "noise": f"within noise of {margin:g} worse than"}[who]
+        else:
+            word = {"method": "better than", "baseline": "worse than", "noise": "within noise of"}[who]
         lines.append(f"{c['method']} is {word} {c['baseline']} (difference {d:+.1f}, 2 se = {2 * se:.1f})")
     if outcomes and all(o == "method" for o in outcomes):
         return "supported", lines

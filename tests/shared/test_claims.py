@@ -31,6 +31,18 @@ def test_lower_is_better_flips_the_sign_and_every_comparison_must_favour_the_met
     assert aim_status({"values": [85, 95], "aim": 80}) == "aim >= 80: met"
 
 
+def test_a_margin_makes_the_comparison_a_non_inferiority_test():
+    base, close, far = [80, 80, 80], [78.5, 79, 79.5], [70, 71, 72]  # close: 1 point worse; far: 9 points worse
+    assert compare(close, base)[0] == "baseline"                  # plain test: any reliable loss counts against
+    assert compare(close, base, margin=3)[0] == "method"           # ... but it is within a 3-point margin
+    assert compare(far, base, margin=3)[0] == "baseline"
+    assert compare([76, 77, 78], base, margin=3)[0] == "noise"     # 3 worse +- noise: cannot tell
+    c = claim(close, base)
+    c["comparisons"][0]["margin"] = 3
+    v, lines = verdict(c)
+    assert v == "supported" and "no more than 3 worse than" in lines[0]
+
+
 def test_render_writes_the_table_the_plot_and_a_pointer_for_missing_studies(tmp_path):
     res = tmp_path / "projects" / "rams_trans" / "results"
     res.mkdir(parents=True)

@@ -149,6 +149,7 @@ class DiD(nn.Module):
         arch = {k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v is not None}
         self.backbone = ViTBackbone(backbone, pretrained=pretrained, img_size=img_size, patch_size=patch_size,
                                     pos_drop_rate=hidden_dropout, proj_drop_rate=hidden_dropout,
+                                    attn_proj_drop_rate=attn_dropout,  # ViT-pytorch: attention rate there
                                     attn_drop_rate=attn_dropout, drop_path_rate=drop_path_rate, **arch)
         if pretrained and reset_final_norm:
             # Official quirk (did.md 1): the final encoder LayerNorm is not loaded from the checkpoint.

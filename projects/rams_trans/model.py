@@ -113,11 +113,12 @@ class RAMSTrans(nn.Module):
         self.num_scales, self.etas = num_scales, etas
         self.patch_score, self.cls_layout, self.official_box_shift = patch_score, cls_layout, official_box_shift
         self.img_size = img_size
-        # ViT-pytorch's "hidden dropout" (embeddings + MLP/proj) = timm pos_drop + proj_drop.
+        # ViT-pytorch's "hidden dropout" (embeddings + MLP) = timm pos_drop + proj_drop; its attention output
+        # projection uses the attention dropout rate, as in the official code (rams_trans.md 1).
         self.vit = ViTBackbone(backbone, img_size=img_size, patch_size=patch_size, pretrained=pretrained,
                                drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
                                pos_drop_rate=hidden_dropout, proj_drop_rate=hidden_dropout,
-                               **(backbone_kwargs or {}))
+                               attn_proj_drop_rate=attn_drop_rate, **(backbone_kwargs or {}))
         m = self.vit.model
         if m.cls_token is None or m.reg_token is not None or m.no_embed_class:
             raise ValueError(f"RAMSTrans: backbone {backbone!r} must have one CLS token with a position slot")

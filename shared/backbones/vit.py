@@ -43,8 +43,12 @@ class ViTBackbone(nn.Module):
     def __init__(self, name: str = "vit_base_patch16_224", pretrained: Pretrained = False, img_size: int = 224,
                  patch_size: int | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, pos_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
-                 **timm_kwargs) -> None:
-        """``pos_drop_rate`` + ``proj_drop_rate`` = ViT-pytorch's "hidden dropout" (embeddings and MLP)."""
+                 attn_proj_drop_rate: float | None = None, **timm_kwargs) -> None:
+        """``pos_drop_rate`` + ``proj_drop_rate`` = ViT-pytorch's "hidden dropout" (embeddings and MLP).
+
+        timm applies ``proj_drop_rate`` after the attention output projection too; ViT-pytorch (the official
+        code of RAMS-Trans and DiD) uses its ``attention_dropout_rate`` there. ``attn_proj_drop_rate`` sets
+        that dropout on its own (None: timm's behaviour, ``proj_drop_rate``)."""
         super().__init__()
         kwargs = dict(pretrained=False, num_classes=0, img_size=img_size, drop_rate=drop_rate,
                       attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, pos_drop_rate=pos_drop_rate,
@@ -55,6 +59,9 @@ class ViTBackbone(nn.Module):
         if not isinstance(self.model, VisionTransformer):
             raise ValueError(f"ViTBackbone: {name!r} is a {type(self.model).__name__}, not a timm VisionTransformer")
         m = self.model
+        if attn_proj_drop_rate is not None:
+            for block in m.blocks:
+                block.attn.proj_drop = nn.Dropout(attn_proj_drop_rate)
         self.name = name
         self.embed_dim: int = m.embed_dim
         self.depth: int = len(m.blocks)

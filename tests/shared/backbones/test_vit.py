@@ -195,3 +195,38 @@ def test_google_npz_with_other_patch_size(tmp_path):
     bb = ViTBackbone(TINY, img_size=448, patch_size=32, pretrained=tmp_path / "ViT-Ti_16.npz")
     assert bb.model.patch_embed.proj.weight.shape[-2:] == (32, 32)
     torch.testing.assert_close(bb.model.pos_embed, src.pos_embed)
+
+
+def dropout_rates(vit: ViTBackbone) -> dict[str, set[float]]:
+    b = vit.model.blocks
+    return {"pos": {vit.model.pos_drop.p}, "attn_probs": {blk.attn.attn_drop.p for blk in b},
+            "attn_proj": {blk.attn.proj_drop.p for blk in b},
+            "mlp": {blk.mlp.drop1.p for blk in b} | {blk.mlp.drop2.p for blk in b}}
+
+
+def test_dropout_sits_where_vit_pytorch_puts_it_in_both_projects():
+    """ViT-pytorch: dropout_rate on the embeddings and in the MLP, attention_dropout_rate on the attention
+    probabilities AND after the attention output projection (timm alone would use proj_drop_rate there)."""
+    from projects.did.model import DiD
+    from projects.rams_trans.model import RAMSTrans
+
+    arch = dict(backbone="vit_tiny_patch16_224", img_size=32, patch_size=8)
+    did = DiD(num_classes=4, hidden_dropout=0.3, attn_dropout=0.05, top_n=2, depth=2, **arch).backbone
+    rams = RAMSTrans(num_classes=4, hidden_dropout=0.3, attn_drop_rate=0.05, backbone_kwargs={"depth": 2},
+                     **arch).vit
+    for vit in (did, rams):
+        assert dropout_rates(vit) == {"pos": {0.3}, "attn_probs": {0.05}, "attn_proj": {0.05}, "mlp": {0.3}}
+    timm_default = ViTBackbone("vit_tiny_patch16_224", img_size=32, patch_size=8, proj_drop_rate=0.3, depth=1)
+    assert dropout_rates(timm_default)["attn_proj"] == {0.3}
+
+
+def test_attention_output_is_deterministic_in_training_when_only_hidden_dropout_is_set():
+    """The capture path uses the block's own proj_drop: with attention dropout 0 the attention branch of a
+    training-mode block gives the same output twice even though the MLP drops units."""
+    torch.manual_seed(0)
+    vit = ViTBackbone("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, proj_drop_rate=0.5,
+                      attn_proj_drop_rate=0.0).train()
+    blk, x = vit.model.blocks[0], torch.randn(2, 17, vit.embed_dim)
+    attn = lambda: blk.attn(blk.norm1(x))
+    torch.testing.assert_close(attn(), attn())
+    assert not torch.allclose(blk.mlp(x), blk.mlp(x))

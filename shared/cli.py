@@ -16,7 +16,8 @@ What it adds to :class:`lightning.pytorch.cli.LightningCLI`:
   config is saved to the logger;
 * the default callbacks: :class:`RunCheckpoint` (``last``, the run's end state, plus the best on the
   module's ``monitor`` metric),
-  LearningRateMonitor, a progress bar, and :class:`RunSummary`.
+  LearningRateMonitor, a progress bar, :class:`RunSummary`, and ``shared.predict.PredictionWriter`` (``predict``
+  writes ``predictions.jsonl`` / ``.csv`` in the run folder; ``--write_overlays true`` draws the boxes).
 
 A LightningModule tells the launcher what to monitor with two class attributes::
 
@@ -40,6 +41,8 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
+
+from shared.predict import PredictionWriter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOGS_DIR = Path(os.environ.get("CV_PAPERS_LOGS", REPO_ROOT / "logs"))
@@ -200,6 +203,8 @@ class ProjectCLI(LightningCLI):
         parser.add_argument("--logger", type=Literal["wandb", "csv", "none"], default="wandb",
                             help="Default logger when trainer.logger is not set: wandb (offline unless logged "
                                  "in or WANDB_MODE is set), csv, or none.")
+        parser.add_argument("--write_overlays", type=bool, default=False,
+                            help="predict: also draw each image's boxes into <run folder>/overlays/.")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse; a bad key or value ends the run with one line naming it (no usage dump)."""
@@ -242,6 +247,7 @@ class ProjectCLI(LightningCLI):
                           save_last=True),
             TQDMProgressBar(refresh_rate=int(os.environ.get("PROGRESS_REFRESH", 10))),
             RunSummary(self.project, run_name, run_dir, getattr(self.model, "headline_metric", monitor)),
+            PredictionWriter(run_dir, bool(self._get(self.config, "write_overlays"))),
         ]
         if has_logger:
             callbacks.append(LearningRateMonitor(logging_interval="step"))

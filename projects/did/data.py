@@ -23,6 +23,7 @@ from torchvision import transforms as T
 
 from shared.data import IMAGENET_MEAN, IMAGENET_STD, SHAPES, load_rgb, read_lines, render_dataset, sample_scene
 from shared.data.images import require_dir, require_file
+from shared.predict import ImageFolderDataset, scan_image_folder
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -334,7 +335,8 @@ class DiDData(LightningDataModule):
                  scales: list[float] | None = None, max_distort: int = 2, hflip: bool = True,
                  toy_train: int = 2048, toy_val: int = 512, toy_seed: int = 0,
                  toy_object_frac: tuple[float, float] = (0.16, 0.26), nus_train_list: str | None = None,
-                 nus_val_list: str | None = None, nus_classes: str | None = None) -> None:
+                 nus_val_list: str | None = None, nus_classes: str | None = None, predict_dir: str | None = None,
+                 skip_bad_files: bool = False, predict_threshold: float = 0.5) -> None:
         super().__init__()
         if dataset not in DEFAULT_SPLITS:
             raise ValueError(f"data.dataset must be one of {tuple(DEFAULT_SPLITS)}, got {dataset!r}")
@@ -342,6 +344,7 @@ class DiDData(LightningDataModule):
         self.train_set: MultiLabelImages | None = None
         self.val_set: MultiLabelImages | None = None
         self.val_instance_boxes: tuple[torch.Tensor, torch.Tensor] | None = None  # toy: (boxes, classes)
+        self.predict_set: ImageFolderDataset | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -382,6 +385,13 @@ class DiDData(LightningDataModule):
             if ds is not None and ds.num_classes != self.hparams.num_classes:
                 raise ValueError(f"data.num_classes={self.hparams.num_classes} but {self.hparams.dataset} at "
                                  f"{self.hparams.root} has {ds.num_classes} classes")
+        if stage == "predict":  # the validation set above gave the class names (COCO categories, VOC names)
+            hp = self.hparams
+            if hp.predict_dir is None:
+                raise ValueError("predict reads a folder of images: pass --data.predict_dir <folder>")
+            norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+            self.predict_set = ImageFolderDataset(hp.predict_dir, scan_image_folder(hp.predict_dir, hp.skip_bad_files),
+                                                  T.Resize((hp.img_size, hp.img_size)), norm)  # the test geometry
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         hp = self.hparams
@@ -398,3 +408,6 @@ class DiDData(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, False)

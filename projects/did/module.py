@@ -15,7 +15,7 @@ from projects.did.viz import instance_panel
 from shared.attention import RegionMeasure
 from shared.metrics import multilabel_metrics
 from shared.panels import log_bar_chart, log_images
-from shared.schedules import warmup_cosine
+from shared.schedules import warmup_cosine_schedule
 
 
 class DiDModule(LightningModule):
@@ -90,9 +90,7 @@ class DiDModule(LightningModule):
         else:
             raise ValueError(f"model.optimizer must be 'sgd' or 'adamw', got {hp.optimizer!r}")
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, round(hp.warmup_frac * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return warmup_cosine_schedule(opt, self.trainer, max(1, round(hp.warmup_frac * total)))
 
     # ---------------------------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -134,9 +132,28 @@ class DiDModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        return self.model(x)["fused"].sigmoid()
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> list[dict]:
+        """One record per image (``data.predict_dir``): the labels whose fused score reaches
+        ``data.predict_threshold`` (all scores too), and the discovered instance box of each top-N class. (The
+        threshold lives in the data config: ``predict --ckpt_path`` restores every model.* value from the
+        checkpoint, over the command line.)"""
+        x, index = batch
+        out = self.model(x)
+        scores = out["fused"].sigmoid()
+        names = self._class_names()
+        threshold = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("predict_threshold", 0.5)
+        records = []
+        for n, i in enumerate(index.tolist()):
+            record = {"index": int(i), "labels": [{"class": names[c], "score": round(float(scores[n, c]), 4)}
+                                                  for c in scores[n].argsort(descending=True).tolist()
+                                                  if scores[n, c] >= threshold],
+                      "scores": {names[c]: round(float(v), 4) for c, v in enumerate(scores[n].tolist())}}
+            if out.get("boxes") is not None:
+                record["boxes"] = [{"box": out["boxes"][n, k].tolist(), "label": names[c],
+                                    "found": bool(out["found"][n, k])}
+                                   for k, c in enumerate(out["top_classes"][n].tolist())]
+            records.append(record)
+        return records
 
     # ------------------------------------------------------------------------------------------- panels
     def _class_names(self) -> list[str]:

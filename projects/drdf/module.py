@@ -217,10 +217,17 @@ class DRDFModule(LightningModule):
         log_table(self, "val/extreme_modality_samples",
                   ["kind", "id", "a_t", "label", "p_max", "pred", "decided_by", "text"], rows)
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """One record per meme of ``data.predict_split`` (a meme needs its text, so DRDF predicts from an unlabeled
+        split file, not from a folder of images): the hateful probability, the router's text / image importance
+        (a_t, a_v) and the weight of each expert; the launcher writes them to predictions.jsonl / .csv."""
         out = self(batch)
-        return {"id": batch["id"], "prob": torch.softmax(out["logits"].float(), -1), "a_t": out["modality"][:, 0],
-                "weights": out["weights"]}
+        prob = torch.softmax(out["logits"].float(), -1)
+        ids = batch["id"].tolist() if isinstance(batch["id"], torch.Tensor) else list(batch["id"])
+        return [{"id": ids[n], "hateful_prob": round(float(prob[n, 1]), 4),
+                 "a_t": round(float(out["modality"][n, 0]), 4), "a_v": round(float(out["modality"][n, 1]), 4),
+                 "expert_weights": [round(float(w), 4) for w in out["weights"][n].tolist()]}
+                for n in range(prob.shape[0])]
 
     # ---------------------------------------------------------------------------------------------- optimisation
     def _total_steps(self) -> int:

@@ -17,6 +17,7 @@ from torchvision import transforms as T
 
 from shared.data.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb, read_lines, require_dir, require_file
 from shared.data.toyworld import COLORS, SHAPES, ToyObject, make_object, make_part, render, sample_scene
+from shared.predict import ImageFolderDataset, scan_image_folder
 
 CUB_LAYOUT = ("CUB_200_2011/ with images.txt ('<id> <relpath>'), image_class_labels.txt ('<id> <class 1..C>'), "
               "train_test_split.txt ('<id> <1=train|0=test>') and images/<relpath>")
@@ -302,13 +303,16 @@ class FGVCDataModule(L.LightningDataModule):
                  num_classes: int = 8, resize: int = 72, crop: int = 64, autoaugment: bool = False,
                  batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
                  toy_num_train: int = 1200, toy_num_test: int = 400, toy_part_frac: float = 0.02,
-                 toy_clutter: int = 14, toy_seed: int = 0) -> None:
+                 toy_clutter: int = 14, toy_seed: int = 0, predict_dir: str | None = None,
+                 skip_bad_files: bool = False) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
         self.save_hyperparameters()
         self.train_set = self.test_set = None
         self.test_part_boxes: torch.Tensor | None = None  # toy only: [N, 4] ground truth of the DPPM panels
+        self.predict_set: ImageFolderDataset | None = None
+        self.class_names: list[str] = []
 
     def _write_toy(self) -> None:
         h = self.hparams
@@ -322,6 +326,10 @@ class FGVCDataModule(L.LightningDataModule):
         h = self.hparams
         if h.dataset == "toy" and not (Path(h.root) / "toy_args.json").is_file():
             self._write_toy()  # setup without prepare_data (e.g. direct use in a script)
+        self.class_names = read_class_names(Path(h.root), h.num_classes)
+        if stage == "predict":
+            self._setup_predict()
+            return
         cls = DATASETS[h.dataset]
         self.train_set = cls(h.root, "train", build_transforms(True, h.resize, h.crop, h.autoaugment))
         self.test_set = cls(h.root, "test", build_transforms(False, h.resize, h.crop))
@@ -346,3 +354,28 @@ class FGVCDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, False)
+
+    def _setup_predict(self) -> None:
+        h = self.hparams
+        if h.predict_dir is None:
+            raise ValueError("predict reads a folder of images: pass --data.predict_dir <folder>")
+        view = T.Compose([T.Resize((h.resize, h.resize), interpolation=T.InterpolationMode.BILINEAR),
+                          T.CenterCrop(h.crop)])                                   # the test geometry (spec 5)
+        to_input = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.predict_set = ImageFolderDataset(h.predict_dir, scan_image_folder(h.predict_dir, h.skip_bad_files),
+                                              view, to_input)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, False)
+
+
+def read_class_names(root: Path, num_classes: int) -> list[str]:
+    """Class names from the dataset's ``classes.txt`` (CUB layout ``1 001.Black_footed_Albatross``, the toy set
+    too); ``class_<i>`` when the dataset has no such file (Stanford Dogs, iNat: the folder names are the labels)."""
+    path = root / "classes.txt"
+    if not path.is_file():
+        return [f"class_{i}" for i in range(num_classes)]
+    names = [line.split(maxsplit=1)[-1].split(".", 1)[-1] for line in read_lines(path, "CUB classes.txt")]
+    if len(names) != num_classes:
+        raise ValueError(f"{path} lists {len(names)} classes but data.num_classes is {num_classes}")
+    return names

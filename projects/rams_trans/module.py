@@ -15,7 +15,7 @@ from torch import Tensor
 from projects.rams_trans.model import RAMSTrans
 from shared.metrics import topk_accuracy
 from shared.panels import denormalize, log_images
-from shared.schedules import warmup_cosine
+from shared.schedules import warmup_cosine_schedule
 
 Report = Literal["global", "local", "fused"]
 
@@ -41,7 +41,7 @@ class RAMSTransModule(L.LightningModule):
                  backbone_kwargs: dict | None = None, local_loss_weight: float = 1.0, report: Report = "local",
                  optimizer: Literal["sgd", "adamw"] = "sgd", lr: float = 0.03, momentum: float = 0.9,
                  weight_decay: float = 0.0, warmup_steps: int = 500,
-                 total_steps: int = 10000, num_panels: int = 4) -> None:
+                 total_steps: int | None = None, num_panels: int = 4) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"model.optimizer must be 'sgd' (paper) or 'adamw' (toy, from scratch), got {optimizer!r}")
@@ -98,6 +98,22 @@ class RAMSTransModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step("val", batch, batch_idx)
 
+    def predict_step(self, batch, batch_idx: int) -> list[dict]:
+        """One record per image (``data.predict_dir``): the top-5 classes of the ``report`` head with softmax
+        scores, and each DPPM box mapped into the input view (inclusive pixels)."""
+        x, index = batch
+        out = self.model(x)
+        probs = self.predictions(out)[self.hparams.report].softmax(-1)
+        scores, classes = probs.topk(min(5, probs.shape[-1]), dim=-1)
+        names = getattr(self.trainer.datamodule, "class_names", None) or [str(i) for i in range(probs.shape[-1])]
+        boxes = boxes_in_input_frame(out["boxes"], x.shape[-1])
+        return [{"index": int(i), "report": self.hparams.report,
+                 "top5": [{"class": names[c], "score": round(float(p), 4)}
+                          for c, p in zip(classes[n].tolist(), scores[n].tolist(), strict=True)],
+                 "boxes": [{"box": [round(v, 1) for v in b[n].tolist()], "label": f"DPPM {k + 1}->{k + 2}",
+                            "found": bool(out["found"][k][n])} for k, b in enumerate(boxes)]}
+                for n, i in enumerate(index.tolist())]
+
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step("test", batch, batch_idx)
 
@@ -122,8 +138,8 @@ class RAMSTransModule(L.LightningModule):
             opt = torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
         else:                      # toy only: a tiny ViT from scratch learns far faster with AdamW
             opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, h.total_steps, h.warmup_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # The cosine spans the Trainer's optimizer steps unless total_steps overrides it (spec 5: 10k steps).
+        return warmup_cosine_schedule(opt, self.trainer, h.warmup_steps, h.total_steps)
 
 
 CYAN, GREEN = (0, 230, 255), (0, 255, 0)  # panel colours: ground-truth part, DPPM box
@@ -171,3 +187,16 @@ def _with_box(img: np.ndarray, box: tuple[int, int, int, int] | None, rgb: tuple
     ImageDraw.Draw(pil).rectangle(box, outline=rgb, width=max(1, img.shape[0] // 64))
     return np.asarray(pil)
 
+
+def boxes_in_input_frame(boxes: list[Tensor], size: int) -> list[Tensor]:
+    """Each transition's box ``[B, 4]`` (inclusive pixels of the previous scale's ``size`` x ``size`` image) in the
+    input view's pixels: scale k's image is the crop of box k-1 resized to ``size``, so boxes compose."""
+    out, frame = [], None
+    for b in boxes:
+        b = b.double()
+        if frame is not None:  # frame: [B, 4] crop of the previous scale, inclusive input pixels
+            scale = torch.stack([frame[:, 2] - frame[:, 0] + 1, frame[:, 3] - frame[:, 1] + 1], 1) / size
+            b = torch.cat([frame[:, :2] + b[:, :2] * scale, frame[:, :2] + (b[:, 2:] + 1) * scale - 1], 1)
+        out.append(b)
+        frame = b
+    return out

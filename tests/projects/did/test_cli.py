@@ -57,3 +57,27 @@ def test_two_process_ddp_metrics_equal_one_process(toy_root: Path) -> None:
     one_m, two_m = summary(toy_root, "one")["metrics"], summary(toy_root, "two")["metrics"]
     for key in ("val/global/mAP", "val/local/mAP", "val/fused/mAP", "val/fused/OF1", "val/fused/CP_top3"):
         assert two_m[key] == pytest.approx(one_m[key], abs=1e-3), key
+
+
+def test_predict_on_a_folder_writes_labels_and_instance_boxes(toy_root: Path) -> None:
+    import shutil
+
+    run_did(toy_root, "fit", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--run_name", "pred")
+    folder = toy_root / "photos"
+    folder.mkdir(exist_ok=True)
+    for k, src in enumerate(sorted((toy_root / "toy" / "val2014").glob("*.png"))[:2]):
+        shutil.copy(src, folder / f"p{k}.png")
+    run_did(toy_root, "predict", "--run_name", "pred", "--ckpt_path",
+            str(toy_root / "logs/did/pred/checkpoints/last.ckpt"), "--data.predict_dir", str(folder),
+            "--data.predict_threshold", "0.0", "--write_overlays", "true")
+    run = toy_root / "logs" / "did" / "pred"
+    records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    cats = json.loads((toy_root / "toy/annotations/instances_val2014.json").read_text())["categories"]
+    names = {c["name"] for c in cats}
+    assert [r["file"] for r in records] == ["p0.png", "p1.png"]
+    for r in records:
+        assert set(r["scores"]) == names and len(r["labels"]) == len(names)          # threshold 0: every label
+        assert [x["score"] for x in r["labels"]] == sorted((x["score"] for x in r["labels"]), reverse=True)
+        assert len(r["boxes"]) == 4 and all(b["label"] in names for b in r["boxes"])  # top_n = 4 instances
+        assert all(0 <= v <= 63 for b in r["boxes"] for v in b["box"])
+    assert sorted(p.name for p in (run / "overlays").iterdir()) == ["p0.png", "p1.png"]

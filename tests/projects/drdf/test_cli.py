@@ -47,6 +47,14 @@ def test_fit_then_predict_unlabeled_split(tmp_path: Path, toy_dir: Path) -> None
     panels = {p.name.split("_step")[0] for p in (run / "panels").iterdir()}
     assert {"val_a_t_hist", "val_expert_weights_per_class", "val_extreme_modality_samples"} <= panels
     drdf(tmp_path, "predict", *cfg, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    import json
+
+    records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert records and len({r["id"] for r in records}) == len(records)
+    for r in records:
+        assert 0 <= r["hateful_prob"] <= 1 and abs(r["a_t"] + r["a_v"] - 1) < 1e-3
+        assert len(r["expert_weights"]) >= 2 and abs(sum(r["expert_weights"]) - 1) < 1e-2
+    assert (run / "predictions.csv").read_text().startswith("id,hateful_prob,a_t,a_v,expert_weights")
 
 
 def test_two_process_cpu_ddp_fast_dev_run(tmp_path: Path, toy_dir: Path) -> None:

@@ -50,3 +50,35 @@ def test_two_process_cpu_ddp_fast_dev_run(tmp_path: Path) -> None:
                    "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
                    "--data.root", str(tmp_path / "toy"), *SMALL)
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
+
+
+def test_predict_on_a_folder_writes_top5_boxes_and_overlays(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    run_cli(tmp_path, "fit", "--config", str(TOY), "--logger", "none", "--trainer.max_steps", "1",
+            "--data.root", str(tmp_path / "toy"), "--run_name", "tiny", *SMALL)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, src in enumerate(sorted((tmp_path / "toy" / "images").rglob("*.png"))[:3]):
+        shutil.copy(src, folder / f"img{k}.png")
+    (folder / "readme.txt").write_text("not an image")
+    args = ["predict", "--config", str(TOY), "--logger", "none", "--data.root", str(tmp_path / "toy"),
+            "--run_name", "tiny", "--ckpt_path", str(tmp_path / "logs/rams_trans/tiny/checkpoints/last.ckpt"),
+            "--data.predict_dir", str(folder), *SMALL]
+    with pytest.raises(AssertionError, match="readme.txt"):   # a bad file stops the run, named
+        run_cli(tmp_path, *args)
+    run_cli(tmp_path, *args, "--data.skip_bad_files", "true", "--write_overlays", "true")
+    run = tmp_path / "logs" / "rams_trans" / "tiny"
+    records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    names = [line.split(maxsplit=1)[1].split(".", 1)[1] for line in (tmp_path / "toy/classes.txt").read_text()
+             .splitlines()]
+    assert [r["file"] for r in records] == ["img0.png", "img1.png", "img2.png"]
+    for r in records:
+        assert len(r["top5"]) == 5 and {t["class"] for t in r["top5"]} <= set(names)
+        assert abs(sum(t["score"] for t in r["top5"]) - 1) < 0.5 and r["top5"][0]["score"] >= r["top5"][-1]["score"]
+        (box,) = r["boxes"]
+        x0, y0, x1, y1 = box["box"]
+        assert 0 <= x0 <= x1 <= 63 and 0 <= y0 <= y1 <= 63
+    assert (run / "predictions.csv").read_text().splitlines()[0].startswith("file,index,report,top5,boxes")
+    assert sorted(p.name for p in (run / "overlays").iterdir()) == ["img0.png", "img1.png", "img2.png"]

@@ -1,0 +1,148 @@
+"""``predict`` on a folder of images: reading the folder, the output files and the box overlays.
+
+``python -m projects.<name> predict --config ... --ckpt_path ... --data.predict_dir <folder> [--write_overlays true]``
+
+A project's DataModule builds an :class:`ImageFolderDataset` from ``data.predict_dir`` (with
+:func:`scan_image_folder`: unreadable files are named, and skipped only with ``data.skip_bad_files``), and its
+``predict_step`` returns one record (a dict) per image, with the dataset ``index``; :class:`PredictionWriter`
+(a default callback of the shared launcher) adds the file name and writes ``predictions.jsonl`` and
+``predictions.csv`` in the run folder. A record's ``boxes`` (``[{"box": [x0, y0, x1, y1], "label": ...}]``,
+inclusive pixels of the model's input view) are drawn into ``overlays/`` with ``--write_overlays true``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+from shared.data.images import load_rgb, require_dir
+
+logger = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+BOX_COLOURS = ("red", "cyan", "yellow", "lime", "magenta", "orange")
+
+
+def scan_image_folder(folder: str | Path, skip_bad_files: bool = False) -> list[Path]:
+    """The image files under ``folder`` (recursively, sorted; hidden files ignored). A file that is not an image
+    is an error naming it, unless ``skip_bad_files`` (then a warning names it)."""
+    root = require_dir(folder, "a folder of image files", what="data.predict_dir")
+    good, bad = [], []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            bad.append((path, f"not an image suffix {'/'.join(IMAGE_SUFFIXES)}"))
+            continue
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as err:  # PIL raises many types for a broken file
+            bad.append((path, f"{type(err).__name__}: {err}"))
+            continue
+        good.append(path)
+    if bad:
+        names = "; ".join(f"{p.relative_to(root)} ({why})" for p, why in bad[:10])
+        more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+        if not skip_bad_files:
+            raise ValueError(f"data.predict_dir {root}: {len(bad)} file(s) are not readable images: {names}{more}. "
+                             "Remove them, or pass --data.skip_bad_files true to skip them")
+        logger.warning("data.predict_dir %s: skipping %d file(s) that are not readable images: %s%s", root,
+                       len(bad), names, more)
+    if not good:
+        raise ValueError(f"data.predict_dir {root} holds no readable image ({'/'.join(IMAGE_SUFFIXES)})")
+    return good
+
+
+class ImageFolderDataset(Dataset):
+    """``(input tensor, index)`` per image: ``view`` (PIL -> PIL, the geometry the model sees, e.g. resize + crop)
+    then ``to_input`` (PIL -> normalised tensor)."""
+
+    def __init__(self, root: str | Path, files: list[Path], view: Callable, to_input: Callable) -> None:
+        self.root, self.files, self._view, self.to_input = Path(root), files, view, to_input
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, i: int) -> str:
+        return str(self.files[i].relative_to(self.root))
+
+    def view(self, i: int) -> Image.Image:
+        return self._view(load_rgb(self.files[i]))
+
+    def __getitem__(self, i: int):
+        return self.to_input(self.view(i)), i
+
+
+def draw_boxes(image: Image.Image, boxes: list[dict]) -> Image.Image:
+    """``image`` with each ``{"box": [x0, y0, x1, y1] inclusive, "label": str}`` drawn and labelled."""
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    for k, b in enumerate(boxes):
+        colour = BOX_COLOURS[k % len(BOX_COLOURS)]
+        x0, y0, x1, y1 = (int(v) for v in b["box"])
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, min(out.size) // 100))
+        if b.get("label"):
+            draw.text((x0 + 2, y0 + 1), str(b["label"]), fill=colour)
+    return out
+
+
+def _cell(value) -> str | float | int:
+    return value if isinstance(value, str | int | float) or value is None else json.dumps(value)
+
+
+class PredictionWriter(Callback):
+    """Collects the records ``predict_step`` returns (lists of dicts) and writes them in the run folder.
+
+    Several processes: each writes ``predictions.rank<r>.jsonl`` (no gather, no padding duplicates lost or
+    added); one process: ``predictions.jsonl`` + ``predictions.csv``. Steps that return tensors are left alone.
+    """
+
+    def __init__(self, run_dir: str | Path, write_overlays: bool = False) -> None:
+        self.run_dir, self.write_overlays = Path(run_dir), write_overlays
+        self.records: list[dict] = []
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.records = []
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int,
+                             dataloader_idx: int = 0) -> None:
+        if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict):
+            loaders = trainer.predict_dataloaders
+            loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
+            dataset = getattr(loader, "dataset", None)
+            for record in outputs:
+                if isinstance(dataset, ImageFolderDataset) and "index" in record:
+                    record = {"file": dataset.name(record["index"]), **record}
+                    if self.write_overlays and record.get("boxes"):
+                        self._overlay(dataset, record)
+                self.records.append(record)
+
+    def _overlay(self, dataset: ImageFolderDataset, record: dict) -> None:
+        out = self.run_dir / "overlays" / Path(record["file"]).with_suffix(".png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        draw_boxes(dataset.view(record["index"]), record["boxes"]).save(out)
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.records:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        many = trainer.world_size > 1
+        stem = f"predictions.rank{trainer.global_rank}" if many else "predictions"
+        with (self.run_dir / f"{stem}.jsonl").open("w") as f:
+            for r in self.records:
+                f.write(json.dumps(r) + "\n")
+        if not many:
+            columns = list(dict.fromkeys(k for r in self.records for k in r))
+            with (self.run_dir / "predictions.csv").open("w", newline="") as f:
+                w = csv.DictWriter(f, columns)
+                w.writeheader()
+                w.writerows({k: _cell(r.get(k)) for k in columns} for r in self.records)
+        print(f"wrote {len(self.records)} predictions to {self.run_dir / (stem + '.jsonl')}"
+              + ("" if many else " and predictions.csv")
+              + (f", overlays in {self.run_dir / 'overlays'}" if self.write_overlays else ""), flush=True)

@@ -17,7 +17,8 @@ Verdict, per comparison: the mean difference ``d`` (signed so that positive favo
 its standard error ``se = sqrt(s_m^2 / n_m + s_b^2 / n_b)``: ``d > 2 se`` favours the method, ``d < -2 se``
 favours the baseline, anything else is within seed noise. A comparison with a ``margin`` is a non-inferiority
 test ("the method is no more than ``margin`` worse", e.g. SPM's non-target accuracy): ``d + margin`` takes the
-place of ``d``. A claim is **supported** when every comparison favours the method, **not supported** when any
+place of ``d``; a negative margin asks for a gain of at least ``-margin`` (e.g. "the circle rate is at least
+halved"). A claim is **supported** when every comparison favours the method, **not supported** when any
 favours the baseline, **inconclusive** otherwise.
 """
 
@@ -65,9 +66,12 @@ def verdict(claim: dict) -> tuple[str, list[str]]:
         margin = c.get("margin", 0.0)
         who, d, se = compare(series[c["method"]], series[c["baseline"]], c.get("higher_is_better", True), margin)
         outcomes.append(who)
-        if margin:
+        if margin > 0:
             word = {"method": f"no more than {margin:g} worse than", "baseline": f"more than {margin:g} worse than",
                     "noise": f"within noise of {margin:g} worse than"}[who]
+        elif margin < 0:
+            word = {"method": f"better by more than {-margin:g} than", "baseline": f"not better by {-margin:g} than",
+                    "noise": f"within noise of better by {-margin:g} than"}[who]
         else:
             word = {"method": "better than", "baseline": "worse than", "noise": "within noise of"}[who]
         lines.append(f"{c['method']} is {word} {c['baseline']} (difference {d:+.1f}, 2 se = {2 * se:.1f})")

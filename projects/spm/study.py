@@ -4,6 +4,7 @@
     python -m projects.spm.study compose     # 1, 2, 3 SPMs at once; FT on/off; linear vs official composition
     python -m projects.spm.study transfer    # the SPMs on a "derived" toy model (hue-shifted fine-tune), no retraining
     python -m projects.spm.study capacity    # diagnostic: a full-batch fit on fixed x_t, can rank 1 erase at all?
+    python -m projects.spm.study phrases     # lambda 1000 x 3 seeds + a lambda sweep: results/study.json (make claims)
 
 Training runs are the normal CLI on ``configs/toy.yaml``; generation and judging are ``python -m projects.spm
 generate`` / ``evaluate`` (toy classifier, FID on its features). Everything lands in ``logs/spm/study/``, and each
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -78,11 +80,12 @@ def judge(images: Path, reference: Path, concepts: list[str]) -> dict:
             "nontarget_fid": m.get("fid/reference/nontarget"), "all_fid": m["fid/reference/all"]}
 
 
-def write(step: str, rows: list[dict], header: str, lines: list[str]) -> None:
+def write(step: str, rows: list[dict], header: str, lines: list[str]) -> str:
     text = "\n".join([header, "|" + "---|" * (header.count("|") - 1), *lines])
     print(text)
     STUDY.mkdir(parents=True, exist_ok=True)
     (STUDY / f"{step}.json").write_text(json.dumps({"rows": rows, "table": text}, indent=1))
+    return text
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -269,11 +272,111 @@ def capacity(strength: float = 3.0, iterations: int = 120, bank: int = 64, lr: f
     write("capacity", rows, "| membrane | " + " | ".join(prompts) + " |", lines)
 
 
+# Part 3 (issue 14, point 5): Latent Anchoring with the paper's lambda on the toy model whose frozen text encoder was
+# pretrained on compositional captions. Judged on bare "circle", the 6 "a <colour> circle" phrases and the 30
+# non-target phrases, 20 images each (10 for the sweep's other points; same noise before and after: paired).
+PHRASES = [toy_caption("circle", c) for c in TOY_COLORS]
+PHRASE_EVAL = ("--model.eval_target_prompts", json.dumps(["circle", *PHRASES]),
+               "--model.eval_other_prompts", json.dumps([p for p in PROMPTS if "circle" not in p]),
+               "--model.eval_images_per_prompt", "20")
+PAPER_LAMBDA, CLAIM_SEEDS, SWEEP = 1000.0, (0, 1, 2), (0.0, 1.0, 10.0, 100.0, 1000.0)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def phrase_run(strength: float, seed: int, images_per_prompt: int = 20) -> dict:
+    """One PAPER_TOY run at lambda ``strength`` (0: no anchoring), rates in %: bare word, phrases, non-target."""
+    mode = "paper" if strength else "none"
+    overrides = PAPER_TOY + PHRASE_EVAL + ("--model.anchor_strength", f"{strength:g}", "--seed_everything", str(seed),
+                                           "--model.eval_images_per_prompt", str(images_per_prompt))
+    m = train_spm("circle", mode, f"phrase_l{strength:g}_s{seed}", overrides)["metrics"]
+    row = {"lambda": strength, "seed": seed}
+    for suffix in ("_before", ""):
+        row[f"bare{suffix}"] = 100 * m[f"val/target_rate{suffix}/circle"]
+        row[f"phrase{suffix}"] = 100 * sum(m[f"val/target_rate{suffix}/{p}"] for p in PHRASES) / len(PHRASES)
+        row[f"nontarget{suffix}"] = 100 * m[f"val/nontarget_acc{suffix}"]
+    return row
+
+
+def plot_sweep(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seed0 = sorted((r for r in rows if r["seed"] == 0), key=lambda r: r["lambda"])
+    x = [max(r["lambda"], 0.1) for r in seed0]  # lambda 0 (no anchoring) drawn at 0.1 on the log axis
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for key, label, colour in (("phrase", '"a <colour> circle" judged circle', "C0"),
+                               ("bare", 'bare "circle" judged circle', "C1"),
+                               ("nontarget", "non-target phrases, both right", "C2")):
+        ax.plot(x, [r[key] for r in seed0], "o-", color=colour, label=label)
+        ax.axhline(seed0[0][f"{key}_before"], color=colour, ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xticks(x, ["0 (none)" if r["lambda"] == 0 else f"{r['lambda']:g}" for r in seed0])
+    ax.set_xlabel("anchor strength lambda (paper: 1000)")
+    ax.set_ylabel("% of images (dotted: base model)")
+    ax.set_title("SPM on the phrase toy model: erasing \"circle\", seed 0", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def phrases() -> None:
+    """Part 3: the paper's lambda over 3 seeds (the claim of ``make claims``) and a lambda sweep on seed 0."""
+    rows = [phrase_run(PAPER_LAMBDA, s) for s in CLAIM_SEEDS]
+    # The sweep's other points judge 10 images per prompt (CPU time: a 20-image validation takes about 7 minutes).
+    rows += [phrase_run(lam, 0, images_per_prompt=10) for lam in SWEEP if lam != PAPER_LAMBDA]
+    paper = [r for r in rows if r["lambda"] == PAPER_LAMBDA]
+    lines = [f"| {r['lambda']:g} | {r['seed']} | {fmt(r['bare_before'], 1)} | {fmt(r['bare'], 1)} | "
+             f"{fmt(r['phrase_before'], 1)} | {fmt(r['phrase'], 1)} | {fmt(r['nontarget_before'], 1)} | "
+             f"{fmt(r['nontarget'], 1)} |" for r in sorted(rows, key=lambda r: (r["lambda"], r["seed"]))]
+    header = ("| lambda | seed | bare \"circle\" % before | after | \"a <colour> circle\" % before | after | "
+              "non-target acc % before | after |")
+    table = write("phrases", rows, header, lines)
+    RESULTS.mkdir(exist_ok=True)
+    plot_sweep(rows, RESULTS / "lambda_sweep.png")
+    claim = {
+        "paper": "SPM (arXiv 2312.16145)",
+        "statement": "A rank-1 membrane trained with Latent Anchoring (lambda 1000) erases a concept, inside "
+                     "phrases too, while generations of other concepts stay as they were.",
+        "unit": "% of images",
+        "series": {"circle phrases, base model": [r["phrase_before"] for r in paper],
+                   "circle phrases, SPM": [r["phrase"] for r in paper],
+                   "bare circle, base model": [r["bare_before"] for r in paper],
+                   "bare circle, SPM": [r["bare"] for r in paper],
+                   "non-target acc, base model": [r["nontarget_before"] for r in paper],
+                   "non-target acc, SPM": [r["nontarget"] for r in paper]},
+        # The issue's aim as tests: the phrase rate at least halved (a gain of half the base rate), the bare word
+        # erased too, non-target accuracy within 3 points of the base model.
+        "comparisons": [
+            {"method": "circle phrases, SPM", "baseline": "circle phrases, base model", "higher_is_better": False,
+             "margin": -statistics.mean(r["phrase_before"] for r in paper) / 2},
+            {"method": "bare circle, SPM", "baseline": "bare circle, base model", "higher_is_better": False},
+            {"method": "non-target acc, SPM", "baseline": "non-target acc, base model", "margin": 3.0}],
+        "mechanism": {"circle phrase rate after / before": {
+            "values": [100 * r["phrase"] / max(r["phrase_before"], 1e-9) for r in paper], "unit": "%", "aim": 50,
+            "higher_is_better": False}},
+        "note": "Toy base model: a frozen text encoder pretrained on compositional captions (projects/spm/toy_text.py),"
+                " then the UNet. Recipe: study.PAPER_TOY (lambda 1000, alpha 1, 300 iterations at lr 1e-3); the "
+                "base-model rows are the same images for every seed (paired). Lambda sweep on seed 0 "
+                "(projects/spm/results/lambda_sweep.png), bare word / phrases / non-target %: "
+                + "; ".join(f"lambda {r['lambda']:g}: {r['bare']:.0f} / {r['phrase']:.1f} / {r['nontarget']:.1f}"
+                            for r in sorted(rows, key=lambda r: r["lambda"]) if r["seed"] == 0)
+                + f". Largest phrase-rate drop of any run: "
+                  f"{max(r['phrase_before'] - r['phrase'] for r in rows):.1f} points.",
+    }
+    (RESULTS / "study.json").write_text(json.dumps({"command": "python -m projects.spm.study phrases", "rows": rows,
+                                                    "table": table, "claim": claim},
+                                                   indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=("anchoring", "compose", "transfer", "capacity"))
+    p.add_argument("step", choices=("anchoring", "compose", "transfer", "capacity", "phrases"))
     args = p.parse_args()
-    {"anchoring": anchoring, "compose": compose, "transfer": transfer, "capacity": capacity}[args.step]()
+    {"anchoring": anchoring, "compose": compose, "transfer": transfer, "capacity": capacity,
+     "phrases": phrases}[args.step]()
 
 
 if __name__ == "__main__":

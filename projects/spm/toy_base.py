@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from projects.spm.data import TOY_COLORS, TOY_SHAPES, TOY_SIZE, render_toy_scenes, toy_caption
+from projects.spm.data import TOY_COLORS, TOY_SHAPES, TOY_SIZE, grammar_vocabulary, render_toy_scenes, toy_caption
 from projects.spm.model import TOY_UNET_CONFIG
+from projects.spm.toy_text import phrase_cosines, pretrain_text_encoder
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = Path(__file__).resolve().parent / "toy_model"
 DEFAULT_STEPS = 1600
 DEFAULT_BATCH = 64
-TEXT_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+# 4 blocks, 4 heads (the first toy encoder had 2 and 2 and trained jointly with the UNet; see toy_text.py).
+TEXT_CONFIG = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
                    max_position_embeddings=16, projection_dim=64)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                  clip_sample=True, set_alpha_to_one=False, steps_offset=0, prediction_type="epsilon")
@@ -66,7 +68,7 @@ def load_classifier(path: str | Path) -> ToyClassifier:
 def build_tokenizer(out_dir: Path | None):
     from shared.backbones.text import build_clip_tokenizer
 
-    captions = [toy_caption(s, c) for s in TOY_SHAPES for c in TOY_COLORS] + ["an object", "a shape"]
+    captions = grammar_vocabulary() + ["an object", "a shape"]
     tok = build_clip_tokenizer(captions * 4, None, vocab_size=400)
     tok.model_max_length = TEXT_CONFIG["max_position_embeddings"]
     if out_dir is not None:
@@ -113,10 +115,13 @@ def hue_rotation(degrees: float) -> torch.Tensor:
 
 def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH, lr: float = 2e-3,
                seed: int = 0, cfg_dropout: float = 0.1, ema_decay: float = 0.995, snapshot_every: int = 250,
-               partial_captions: float = 0.3, init_from: Path | None = None, hue_shift: float = 0.0) -> dict:
+               partial_captions: float = 0.3, init_from: Path | None = None, hue_shift: float = 0.0,
+               text_steps: int = 1500) -> dict:
     """Train the tiny pixel-space text-to-image model and save it (an EMA of its weights) in the diffusers folder
     layout; every ``snapshot_every`` steps the EMA so far is written too, so a run can be judged while it trains.
 
+    From scratch, the text encoder is pretrained first on the caption grammar (``text_steps``, toy_text.py) and
+    stays frozen while the UNet learns, as SD v1's CLIP did; the images' captions come from the same grammar.
     ``init_from`` fine-tunes an existing toy model folder instead of starting from random weights, and ``hue_shift``
     rotates the training images' hues (degrees): together they make the "derived" model of the transfer experiment
     (like a community checkpoint fine-tuned from SD v1.4, UNet and text encoder both change)."""
@@ -126,6 +131,7 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFA
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
+    text_info = None
     if init_from is not None:
         tokenizer = AutoTokenizer.from_pretrained(init_from / "tokenizer", local_files_only=True)
         tokenizer.save_pretrained(out_dir / "tokenizer")
@@ -136,9 +142,15 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFA
         text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                                     bos_token_id=tokenizer.bos_token_id,
                                                     eos_token_id=tokenizer.eos_token_id, **TEXT_CONFIG))
+        text_info = pretrain_text_encoder(text_encoder, tokenizer, steps=text_steps, seed=seed,
+                                          log=logger.warning)
+        text_info["cosine_with_bare_circle"] = phrase_cosines(text_encoder, tokenizer)
+        text_encoder.requires_grad_(False).eval()
+        torch.manual_seed(seed)
         unet = UNet2DConditionModel(**TOY_UNET_CONFIG)
+    joint = init_from is not None  # fine-tuning a derived model moves both; from scratch the encoder is frozen
     scheduler = DDIMScheduler(**SCHEDULER)
-    data = render_toy_scenes(20000, seed=seed, partial_captions=partial_captions)
+    data = render_toy_scenes(20000, seed=seed, partial_captions=partial_captions, grammar=True)
     images = data["images"].float() / 127.5 - 1
     if hue_shift:
         images = torch.einsum("ij,njhw->nihw", hue_rotation(hue_shift), images).clamp(-1, 1)
@@ -146,12 +158,12 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFA
                     truncation=True, return_tensors="pt").input_ids
     empty_ids, ids = ids[-1], ids[:-1]
     acp = scheduler.alphas_cumprod
-    # The text encoder trains jointly with the UNet (the toy has no pretrained CLIP); frozen afterwards.
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if joint else [])
     opt = torch.optim.AdamW(params, lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
     ema = copy.deepcopy(nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})).requires_grad_(False)
-    live = list(unet.parameters()) + list(text_encoder.parameters())
+    live = list(unet.parameters()) + (list(text_encoder.parameters()) if joint else [])
+    ema_live = list(ema["unet"].parameters()) + (list(ema["text_encoder"].parameters()) if joint else [])
 
     def save(models: nn.ModuleDict) -> None:
         models["unet"].save_pretrained(out_dir / "unet")
@@ -165,7 +177,8 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFA
         tok = ids[idx].clone()
         drop = torch.rand(batch_size) < cfg_dropout
         tok[drop] = empty_ids
-        cond = text_encoder(tok)[0]
+        with torch.set_grad_enabled(joint):
+            cond = text_encoder(tok)[0]
         t = torch.randint(0, 1000, (batch_size,))
         noise = torch.randn_like(x0)
         a = acp[t].view(-1, 1, 1, 1)
@@ -177,7 +190,7 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFA
         opt.step()
         sched.step()
         with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), live, 1 - ema_decay)
+            torch._foreach_lerp_(ema_live, live, 1 - ema_decay)
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             logger.warning("toy base step %d/%d loss %.4f (%.0fs)", step, steps,
@@ -186,7 +199,8 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFA
             save(ema)
     save(ema)
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "hue_shift": hue_shift,
-            "init_from": None if init_from is None else str(init_from),
+            "init_from": None if init_from is None else str(init_from), "text_encoder": text_info,
+            "captions": f"data.grammar_caption, partial share {partial_captions:g}",
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "train_s": round(time.perf_counter() - start, 1),
             "threads": torch.get_num_threads()}
 
@@ -230,16 +244,24 @@ def write_random_base(out_dir: str | Path, unet_config: dict | None = None, seed
 
 
 def build_toy_base(out_dir: str | Path = DEFAULT_DIR, steps: int = DEFAULT_STEPS, seed: int = 0,
-                   batch_size: int = DEFAULT_BATCH) -> Path:
+                   batch_size: int = DEFAULT_BATCH, classifier: str | Path | None = None) -> Path:
+    """Train the judge (or copy ``classifier``, an existing judge, so numbers stay comparable), then the model."""
+    import shutil
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classifier_acc = train_classifier(out_dir / "classifier.safetensors")  # first: snapshots can be judged
+    if classifier is None:
+        classifier_acc = train_classifier(out_dir / "classifier.safetensors")  # first: snapshots can be judged
+    else:
+        if Path(classifier).resolve() != (out_dir / "classifier.safetensors").resolve():
+            shutil.copy(classifier, out_dir / "classifier.safetensors")
+        classifier_acc = f"copied from {classifier}"
     info = train_base(out_dir, steps=steps, seed=seed, batch_size=batch_size)
     info["classifier_acc"] = classifier_acc
     info["generated"] = judge_base(out_dir)
     info.update(shapes=TOY_SHAPES, colors=TOY_COLORS, size=TOY_SIZE, seed=seed,
                 command=f"python -m projects.spm.toy_base --out {out_dir} --steps {steps} --seed {seed} "
-                        f"--batch-size {batch_size}")
+                        f"--batch-size {batch_size}" + (f" --classifier {classifier}" if classifier else ""))
     (out_dir / "toy_base.json").write_text(json.dumps(info, indent=2))
     logger.warning("toy base model written to %s: %s", out_dir, info)
     return out_dir
@@ -279,6 +301,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--judge", action="store_true", help="only judge an existing --out folder's generations")
+    parser.add_argument("--classifier", help="copy this existing toy judge instead of training a new one")
     parser.add_argument("--derive-from", help="fine-tune this toy model folder on hue-shifted renders instead")
     parser.add_argument("--hue-shift", type=float, default=30.0, help="degrees, with --derive-from")
     args = parser.parse_args()
@@ -288,7 +311,7 @@ def main() -> None:
     elif args.derive_from:
         derive_toy_model(args.derive_from, args.out, args.steps, args.hue_shift, seed=args.seed)
     else:
-        build_toy_base(args.out, args.steps, args.seed, args.batch_size)
+        build_toy_base(args.out, args.steps, args.seed, args.batch_size, args.classifier)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,11 @@ def test_a_margin_makes_the_comparison_a_non_inferiority_test():
     c["comparisons"][0]["margin"] = 3
     v, lines = verdict(c)
     assert v == "supported" and "no more than 3 worse than" in lines[0]
+    # a negative margin demands a gain: halving a rate of 100 needs a drop of more than 50
+    halved, unchanged = [30, 32, 34], [100, 100, 100]
+    assert compare(halved, unchanged, higher_is_better=False, margin=-50)[0] == "method"
+    assert compare([60, 62, 64], unchanged, higher_is_better=False, margin=-50)[0] == "baseline"
+    assert compare(unchanged, unchanged, higher_is_better=False, margin=-50)[0] == "baseline"
 
 
 def test_render_writes_the_table_the_plot_and_a_pointer_for_missing_studies(tmp_path):

@@ -65,6 +65,17 @@ def read_hm_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
+def meme_list(folder: str | Path) -> str:
+    """``predict`` on a folder of memes: the folder holds their images and ONE ``.jsonl`` naming them (Hateful
+    Memes lines ``{"id", "img", "text"}``, ``img`` relative to the folder: a meme needs its text). Returns its stem."""
+    root = require_dir(folder, HM_LAYOUT, "data.predict_dir")
+    lists = sorted(root.glob("*.jsonl"))
+    if len(lists) != 1:
+        raise ValueError(f"data.predict_dir {root}: expected exactly one .jsonl of memes (one {{\"id\", \"img\", "
+                         f"\"text\"}} per line, img relative to the folder), found {[p.name for p in lists] or 'none'}")
+    return lists[0].stem
+
+
 class HatefulMemesDataset(Dataset):
     """One split of Hateful Memes: items ``{id, image [3,H,W], text, label (-1 if unlabeled), decided_by, aspect}``
     (the last two only in the toy set, -1 otherwise).
@@ -343,7 +354,7 @@ class DRDFDataModule(LightningDataModule):
                  eval_batch_size: int | None = None, num_workers: int = 0, image_size: int = 224,
                  max_length: int = 128, train_split: str = "train", val_split: str = "dev_seen",
                  test_split: str = "test_seen", predict_split: str = "test_unseen", augment: bool = True,
-                 toy_sizes: dict[str, int] | None = None, toy_seed: int = 0) -> None:
+                 toy_sizes: dict[str, int] | None = None, toy_seed: int = 0, predict_dir: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer = None
@@ -388,7 +399,10 @@ class DRDFDataModule(LightningDataModule):
         if stage in self.splits:
             return self.splits[stage]
         train = stage == "train"
-        if self.multimodal:
+        if self.multimodal and stage == "predict" and h.predict_dir is not None:
+            ds = HatefulMemesDataset(h.predict_dir, meme_list(h.predict_dir), self._transforms(False),
+                                     require_label=False)
+        elif self.multimodal:
             name = {"train": h.train_split, "val": h.val_split, "test": h.test_split, "predict": h.predict_split}
             ds = HatefulMemesDataset(h.data_dir, name[stage], self._transforms(train),
                                      require_label=stage != "predict")

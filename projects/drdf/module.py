@@ -218,9 +218,9 @@ class DRDFModule(LightningModule):
                   ["kind", "id", "a_t", "label", "p_max", "pred", "decided_by", "text"], rows)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        """One record per meme of ``data.predict_split`` (a meme needs its text, so DRDF predicts from an unlabeled
-        split file, not from a folder of images): the hateful probability, the router's text / image importance
-        (a_t, a_v) and the weight of each expert; the launcher writes them to predictions.jsonl / .csv."""
+        """One record per meme of ``data.predict_dir`` (its images + one .jsonl naming them with their text) or
+        else of ``data.predict_split``: the hateful probability, the router's text / image importance (a_t, a_v)
+        and the weight of each expert; the launcher writes them to predictions.jsonl / .csv."""
         out = self(batch)
         prob = torch.softmax(out["logits"].float(), -1)
         ids = batch["id"].tolist() if isinstance(batch["id"], torch.Tensor) else list(batch["id"])

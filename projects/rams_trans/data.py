@@ -377,5 +377,5 @@ def read_class_names(root: Path, num_classes: int) -> list[str]:
         return [f"class_{i}" for i in range(num_classes)]
     names = [line.split(maxsplit=1)[-1].split(".", 1)[-1] for line in read_lines(path, "CUB classes.txt")]
     if len(names) != num_classes:
-        raise ValueError(f"{path} lists {len(names)} classes but data.num_classes is {num_classes}")
+        raise ValueError(f"data.num_classes={num_classes} but {path} lists {len(names)} classes")
     return names

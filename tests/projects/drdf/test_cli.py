@@ -55,6 +55,23 @@ def test_fit_then_predict_unlabeled_split(tmp_path: Path, toy_dir: Path) -> None
         assert 0 <= r["hateful_prob"] <= 1 and abs(r["a_t"] + r["a_v"] - 1) < 1e-3
         assert len(r["expert_weights"]) >= 2 and abs(sum(r["expert_weights"]) - 1) < 1e-2
     assert (run / "predictions.csv").read_text().startswith("id,hateful_prob,a_t,a_v,expert_weights")
+    # a folder of memes: their images and one .jsonl naming them
+    import shutil
+
+    folder = tmp_path / "memes"
+    (folder / "img").mkdir(parents=True)
+    lines = (toy_dir / "test_unseen.jsonl").read_text().splitlines()[:3]
+    (folder / "mine.jsonl").write_text("\n".join(lines) + "\n")
+    for rec in map(json.loads, lines):
+        shutil.copy(toy_dir / rec["img"], folder / rec["img"])
+    drdf(tmp_path, "predict", *cfg, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+         "--data.predict_dir", str(folder))
+    got = [json.loads(line)["id"] for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert got == [json.loads(line)["id"] for line in lines]
+    (folder / "other.jsonl").write_text("")
+    proc = drdf(tmp_path, "predict", *cfg, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+                "--data.predict_dir", str(folder), check=False)
+    assert proc.returncode == 2 and "expected exactly one .jsonl of memes" in proc.stderr
 
 
 def test_two_process_cpu_ddp_fast_dev_run(tmp_path: Path, toy_dir: Path) -> None:

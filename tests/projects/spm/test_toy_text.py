@@ -52,7 +52,6 @@ def test_a_short_pretraining_learns_the_probes(tokenizer):
     config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=64, max_position_embeddings=16, pad_token_id=tokenizer.pad_token_id,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    tokenizer.model_max_length = 16
     info = pretrain_text_encoder(CLIPTextModel(config), tokenizer, steps=150, batch_size=64, lr=3e-3,
                                  log=lambda _: None)
     assert info["heldout_shape_acc_last_position"] > 0.9  # chance: 1/7 (6 shapes or none)

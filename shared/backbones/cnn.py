@@ -32,7 +32,7 @@ def build_cnn(name: str, pretrained: Pretrained = False, num_classes: int = 0, i
         first = f"{model.pretrained_cfg.get('first_conv', '')}.weight"
         if first in state and state[first].shape[1] != in_chans:  # e.g. grey-scale inputs: timm's conv adaptation
             state[first] = adapt_input_conv(in_chans, state[first])
-        load_into(model, state, what, classifier=model.pretrained_cfg.get("classifier"))
+        load_into(model, state, what, classifier=model.pretrained_cfg.get("classifier"), source=path)
     if cifar_stem:
         _apply_cifar_stem(model, name)
     return model

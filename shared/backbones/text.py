@@ -146,7 +146,7 @@ def load_text_encoder(path_or_name: str | Path | None = None, kind: Kind = "bert
         config_dir = source.parent if source is not None else model_dir
         model = model_cls(_config(config_cls, config_dir, kind, tokenizer, overrides, what))
         if source is not None:  # a bare weights file for this architecture
-            load_into(model, read_state_dict(source), what)
+            load_into(model, read_state_dict(source), what, source=source)
     return TextEncoder(tokenizer, model, kind, max_length=max_length, padding=padding, pool=pool)
 
 

@@ -244,7 +244,7 @@ def load_vit_weights(model: VisionTransformer, path: Path, what: str) -> None:
     """Load .safetensors / .pth / .bin / .npz (or a model folder) into ``model``, resizing where needed."""
     file = weights_file_in(path) if path.is_dir() else path
     state = read_npz_state_dict(file, model) if file.suffix == ".npz" else read_state_dict(file)
-    load_into(model, adapt_vit_state_dict(state, model), what, classifier="head")
+    load_into(model, adapt_vit_state_dict(state, model), what, classifier="head", source=file)
 
 
 __all__ = ["ViTBackbone", "adapt_vit_state_dict", "block_with_attention", "load_vit_weights", "resize_pos_embed"]

@@ -149,14 +149,20 @@ def _strip_prefix(key: str) -> str:
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str,
-              classifier: str | Iterable[str] | None = None) -> None:
-    """Load ``state`` non-strictly; drop classifier keys whose shape differs; log missing/unexpected keys once."""
+              classifier: str | Iterable[str] | None = None, source: str | Path | None = None) -> None:
+    """Load ``state`` non-strictly; drop classifier keys whose shape differs; log missing/unexpected keys once.
+    A file of which no tensor matches the model is an error naming it (``source``), never a silent random init."""
     own = model.state_dict()
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
     dropped = [k for k in state if any(k == h or k.startswith(h + ".") for h in heads)
                and (k not in own or own[k].shape != state[k].shape)]
     state = {k: v for k, v in state.items() if k not in dropped}
     result = model.load_state_dict(state, strict=False)
+    if own and len(state) == len(result.unexpected_keys):
+        origin = f" in {source}" if source is not None else ""
+        raise ValueError(f"{what}: none of the {len(state)} tensors{origin} matches this model (the file's keys "
+                         f"begin {sorted(state)[:3]}, the model's {sorted(own)[:3]}); expected weights of the same "
+                         "architecture")
     msg = f"{what}: loaded {len(state) - len(result.unexpected_keys)} tensors"
     if dropped:
         msg += f"; dropped classifier keys {dropped} (different number of classes)"

@@ -84,3 +84,17 @@ def test_load_into_drops_mismatched_head_and_logs_one_line(caplog):
     assert len(caplog.records) == 1
     msg = caplog.records[0].getMessage()
     assert "dropped classifier keys" in msg and "0.bias" in msg and "extra.weight" in msg
+
+
+def test_a_weights_file_that_matches_nothing_is_an_error_naming_it(tmp_path):
+    """Issue 16: "loaded 0 tensors" then training from random init used to exit 0."""
+    from shared.backbones.cnn import build_cnn
+    from shared.backbones.vit import ViTBackbone
+
+    path = tmp_path / "other_model.safetensors"
+    save_file({"encoder.layer.0.weight": torch.zeros(3)}, str(path))
+    with pytest.raises(ValueError, match=r"build_cnn\(resnet18\): none of the 1 tensors in .*other_model.safetensors "
+                                         r"matches this model \(the file's keys begin \['encoder.layer.0.weight'\]"):
+        build_cnn("resnet18", pretrained=str(path), num_classes=3)
+    with pytest.raises(ValueError, match="none of the 1 tensors in .*other_model.safetensors matches this model"):
+        ViTBackbone("vit_tiny_patch16_224", pretrained=str(path), img_size=32, patch_size=8, depth=1)

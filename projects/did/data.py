@@ -22,7 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from shared.data import IMAGENET_MEAN, IMAGENET_STD, SHAPES, load_rgb, read_lines, render_dataset, sample_scene
+from shared.data.checks import require_num_classes, require_samples
 from shared.data.images import require_dir, require_file
+from shared.data.loaders import eval_loader, train_loader
 from shared.predict import ImageFolderDataset, scan_image_folder
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -46,9 +48,14 @@ class MultiLabelImages(Dataset):
     """``(image tensor, target [C] float in {1, 0, -1})`` pairs from a list of paths and targets."""
 
     def __init__(self, paths: Sequence[Path], targets: torch.Tensor, class_names: Sequence[str],
-                 transform: Callable | None = None, layout: str | None = None) -> None:
+                 transform: Callable | None = None, layout: str | None = None, source: str | Path = "",
+                 class_source: str | Path = "") -> None:
         if len(paths) != targets.shape[0]:
-            raise ValueError(f"{len(paths)} images but {targets.shape[0]} targets")
+            raise ValueError(f"{source or 'MultiLabelImages'}: {len(paths)} images but {targets.shape[0]} targets")
+        if targets.ndim != 2 or targets.shape[1] != len(class_names):
+            raise ValueError(f"{source or 'MultiLabelImages'}: targets of shape {tuple(targets.shape)}, expected "
+                             f"[N, {len(class_names)}] (one column per class of {class_source or 'the class list'})")
+        self.source, self.class_source = source, class_source  # the split's file and where the classes come from
         self.paths = list(paths)
         self.targets = targets.float()
         self.class_names = list(class_names)
@@ -114,9 +121,11 @@ class COCO2014Dataset(MultiLabelImages):
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None) -> None:
         root = Path(root)
-        names, files, targets = read_coco_instances(root / "annotations" / f"instances_{split}2014.json")
+        ann = root / "annotations" / f"instances_{split}2014.json"
+        names, files, targets = read_coco_instances(ann)
         image_dir = require_dir(root / f"{split}2014", COCO_LAYOUT, "COCO image folder")
-        super().__init__([image_dir / f for f in files], targets, names, transform, COCO_LAYOUT)
+        super().__init__([image_dir / f for f in files], targets, names, transform, COCO_LAYOUT,
+                         f"{ann} (images with annotations)", f"{ann} 'categories'")
 
 
 def read_voc_annotation(path: Path, class_index: dict[str, int]) -> torch.Tensor:
@@ -164,7 +173,8 @@ class VOCDataset(MultiLabelImages):
                                                                 VOC_LAYOUT, "VOC annotation"), index)
                                for i in ids]) if ids else torch.zeros(0, len(VOC_CLASSES))
         paths = [base / "JPEGImages" / f"{i.split()[0]}.jpg" for i in ids]
-        super().__init__(paths, targets, VOC_CLASSES, transform, VOC_LAYOUT)
+        super().__init__(paths, targets, VOC_CLASSES, transform, VOC_LAYOUT, base / "ImageSets" / "Main" /
+                         f"{split}.txt", "the fixed VOC class list")
 
 
 class NUSWIDEDataset(MultiLabelImages):
@@ -178,6 +188,8 @@ class NUSWIDEDataset(MultiLabelImages):
                  transform: Callable | None = None) -> None:
         layout = "list lines '<relative image path> <C 0/1 values>' and a classes file with one name a line"
         names = read_lines(classes_file, "NUS-WIDE classes file", layout)
+        if not names:
+            raise ValueError(f"{classes_file}: no class names, expected one concept name a line")
         paths, rows = [], []
         for k, line in enumerate(read_lines(list_file, "NUS-WIDE list", layout)):
             parts = line.split()
@@ -186,7 +198,8 @@ class NUSWIDEDataset(MultiLabelImages):
                                  f"got {len(parts) - 1} fields after the path")
             paths.append(Path(root) / parts[0])
             rows.append([float(v) for v in parts[1:]])
-        super().__init__(paths, torch.tensor(rows).view(-1, len(names)), names, transform, layout)
+        super().__init__(paths, torch.tensor(rows).view(-1, len(names)), names, transform, layout, list_file,
+                         classes_file)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -264,7 +277,7 @@ def val_instances(ds: MultiLabelImages, ann_file: str | Path, img_size: int) -> 
     rows = []
     for path, target in zip(ds.paths, ds.targets, strict=True):
         im = by_file[path.name]
-        w, h = (im["width"], im["height"]) if "width" in im and "height" in im else Image.open(path).size
+        w, h = (im["width"], im["height"]) if "width" in im and "height" in im else load_rgb(path, COCO_LAYOUT).size
         sx, sy = img_size / w, img_size / h
         inst = per_image.get(int(im["id"]), [])
         if {c for c, _ in inst} != set((target > 0).nonzero().flatten().tolist()):
@@ -381,10 +394,12 @@ class DiDData(LightningDataModule):
             if self.hparams.dataset == "toy":
                 ann = Path(self.hparams.root) / "annotations" / f"instances_{val_split}2014.json"
                 self.val_instance_boxes = val_instances(self.val_set, ann, self.hparams.img_size)
-        for ds in (self.train_set, self.val_set):
-            if ds is not None and ds.num_classes != self.hparams.num_classes:
-                raise ValueError(f"data.num_classes={self.hparams.num_classes} but {self.hparams.dataset} at "
-                                 f"{self.hparams.root} has {ds.num_classes} classes")
+        for split, ds in ((train_split, self.train_set), (val_split, self.val_set)):
+            if ds is None:
+                continue
+            require_num_classes(ds.num_classes, self.hparams.num_classes, ds.class_source, "classes")
+            if stage != "predict":  # predict reads only the class names of the validation set
+                require_samples(len(ds), split, ds.source)
         if stage == "predict":  # the validation set above gave the class names (COCO categories, VOC names)
             hp = self.hparams
             if hp.predict_dir is None:
@@ -396,9 +411,8 @@ class DiDData(LightningDataModule):
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         hp = self.hparams
         bs = hp.batch_size if train else (hp.val_batch_size or hp.batch_size)
-        return DataLoader(ds, batch_size=bs, shuffle=train, drop_last=train and len(ds) >= bs,
-                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        make = train_loader if train else eval_loader
+        return make(self, ds, bs, hp.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True)

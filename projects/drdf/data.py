@@ -26,7 +26,9 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from shared.data.checks import require_labels_in_range, require_num_classes, require_samples
 from shared.data.images import load_rgb, read_lines, require_dir, require_file
+from shared.data.loaders import eval_loader, train_loader
 from shared.data.toyworld import Scene, make_object, render
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class HatefulMemesDataset(Dataset):
             raise FileNotFoundError(f"Hateful Memes split {split!r}: {file} not found (have {have}; expected "
                                     f"layout {HM_LAYOUT})")
         self.records = read_hm_jsonl(file)
+        self.source = file  # named by the datamodule's checks
         if require_label:
             missing = [i for i, r in enumerate(self.records) if "label" not in r]
             if missing:
@@ -111,6 +114,14 @@ class HatefulMemesDataset(Dataset):
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR
+CIFAR_LAYOUT = "cifar-10-batches-py/{data_batch_1..5,test_batch} or cifar-100-python/{train,test}"
+CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+class CifarRefusedError(pickle.UnpicklingError, ValueError):
+    """A CIFAR batch names a global the restricted unpickler refuses (a ValueError, so the CLI prints one line)."""
+
+
 class RestrictedCifarUnpickler(pickle.Unpickler):
     """Unpickler for the CIFAR python batches: admits only numpy array reconstruction and plain types.
 
@@ -134,8 +145,9 @@ class RestrictedCifarUnpickler(pickle.Unpickler):
         self.path = path
 
     def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(
+        # protocol-2 pickles name the builtins ``__builtin__`` (Python 2's name; e.g. ``bytes`` of an empty array)
+        if ("builtins" if module == "__builtin__" else module, name) not in self.ALLOWED:
+            raise CifarRefusedError(
                 f"{self.path}: refused to load global {module}.{name} - a CIFAR batch only needs numpy arrays and "
                 "plain types (this file is not a CIFAR python batch, or it was tampered with)")
         return super().find_class(module, name)
@@ -143,10 +155,18 @@ class RestrictedCifarUnpickler(pickle.Unpickler):
 
 def load_cifar_batch(path: str | Path) -> dict:
     """Read one CIFAR pickle with the restricted unpickler; keys come back as ``str``."""
-    path = require_file(path, "cifar-10-batches-py/{data_batch_1..5,test_batch} or cifar-100-python/{train,test}",
-                        "CIFAR batch file")
+    path = require_file(path, CIFAR_LAYOUT, "CIFAR batch file")
     with open(path, "rb") as f:
-        obj = RestrictedCifarUnpickler(io.BytesIO(f.read()), path).load()
+        raw = f.read()
+    try:
+        obj = RestrictedCifarUnpickler(io.BytesIO(raw), path).load()
+    except CifarRefusedError:
+        raise
+    except Exception as e:  # a cut or foreign file fails in many ways: EOFError, UnpicklingError, ValueError, ...
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ValueError(f"{path}: truncated or not a CIFAR python batch ({len(raw)} bytes, {reason}); re-download "
+                         f"and extract cifar-10-python.tar.gz / cifar-100-python.tar.gz (expected layout: "
+                         f"{CIFAR_LAYOUT})") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict (CIFAR python format), got {type(obj).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -170,15 +190,25 @@ class CIFARDataset(Dataset):
             for key in ("data", label_key):
                 if key not in batch:
                     raise ValueError(f"{root / fname}: missing key {key!r} (have {sorted(batch)})")
-            data = np.asarray(batch["data"], dtype=np.uint8)
-            if data.ndim != 2 or data.shape[1] != 3072 or len(batch[label_key]) != data.shape[0]:
-                raise ValueError(f"{root / fname}: expected data uint8 [N, 3072] and N labels, got {data.shape} "
-                                 f"and {len(batch[label_key])} labels")
+            redo = "the file is damaged: re-download and extract it"
+            try:
+                data = np.asarray(batch["data"], dtype=np.uint8)
+                batch_labels = [int(x) for x in batch[label_key]]
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ValueError(f"{root / fname}: expected 'data' uint8 [N, 3072] and {label_key!r} N ints, got "
+                                 f"{type(e).__name__}: {e}; {redo}") from e
+            if data.ndim != 2 or data.shape[1] != 3072 or len(batch_labels) != data.shape[0]:
+                raise ValueError(f"{root / fname}: expected 'data' uint8 [N, 3072] and {label_key!r} N ints, got "
+                                 f"'data' {list(data.shape)} and {len(batch_labels)} {label_key}; {redo}")
+            require_labels_in_range(batch_labels, CIFAR_CLASSES[name], root / fname, label_key,
+                                    classes_from=f"{name} classes", advice=redo)
             images.append(data.reshape(-1, 3, 32, 32))
-            labels.extend(int(x) for x in batch[label_key])
+            labels.extend(batch_labels)
         self.images = torch.from_numpy(np.concatenate(images))
-        self.labels = torch.tensor(labels)
+        self.labels = torch.tensor(labels, dtype=torch.long)
         self.transform = transform
+        self.source = root / (files[0] if len(files) == 1 else f"{{{','.join(files)}}}")  # named by setup's checks
+        self.label_field = label_key
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -196,15 +226,24 @@ class TinyImageNetDataset(Dataset):
 
     def __init__(self, root: str | Path, split: Literal["train", "val"], transform=None) -> None:
         root = require_dir(root, TINY_LAYOUT, "TinyImageNet folder")
-        self.wnids = read_lines(root / "wnids.txt", "TinyImageNet class list", TINY_LAYOUT)
+        self.wnids_file = root / "wnids.txt"
+        self.wnids = read_lines(self.wnids_file, "TinyImageNet class list", TINY_LAYOUT)
         index = {w: i for i, w in enumerate(self.wnids)}
+        if len(index) != len(self.wnids):
+            twice = sorted({w for w in self.wnids if self.wnids.count(w) > 1})
+            raise ValueError(f"{self.wnids_file}: wnids listed twice: {twice[:5]}; expected each class once")
         self.samples: list[tuple[Path, int]] = []
         if split == "train":
+            self.source = root / "train"
             for w in self.wnids:
                 folder = require_dir(root / "train" / w / "images", TINY_LAYOUT, f"train images of {w}")
-                self.samples += [(p, index[w]) for p in sorted(folder.glob("*.JPEG"))]
+                found = [(p, index[w]) for p in sorted(folder.glob("*.JPEG"))]
+                if not found:
+                    raise ValueError(f"{folder}: no *.JPEG training images for class {w} of wnids.txt, expected "
+                                     f"at least one (expected layout: {TINY_LAYOUT}); re-extract the dataset")
+                self.samples += found
         elif split == "val":
-            ann = root / "val" / "val_annotations.txt"
+            ann = self.source = root / "val" / "val_annotations.txt"
             for lineno, line in enumerate(read_lines(ann, "TinyImageNet val annotations", TINY_LAYOUT), start=1):
                 parts = line.split("\t")
                 if len(parts) < 2 or parts[1] not in index:
@@ -346,7 +385,8 @@ class DRDFDataModule(LightningDataModule):
     ``dataset``: hateful_memes | toy_memes | cifar10 | cifar100 | tiny_imagenet. ``toy_memes`` writes the toy
     Hateful-Memes-format set into ``data_dir`` first (if not there yet) and then reads it like the real one.
     ``tokenizer``: a local tokenizer folder (e.g. bert-base-uncased); defaults to ``<data_dir>/tokenizer`` for
-    the toy set.
+    the toy set. ``num_classes``: the classes the model has (checked against the labels in ``setup``); None = the
+    dataset's own count (2 for memes, 10 / 100 for CIFAR, the lines of ``wnids.txt``).
     """
 
     def __init__(self, dataset: Literal["hateful_memes", "toy_memes", "cifar10", "cifar100", "tiny_imagenet"] =
@@ -354,7 +394,8 @@ class DRDFDataModule(LightningDataModule):
                  eval_batch_size: int | None = None, num_workers: int = 0, image_size: int = 224,
                  max_length: int = 128, train_split: str = "train", val_split: str = "dev_seen",
                  test_split: str = "test_seen", predict_split: str = "test_unseen", augment: bool = True,
-                 toy_sizes: dict[str, int] | None = None, toy_seed: int = 0, predict_dir: str | None = None) -> None:
+                 toy_sizes: dict[str, int] | None = None, toy_seed: int = 0, predict_dir: str | None = None,
+                 num_classes: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer = None
@@ -381,7 +422,8 @@ class DRDFDataModule(LightningDataModule):
     def _transforms(self, train: bool):
         h = self.hparams
         if self.multimodal:  # MMF grid pipeline: resize (256 -> centre crop 224 at full size), normalise
-            ops = [T.Resize((h.image_size, h.image_size), antialias=True)] if h.image_size != 32 else []
+            # Always resize: memes come in every size, and a batch stacks only equal ones (a no-op on the toy's).
+            ops = [T.Resize((h.image_size, h.image_size), antialias=True)]
             if train and h.augment and h.dataset == "toy_memes":  # the toy's labels survive flips (MMF has none)
                 ops += [T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
             return T.Compose([T.ToImage(), *ops, T.ToDtype(torch.float32, scale=True), T.Normalize(HM_MEAN, HM_STD)])
@@ -390,7 +432,7 @@ class DRDFDataModule(LightningDataModule):
             aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train and h.augment else []
             return T.Compose([*aug, T.Normalize(mean, std)])
         aug = [T.RandomCrop(64, padding=8), T.RandomHorizontalFlip()] if train and h.augment else []
-        resize = [T.Resize((h.image_size, h.image_size), antialias=True)] if h.image_size != 64 else []
+        resize = [T.Resize((h.image_size, h.image_size), antialias=True)]  # no-op at 64; fixes a stray size
         return T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True), *aug, *resize,
                           T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 
@@ -420,13 +462,30 @@ class DRDFDataModule(LightningDataModule):
         if self.multimodal and self.tokenizer is None:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             self.tokenizer = self._load_tokenizer()
+        # Read the splits the stage uses now (the loaders reuse them): a bad one stops the run here, in one line.
+        used = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        for split in used.get(stage, ("train", "val")):
+            ds = self._split(split)
+            require_samples(len(ds), split, ds.source)
+            if split != "predict":
+                self._check_labels(ds)
+
+    def _check_labels(self, ds: Dataset) -> None:
+        """Every label of ``ds`` within ``data.num_classes`` (when set; the dataset's own classes otherwise)."""
+        n = self.hparams.num_classes
+        if isinstance(ds, TinyImageNetDataset):
+            if n is not None:
+                require_num_classes(len(ds.wnids), n, ds.wnids_file, "wnids")
+        elif isinstance(ds, CIFARDataset):
+            require_labels_in_range(ds.labels, n or CIFAR_CLASSES[self.hparams.dataset], ds.source, ds.label_field)
+        else:
+            require_labels_in_range([r["label"] for r in ds.records], n or 2, ds.source, "label")
 
     def _loader(self, stage: str) -> DataLoader:
         h = self.hparams
         bs = h.batch_size if stage == "train" else (h.eval_batch_size or h.batch_size)
-        return DataLoader(self._split(stage), batch_size=bs, shuffle=stage == "train", drop_last=stage == "train",
-                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
-                          collate_fn=Collate(self.tokenizer, h.max_length))
+        make = train_loader if stage == "train" else eval_loader
+        return make(self, self._split(stage), bs, h.num_workers, collate_fn=Collate(self.tokenizer, h.max_length))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from projects.drdf.model import DRDF, expert_cross_entropy, load_balance_loss, temperature_at
 from shared.metrics import binary_metrics, topk_accuracy
@@ -151,8 +152,9 @@ class DRDFModule(LightningModule):
             return
         keys = ("a_t", "weights", "label", "decided_by", "aspect", "correct")
         local = {k: torch.cat([r[k] for r in self._records]) for k in keys}
-        gathered = {k: v.reshape(-1, *v.shape[2:]) if self.trainer.world_size > 1 else v
-                    for k, v in ((k, self.all_gather(v)) for k, v in local.items())}
+        # every process's records, uneven shards included (evaluation does not pad: shared.data.loaders)
+        gathered = {k: torch.cat(gather_all_tensors(v)) if self.trainer.world_size > 1 else v
+                    for k, v in local.items()}
         a_t = gathered["a_t"]
         self.log_dict({"val/a_t_mean": a_t.mean(), "val/a_t_std": a_t.std() if a_t.numel() > 1 else a_t.sum() * 0,
                        "val/w_max_mean": gathered["weights"].max(-1).values.mean()})

@@ -15,7 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from shared.data.checks import require_labels_in_range, require_samples
 from shared.data.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb, read_lines, require_dir, require_file
+from shared.data.loaders import eval_loader, train_loader
 from shared.data.toyworld import COLORS, SHAPES, ToyObject, make_object, make_part, render, sample_scene
 from shared.predict import ImageFolderDataset, scan_image_folder
 
@@ -38,6 +40,10 @@ class _ImageListDataset(Dataset):
     """(path, label) pairs read lazily as RGB (greyscale / CMYK / palette converted) and transformed."""
 
     layout = ""
+    # Where the split and its labels were read from, named by the DataModule's checks (set by each subclass).
+    source: Path | str = ""
+    label_source: Path | str = ""
+    label_field, label_base = "label", 0  # labels are stored 0-based; ``label_base`` is the file's first class
 
     def __init__(self, samples: list[tuple[Path, int]], transform=None) -> None:
         self.samples, self.transform = samples, transform
@@ -99,19 +105,28 @@ class CUBDataset(_ImageListDataset):
             if (flag == "1") == (split == "train"):
                 samples.append((root / "images" / rel.strip(), label))
         super().__init__(samples, transform)
+        self.source, self.label_source = root / "train_test_split.txt", root / "image_class_labels.txt"
+        self.label_field, self.label_base = "class id", 1
 
 
 def _mat_strings(value, path: Path, key: str) -> list[str]:
-    """A MATLAB cell array of strings (as scipy loads it) -> list of str."""
-    arr = np.asarray(value).reshape(-1)
+    """A MATLAB cell array of strings, or a char matrix (one space-padded row per string), as scipy loads
+    them -> list of str. scipy gives a char matrix as 1-D padded strings, or 2-D single characters when
+    loaded with ``chars_as_strings=False``; the padding is stripped."""
+    arr = np.asarray(value)
+    if arr.ndim == 2 and arr.shape[1] > 1 and arr.dtype in (np.dtype("U1"), np.dtype("S1")):
+        arr = np.array(["".join(row) if arr.dtype.kind == "U" else b"".join(row).decode() for row in arr])
     out = []
-    for item in arr:
-        while isinstance(item, np.ndarray):
-            if item.size != 1 and item.dtype.kind not in "US":
-                raise ValueError(f"{path}: key {key!r} is not a cell array of strings (expected layout: "
-                                 f"{DOGS_LAYOUT})")
-            item = item.reshape(-1)[0] if item.size else ""
-        out.append(str(item))
+    for item in arr.reshape(-1):
+        while isinstance(item, np.ndarray) and item.dtype.kind in "OUS" and item.size == 1:
+            item = item.reshape(-1)[0]
+        if isinstance(item, bytes):
+            item = item.decode("utf-8", "replace")
+        if not isinstance(item, str):
+            got = f"{item.dtype} array of shape {item.shape}" if isinstance(item, np.ndarray) else type(item).__name__
+            raise ValueError(f"{path}: key {key!r} holds a {got}, expected a cell array of strings or a char "
+                             f"matrix (expected layout: {DOGS_LAYOUT})")
+        out.append(item.rstrip(" \x00"))
     return out
 
 
@@ -140,6 +155,8 @@ class StanfordDogsDataset(_ImageListDataset):
         if len(labels) and labels.min() < 0:
             raise ValueError(f"{path}: labels must be 1-based (1..120), found {int(labels.min()) + 1}")
         super().__init__([(root / "Images" / f, int(y)) for f, y in zip(files, labels, strict=True)], transform)
+        self.source = self.label_source = path
+        self.label_field, self.label_base = "labels", 1
 
 
 class INat2017Dataset(_ImageListDataset):
@@ -169,7 +186,15 @@ class INat2017Dataset(_ImageListDataset):
                 samples.append((root / im["file_name"], label_of[im["id"]]))
         except KeyError as e:
             raise ValueError(f"{path}: an entry lacks field {e} (expected layout: {INAT_LAYOUT})") from None
+        if isinstance(data.get("categories"), list):
+            known = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+            unknown = sorted({y for _, y in samples} - known)
+            if unknown:
+                raise ValueError(f"{path}: annotations[].category_id {unknown[:5]} not among the ids of "
+                                 f"'categories' ({len(known)} ids); fix the file or use the matching train/val json")
         super().__init__(samples, transform)
+        self.source = self.label_source = path
+        self.label_field = "annotations[].category_id"
 
 
 def build_transforms(train: bool, resize: int, crop: int, autoaugment: bool = False) -> T.Compose:
@@ -333,18 +358,19 @@ class FGVCDataModule(L.LightningDataModule):
         cls = DATASETS[h.dataset]
         self.train_set = cls(h.root, "train", build_transforms(True, h.resize, h.crop, h.autoaugment))
         self.test_set = cls(h.root, "test", build_transforms(False, h.resize, h.crop))
+        used = [("train", self.train_set)] if stage in (None, "fit") else []
+        for split, ds in [*used, ("test", self.test_set)]:
+            require_samples(len(ds), split, ds.source)
+            require_labels_in_range(ds.targets, h.num_classes, ds.label_source, ds.label_field, ds.label_base)
         if h.dataset == "toy":
             size = json.loads((Path(h.root) / "toy_args.json").read_text())["size"]
             self.test_part_boxes = toy_part_boxes(self.test_set, Path(h.root), h.resize, h.crop, size)
-        top = max(max(ds.targets, default=-1) for ds in (self.train_set, self.test_set))
-        if top >= h.num_classes:
-            raise ValueError(f"data.num_classes={h.num_classes} but {h.root} has labels up to {top + 1}")
 
     def _loader(self, ds, train: bool) -> DataLoader:
         h = self.hparams
         bs = h.batch_size if train else (h.eval_batch_size or h.batch_size)
-        return DataLoader(ds, batch_size=bs, shuffle=train, drop_last=train, num_workers=h.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=h.num_workers > 0)
+        make = train_loader if train else eval_loader
+        return make(self, ds, bs, h.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True)

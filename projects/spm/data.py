@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from shared.data.loaders import eval_loader
 from shared.data.toyworld import Scene, make_object, render
 
 TOY_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
@@ -137,4 +138,4 @@ class SPMStepData(LightningDataModule):
         return DataLoader(_Steps(self.iterations), batch_size=1)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(self.val_batches), batch_size=1)
+        return eval_loader(self, _Steps(self.val_batches), 1, 0, pad_with=-1)   # -1: a step with nothing to score

@@ -317,9 +317,12 @@ class SPMModule(LightningModule):
             raise ValueError(f"model.target {self.targets[0]!r}: the toy judge needs a toy shape {TOY_SHAPES} or "
                              f"colour {TOY_COLORS}")
         attr, value = (0, shape) if shape is not None else (1, color)
+        index = int(batch[0])    # the val batch's own number: the same seed whichever process scores it
+        if index < 0:            # padding of a process with fewer val batches (shared.data.loaders.ShardSampler)
+            return
         for gamma, suffix in ((0.0, "_before"), (1.0, "")):
             images = self._generate([p for p in targets + others for _ in range(n)], gamma,
-                                    hp.eval_seed + batch_idx).to(self.device)
+                                    hp.eval_seed + index).to(self.device)
             with torch.no_grad():
                 shape_logits, color_logits = self.classifier(images)
             pred = torch.stack([shape_logits.argmax(1), color_logits.argmax(1)], 1)
@@ -331,7 +334,28 @@ class SPMModule(LightningModule):
                        f"val/nontarget_color_acc{suffix}": other[:, 1].mean()}
             metrics.update({f"val/target_rate{suffix}/{p}": is_target[i * n:(i + 1) * n].mean()
                             for i, p in enumerate(targets)})
-            self.log_dict(metrics, batch_size=1, sync_dist=True)
+            for key, value in metrics.items():
+                self._val_sums[key] = self._val_sums.get(key, 0.0) + value.detach().double()
+        self._val_batches += 1
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums: dict[str, torch.Tensor] = {}
+        self._val_batches = 0
+
+    def on_validation_epoch_end(self) -> None:
+        """Means over every val batch of every process: sums and counts reduced once, by every process (one that
+        scored no batch too), so the numbers are the 1-process numbers whatever the number of processes."""
+        hp = self.hparams
+        if self.classifier is None or not (hp.eval_target_prompts and hp.eval_other_prompts):
+            return
+        keys = [f"val/{m}{s}" for s in ("_before", "") for m in ("target_rate", "nontarget_acc",
+                                                               "nontarget_shape_acc", "nontarget_color_acc")]
+        keys += [f"val/target_rate{s}/{p}" for s in ("_before", "") for p in hp.eval_target_prompts]
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        totals = torch.stack([self._val_sums.get(k, zero) for k in keys] + [zero + self._val_batches])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        if totals[-1] > 0:
+            self.log_dict({k: float(v) for k, v in zip(keys, totals[:-1] / totals[-1], strict=True)})
 
     def _log_image_grid(self, key: str) -> None:
         prompts = self.hparams.log_prompts or self.targets

@@ -6,6 +6,8 @@ re-execute it in each worker process.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from shared.cli import main  # noqa: E402
+from shared.data.loaders import train_loader  # noqa: E402
 from shared.panels import log_bar_chart, log_histogram, log_images  # noqa: E402
 
 
@@ -24,7 +27,7 @@ class TinyData(LightningDataModule):
     """A fixed linear-regression problem; ``data_dir`` (optional) must exist when given."""
 
     def __init__(self, num_features: int = 8, num_samples: int = 64, batch_size: int = 8,
-                 data_dir: str | None = None) -> None:
+                 data_dir: str | None = None, shuffle: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
 
@@ -38,6 +41,8 @@ class TinyData(LightningDataModule):
         self.dataset = TensorDataset(x, x @ w + 0.1 * torch.randn(self.hparams.num_samples, 1, generator=g))
 
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.shuffle:   # the projects' resumable loader
+            return train_loader(self, self.dataset, self.hparams.batch_size, 0)
         return DataLoader(self.dataset, batch_size=self.hparams.batch_size, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
@@ -59,6 +64,10 @@ class TinyModule(LightningModule):
         loss = nn.functional.mse_loss(self.linear(x), y)
         self.log("train/loss", loss)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if str(self.trainer.global_step) == os.environ.get("TINY_KILL_AT_STEP"):   # the kill-and-resume test
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

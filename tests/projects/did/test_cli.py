@@ -11,7 +11,7 @@ import pytest
 from projects.did.data import write_toy_coco
 
 REPO = Path(__file__).resolve().parents[3]
-TOY = dict(n_train=48, n_val=32, size=64, seed=0)
+TOY = dict(n_train=48, n_val=31, size=64, seed=0)   # an odd validation set: 16 + 15 images on 2 processes
 
 
 def run_did(tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -48,15 +48,17 @@ def test_fit_fast_dev_run_on_the_toy_config(toy_root: Path) -> None:
 
 
 def test_two_process_ddp_metrics_equal_one_process(toy_root: Path) -> None:
-    """Each of 2 ranks sees half of the 32 validation images; the synchronised mAP equals 1 process's."""
-    common = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+    """The 31 validation images split 16 + 15 over 2 processes, none repeated: every synchronised metric equals
+    the 1-process one (a padding sampler would score one image twice)."""
+    common = ["--trainer.accelerator", "cpu"]
     run_did(toy_root, "validate", *common, "--trainer.devices", "1", "--run_name", "one")
-    two = run_did(toy_root, "validate", *common, "--trainer.devices", "2", "--run_name", "two")
+    two = run_did(toy_root, "validate", *common, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                  "--run_name", "two")
     log = two.stdout + two.stderr
     assert "MEMBER: 2/2" in log or "Starting with 2 processes" in log, log[-2000:]
     one_m, two_m = summary(toy_root, "one")["metrics"], summary(toy_root, "two")["metrics"]
     for key in ("val/global/mAP", "val/local/mAP", "val/fused/mAP", "val/fused/OF1", "val/fused/CP_top3"):
-        assert two_m[key] == pytest.approx(one_m[key], abs=1e-3), key
+        assert two_m[key] == pytest.approx(one_m[key], abs=1e-4), key
 
 
 def test_predict_on_a_folder_writes_labels_and_instance_boxes(toy_root: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 TOY = "projects/drdf/configs/toy.yaml"
-SMALL_TOY = ["--data.toy_sizes", "{train: 16, dev_seen: 8, test_seen: 8, test_unseen: 4}", "--data.batch_size", "4",
+SMALL_TOY = ["--data.toy_sizes", "{train: 16, dev_seen: 9, test_seen: 8, test_unseen: 4}", "--data.batch_size", "4",
              "--data.eval_batch_size", "4"]
 
 
@@ -30,7 +30,7 @@ def toy_dir(tmp_path_factory) -> Path:
     from projects.drdf.data import write_toy_memes
 
     root = tmp_path_factory.mktemp("toy")
-    return write_toy_memes(root, {"train": 16, "dev_seen": 8, "test_seen": 8, "test_unseen": 4})
+    return write_toy_memes(root, {"train": 16, "dev_seen": 9, "test_seen": 8, "test_unseen": 4})
 
 
 def test_fit_fast_dev_run_on_the_toy_config(tmp_path: Path, toy_dir: Path) -> None:
@@ -74,10 +74,18 @@ def test_fit_then_predict_unlabeled_split(tmp_path: Path, toy_dir: Path) -> None
     assert proc.returncode == 2 and "expected exactly one .jsonl of memes" in proc.stderr
 
 
-def test_two_process_cpu_ddp_fast_dev_run(tmp_path: Path, toy_dir: Path) -> None:
-    drdf(tmp_path, "fit", "--config", TOY, "--data.data_dir", str(toy_dir), *SMALL_TOY, "--logger", "csv",
-         "--trainer.fast_dev_run", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-         "--trainer.strategy", "ddp")
+def test_two_process_cpu_ddp_validation_equals_one_process(tmp_path: Path, toy_dir: Path) -> None:
+    """The 9 dev memes split 5 + 4 over 2 processes, none repeated: AUROC and accuracy equal the 1-process ones."""
+    import json
+
+    common = ["validate", "--config", TOY, "--data.data_dir", str(toy_dir), *SMALL_TOY, "--logger", "none",
+              "--trainer.accelerator", "cpu"]
+    drdf(tmp_path, *common, "--run_name", "one")
+    drdf(tmp_path, *common, "--run_name", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    one_m, two_m = (json.loads((tmp_path / "logs" / "drdf" / r / "summary.json").read_text())["metrics"]
+                    for r in ("one", "two"))
+    for key in ("val/auroc", "val/acc", "val/a_t_mean", "val/w_max_mean"):
+        assert two_m[key] == pytest.approx(one_m[key], abs=1e-6), key
 
 
 def test_missing_data_folder_is_named(tmp_path: Path) -> None:

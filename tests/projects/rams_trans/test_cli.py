@@ -45,11 +45,19 @@ def test_mechanism_measure_of_a_two_step_fit(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo DDP subprocess test")
-def test_two_process_cpu_ddp_fast_dev_run(tmp_path: Path) -> None:
-    proc = run_cli(tmp_path, "fit", "--config", str(TOY), "--logger", "none", "--trainer.fast_dev_run", "true",
-                   "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                   "--data.root", str(tmp_path / "toy"), *SMALL)
-    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+def test_two_process_cpu_ddp_validation_equals_one_process(tmp_path: Path) -> None:
+    """9 test images over 2 processes (5 + 4, none repeated): the 2-process top-1 is the 1-process top-1 exactly."""
+    import json
+
+    common = ["validate", "--config", str(TOY), "--logger", "none", "--data.root", str(tmp_path / "toy"),
+              "--trainer.accelerator", "cpu", *SMALL, "--data.toy_num_test", "9", "--model.num_panels", "0"]
+    run_cli(tmp_path, *common, "--run_name", "one")
+    two = run_cli(tmp_path, *common, "--run_name", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    assert "Starting with 2 processes" in two.stdout + two.stderr
+    one_m, two_m = (json.loads((tmp_path / "logs" / "rams_trans" / r / "summary.json").read_text())["metrics"]
+                    for r in ("one", "two"))
+    for key in ("val/local_top1", "val/global_top1", "val/fused_top1", "val/local_top5"):
+        assert two_m[key] == pytest.approx(one_m[key], abs=1e-6), key
 
 
 def test_predict_on_a_folder_writes_top5_boxes_and_overlays(tmp_path: Path) -> None:

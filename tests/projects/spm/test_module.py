@@ -164,10 +164,10 @@ def test_toy_prompt_labels():
         toy_prompt_labels("a red blob")
 
 
-def run_cli(tmp_path: Path, base: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_cli(tmp_path: Path, base: Path, *extra: str, command: str = "fit") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
     env.update(CV_PAPERS_LOGS=str(tmp_path / "logs"), PROGRESS_REFRESH="0", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "projects.spm", "fit", "--config", "projects/spm/configs/toy.yaml",
+    cmd = [sys.executable, "-m", "projects.spm", command, "--config", "projects/spm/configs/toy.yaml",
            "--model.base_model", str(base), "--model.build_toy_base", "false",
            "--model.classifier", str(base / "classifier.safetensors"), "--model.eval_images_per_prompt", "2",
            "--model.eval_steps", "2", "--logger", "csv", *extra]
@@ -185,6 +185,22 @@ def test_cli_fast_dev_run(tmp_path: Path, base: Path):
 def test_cli_ddp_two_cpu_processes(tmp_path: Path, base: Path):
     run_cli(tmp_path, base, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
             "--trainer.devices", "2", "--trainer.strategy", "ddp")
+
+
+def test_two_process_validation_equals_one_process(tmp_path: Path, base: Path):
+    """3 validation batches over 2 processes (2 + 1, none repeated; each seeded by its own number): the rates are
+    the 1-process rates exactly."""
+    import json
+
+    common = ["--data.val_batches", "3", "--trainer.accelerator", "cpu"]
+    run_cli(tmp_path, base, *common, "--run_name", "one", command="validate")
+    run_cli(tmp_path, base, *common, "--run_name", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+            command="validate")
+    one_m, two_m = (json.loads((tmp_path / "logs" / "spm" / r / "summary.json").read_text())["metrics"]
+                    for r in ("one", "two"))
+    keys = [k for k in one_m if k.startswith("val/")]
+    assert "val/target_rate" in keys and "val/nontarget_acc_before" in keys
+    assert {k: two_m[k] for k in keys} == pytest.approx({k: one_m[k] for k in keys}, abs=1e-9)
 
 
 def test_committed_toy_model_is_small_loads_and_is_the_toy_default():

@@ -16,8 +16,9 @@ What it adds to :class:`lightning.pytorch.cli.LightningCLI`:
   config is saved to the logger;
 * the default callbacks: :class:`RunCheckpoint` (``last``, the run's end state, plus the best on the
   module's ``monitor`` metric),
-  LearningRateMonitor, a progress bar, :class:`RunSummary`, and ``shared.predict.PredictionWriter`` (``predict``
-  writes ``predictions.jsonl`` / ``.csv`` in the run folder; ``--write_overlays true`` draws the boxes).
+  LearningRateMonitor, a progress bar, :class:`RunSummary`, ``shared.predict.PredictionWriter`` (``predict``
+  writes ``predictions.jsonl`` / ``.csv`` in the run folder; ``--write_overlays true`` draws the boxes), and
+  ``shared.resume.RandomStates`` (the random states in every checkpoint, so a resume is exact).
 
 A LightningModule tells the launcher what to monitor with two class attributes::
 
@@ -33,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
+from weakref import proxy
 
 import torch
 from jsonargparse import ArgumentError, set_parsing_settings
@@ -43,6 +45,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from shared.predict import PredictionWriter
+from shared.resume import RandomStates
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOGS_DIR = Path(os.environ.get("CV_PAPERS_LOGS", REPO_ROOT / "logs"))
@@ -162,6 +165,20 @@ class RunCheckpoint(ModelCheckpoint):
         if self.save_last:
             self._last_step_in_last = trainer.global_step
 
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        """Write ``<file>.partial`` and rename it over ``<file>``: a run killed while writing leaves the previous
+        checkpoint whole (Lightning writes the file in place)."""
+        partial = f"{filepath}.partial"
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        trainer.strategy.barrier("RunCheckpoint.replace")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
     def _save_last_if_behind(self, trainer: Trainer) -> None:
         if (self.save_last and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
                 and not trainer.fast_dev_run and self._last_step_in_last != trainer.global_step):
@@ -216,10 +233,39 @@ class ProjectCLI(LightningCLI):
             sys.stderr.write(f"error: {' '.join(line.strip() for line in message)}\n"
                              f"(see `python -m projects.{self.project} {self._requested_subcommand()} --help`)\n")
             sys.exit(2)
+        self._check_ckpt_path()
 
     @staticmethod
     def _requested_subcommand() -> str:
         return next((a for a in sys.argv[1:] if a in LightningCLI.subcommands()), "fit")
+
+    def _check_ckpt_path(self) -> None:
+        """A ``--ckpt_path`` file Lightning could not load (a refused pickle, truncated, not a Lightning checkpoint)
+        ends the run with one line naming it, before Lightning reads it (its hyper-parameters, then the states)
+        and fails with a traceback."""
+        from shared.backbones.weights import torch_load
+
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt is None or str(ckpt) in ("last", "best", "hpc") or str(ckpt).startswith("registry") \
+                or "://" in str(ckpt):
+            return
+        path = Path(ckpt).expanduser()
+        if path.is_dir():
+            return  # a sharded checkpoint folder (FSDP / DeepSpeed): the strategy reads it
+        if not path.is_file():
+            raise FileNotFoundError(f"--ckpt_path {path}: checkpoint file not found (expected a .ckpt written by "
+                                    "this CLI, or `last` / `best`)")
+        state = torch_load(path, mmap=True, advice="re-save the checkpoint without it (plain values in the "
+                           "hyper-parameters) in an environment where you trust the file")
+        keys = state if isinstance(state, dict) else {}
+        missing = [k for k in ("pytorch-lightning_version", "state_dict") if k not in keys]
+        if subcommand == "fit" and keys and "optimizer_states" not in keys:
+            missing.append("optimizer_states (saved with save_weights_only?)")
+        if missing:
+            found = list(keys)[:5] if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"--ckpt_path {path}: not a Lightning checkpoint to {subcommand} from (no "
+                             f"{', '.join(missing)}; found {found}); expected a .ckpt written by `fit`")
 
     # ---------------------------------------------------------------- run folder and defaults
     def _run_name(self) -> str:
@@ -248,6 +294,7 @@ class ProjectCLI(LightningCLI):
             TQDMProgressBar(refresh_rate=int(os.environ.get("PROGRESS_REFRESH", 10))),
             RunSummary(self.project, run_name, run_dir, getattr(self.model, "headline_metric", monitor)),
             PredictionWriter(run_dir, bool(self._get(self.config, "write_overlays"))),
+            RandomStates(),
         ]
         if has_logger:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -288,5 +335,18 @@ def run_with_clear_errors(fn, *args, **kwargs):
     except (FileNotFoundError, ValueError) as err:
         if os.environ.get("CV_PAPERS_DEBUG"):
             raise
-        sys.stderr.write(f"error: {err}\n(set CV_PAPERS_DEBUG=1 for the traceback)\n")
+        sys.stderr.write(f"error: {one_line(err)}\n(set CV_PAPERS_DEBUG=1 for the traceback)\n")
         sys.exit(2)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line. An error raised inside a DataLoader worker reaches the main process as
+    "Caught ValueError in DataLoader worker process 3. Original Traceback ... ValueError: <message>": keep the
+    message and say where it was raised."""
+    text = str(err)
+    if "Original Traceback" in text:
+        name = type(err).__name__
+        tail = text.rstrip().rsplit(f"\n{name}: ", 1)
+        where = text.splitlines()[0].removeprefix(f"Caught {name} ").rstrip(".")
+        text = f"{tail[1] if len(tail) == 2 else text.rstrip().splitlines()[-1]} (raised {where})"
+    return " ".join(line.strip() for line in text.strip().splitlines())

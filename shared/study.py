@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from shared.backbones.weights import torch_load
 from shared.cli import LOGS_DIR, REPO_ROOT
 
 
@@ -66,7 +65,7 @@ def rebuild_toy_run(ckpt: str | Path, module_cls: type, data_cls: type, what: st
     weights); a relative data root is taken from the repository root. ``what`` names the measurement in the
     error raised for a run on a real dataset. Returns ``(module, datamodule, datamodule hyper-parameters)``.
     """
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = torch_load(ckpt)
     hp, dm = state.get("hyper_parameters"), state.get("datamodule_hyper_parameters")
     if hp is None or dm is None:
         raise ValueError(f"{ckpt}: no hyper_parameters / datamodule_hyper_parameters (not a training checkpoint "

@@ -57,13 +57,29 @@ def read_manifest(folder: str | Path, what: str = "--images") -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {folder}: no manifest.csv (expected the output folder of "
                                 f"`python -m projects.spm generate`)")
+    from projects.spm.generate import csv_number
+
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if not reader.fieldnames:
+            raise ValueError(f"{path} is empty (expected the manifest `generate` writes: a header line with at least "
+                             f"{list(REQUIRED_COLUMNS)}, then one row per image)")
+        missing = [c for c in REQUIRED_COLUMNS if c not in reader.fieldnames]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing} (columns: {reader.fieldnames}); expected at least "
                              f"{list(REQUIRED_COLUMNS)}")
-        rows = list(reader)
+        rows = []
+        for row in reader:
+            for column in ("seed", "width", "height", "guidance"):
+                value = (row.get(column) or "").strip()
+                if not value and column != "seed":
+                    continue  # optional columns may be empty
+                try:
+                    csv_number(column, value)
+                except ValueError as err:
+                    raise ValueError(f"{path}, line {reader.line_num}, column {column!r}: {value!r} is not "
+                                     f"{err}") from None
+            rows.append(row)
     if not rows:
         raise ValueError(f"{path} lists no images")
     for row in rows:

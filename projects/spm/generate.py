@@ -69,7 +69,7 @@ CSV_ALIASES: dict[str, tuple[str, ...]] = {
     "seed": ("evaluation_seed", "sd_seed", "seed"),
     "width": ("width", "sd_image_width"),
     "height": ("height", "sd_image_height"),
-    "guidance": ("guidance", "sd_guidance_scale"),
+    "guidance": ("guidance", "sd_guidance_scale", "evaluation_guidance"),
     "concept": ("concept",),
 }
 MANIFEST_COLUMNS = ("index", "file", "prompt", "seed", "width", "height", "guidance", "concept")
@@ -105,12 +105,19 @@ def read_prompt_csv(path: str | Path) -> list[dict]:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
+        if not columns:
+            raise ValueError(f"prompts CSV {path} is empty (expected a header line with a 'prompt' column, then one "
+                             "row per prompt)")
         if "prompt" not in columns:
             raise ValueError(f"prompts CSV {path}: no 'prompt' column (columns: {columns}); expected 'prompt' and "
                              f"optionally {', '.join(a for names in CSV_ALIASES.values() for a in names)}")
         found = {key: next((a for a in names if a in columns), None) for key, names in CSV_ALIASES.items()}
+        ignored = [c for c in columns if c != "prompt" and c not in found.values()]
+        if ignored:
+            logger.warning("prompts CSV %s: ignoring column(s) %s (read: %s)", path, ignored,
+                           ["prompt", *(c for c in found.values() if c)])
         rows = []
-        for line, raw in enumerate(reader, start=2):
+        for raw in reader:
             raw = {(k or "").strip(): v for k, v in raw.items()}
             row = {"prompt": (raw.get("prompt") or "").strip()}
             for key, column in found.items():
@@ -121,15 +128,30 @@ def read_prompt_csv(path: str | Path) -> list[dict]:
                     row[key] = value
                     continue
                 try:
-                    number = float(value)
-                except ValueError:
-                    raise ValueError(f"prompts CSV {path}, line {line}, column {column!r}: {value!r} is not a "
-                                     f"number") from None
-                row[key] = number if key == "guidance" else int(number)
+                    row[key] = csv_number(key, value)
+                except ValueError as err:
+                    raise ValueError(f"prompts CSV {path}, line {reader.line_num}, column {column!r}: {value!r} is "
+                                     f"not {err}") from None
             rows.append(row)
     if not rows:
-        raise ValueError(f"prompts CSV {path} has no rows")
+        raise ValueError(f"prompts CSV {path} has a header but no rows (expected one row per prompt)")
     return rows
+
+
+def csv_number(key: str, value: str) -> int | float:
+    """A CSV cell as the number column ``key`` (seed, width, height, guidance) holds; else a ValueError saying
+    what was expected. Integral floats ("42.0", as pandas writes a column with gaps) are integers."""
+    expected = {"seed": "a seed (an integer from 0 to 2**63 - 1)", "guidance": "a guidance scale (a finite number)"}
+    expected = expected.get(key, "a size in pixels (a positive integer)")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(expected) from None
+    if key == "guidance" and math.isfinite(number):
+        return number
+    if key != "guidance" and number.is_integer() and (0 <= number < 2**63 if key == "seed" else number >= 1):
+        return int(value) if value.isdigit() else int(number)
+    raise ValueError(expected)
 
 
 def build_jobs(args: argparse.Namespace, native_size: int, multiple: int) -> list[Job]:
@@ -309,6 +331,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("steps", "batch_size", "images_per_prompt", "devices"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    seeds = [args.seed, *(args.seeds or [])]
+    if min(seeds) < 0:
+        p.error(f"--seed / --seeds must be >= 0, got {seeds}")
     return args
 
 

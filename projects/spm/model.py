@@ -67,12 +67,45 @@ SAMPLERS: dict[str, tuple[str | None, dict]] = {
 }
 
 
-def _require(folder: Path, sub: str) -> Path:
+def _require(folder: Path, sub: str, config: str | None = None) -> Path:
+    """``folder/sub``, with its ``config`` file, else one line naming what is missing."""
     path = folder / sub
     if not path.is_dir():
         raise FileNotFoundError(f"base model folder {folder}: missing {sub}/ (expected the diffusers layout "
                                 f"unet/, text_encoder/, tokenizer/, scheduler/ and optionally vae/)")
+    if config is not None and not (path / config).is_file():
+        raise FileNotFoundError(f"base model folder {folder}: missing {sub}/{config} (expected the diffusers "
+                                f"layout, as written by save_pretrained)")
     return path
+
+
+def _load(cls, path: Path, **kw):
+    """``cls.from_pretrained`` on a component folder whose weights were checked (:func:`_check_weights`); ``.bin``
+    only where there is no ``.safetensors`` (both libraries read it with ``torch.load(weights_only=True)``)."""
+    return cls.from_pretrained(path, local_files_only=True, use_safetensors=_check_weights(path), **kw)
+
+
+def _check_weights(path: Path) -> bool:
+    """Whether a component folder's weights are .safetensors (readable ones), else .bin files that
+    ``torch.load(weights_only=True)`` reads; else one line naming the file, where the libraries print a traceback."""
+    from safetensors import SafetensorError, safe_open
+
+    from shared.backbones.weights import not_safetensors, torch_load
+
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no weights file (expected diffusion_pytorch_model.safetensors / "
+                                "model.safetensors, or their .bin)")
+    for file in files:
+        if file.suffix == ".bin":
+            torch_load(file, mmap=True)
+            continue
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as err:
+            raise ValueError(not_safetensors(file, err)) from None
+    return files[0].suffix == ".safetensors"
 
 
 class DiffusionModel(nn.Module):
@@ -101,16 +134,18 @@ class DiffusionModel(nn.Module):
         if not folder.is_dir():
             raise FileNotFoundError(f"base model folder {folder} does not exist (expected a diffusers model folder)")
         kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-        unet = UNet2DConditionModel.from_pretrained(_require(folder, "unet"), local_files_only=True, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(_require(folder, "text_encoder"), local_files_only=True, **kw)
-        tokenizer = AutoTokenizer.from_pretrained(_require(folder, "tokenizer"), local_files_only=True)
-        scheduler = DDIMScheduler.from_pretrained(_require(folder, "scheduler"), local_files_only=True)
+        unet = _load(UNet2DConditionModel, _require(folder, "unet", "config.json"), **kw)
+        text_encoder = _load(CLIPTextModel, _require(folder, "text_encoder", "config.json"), **kw)
+        tokenizer = AutoTokenizer.from_pretrained(_require(folder, "tokenizer", "tokenizer_config.json"),
+                                                  local_files_only=True)
+        scheduler = DDIMScheduler.from_pretrained(_require(folder, "scheduler", "scheduler_config.json"),
+                                                  local_files_only=True)
         if scheduler.config.prediction_type != "epsilon":
             raise ValueError(f"{folder}/scheduler: prediction_type {scheduler.config.prediction_type!r} is not "
                              f"supported; the SPM losses are written for epsilon-prediction models (SD v1.x)")
         vae = None
         if (folder / "vae").is_dir():
-            vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, **kw)
+            vae = _load(AutoencoderKL, _require(folder, "vae", "config.json"), **kw)
         clip = float(scheduler.config.clip_sample_range) if scheduler.config.clip_sample else None
         return cls(unet, text_encoder, tokenizer, scheduler.alphas_cumprod, vae,
                    bool(scheduler.config.set_alpha_to_one), clip,

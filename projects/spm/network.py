@@ -231,16 +231,25 @@ def save_spm_file(state: dict[str, torch.Tensor], path: str | Path, prompts: Seq
 
 def load_spm_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read an SPM (or kohya LoRA) safetensors file: (tensors, metadata). Keys get the ``adapters.`` prefix back."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
+
+    from shared.backbones.weights import not_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SPM file {path} does not exist (expected a .safetensors file)")
     if path.suffix != ".safetensors":
         raise ValueError(f"SPM file {path}: expected a .safetensors file (kohya lora_unet_* layout)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {f"adapters.{k}": f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {f"adapters.{k}": f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as err:
+        raise ValueError(not_safetensors(path, err)) from None
+    if not any(k.endswith(".lora_down.weight") for k in state):
+        raise ValueError(f"SPM file {path}: no '*.lora_down.weight' keys (its keys begin "
+                         f"{sorted(k.removeprefix('adapters.') for k in state)[:3]}); expected an SPM / LoRA file in "
+                         f"the kohya layout ({PREFIX_UNET}_*.lora_down.weight / .lora_up.weight)")
     return state, meta
 
 

@@ -55,13 +55,20 @@ class ToyClassifier(nn.Module):
 
 
 def load_classifier(path: str | Path) -> ToyClassifier:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from shared.backbones.weights import load_into, not_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"toy classifier {path} does not exist (run `python -m projects.spm.toy_base`)")
+    try:
+        state = load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(not_safetensors(path, err)) from None
     model = ToyClassifier()
-    model.load_state_dict(load_file(str(path)))
+    load_into(model, state, "toy classifier", source=path)  # every tensor, of the right shape, or one line
     return model.eval()
 
 

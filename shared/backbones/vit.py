@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -224,19 +225,25 @@ def read_npz_state_dict(path: Path, model: VisionTransformer) -> dict[str, torch
     timm's ``load_pretrained`` (``_load_weights``) converts into a twin model built at the checkpoint's native
     size; the caller then resizes like any other checkpoint, so every format gets the same (scipy-like) resize.
     """
-    with np.load(path, allow_pickle=False) as npz:
-        keys = npz.files
-        kernel = next((k for k in keys if k.endswith("embedding/kernel") and "pos" not in k), None)
-        pos_key = next((k for k in keys if k.endswith("pos_embedding")), None)
-        if kernel is None or pos_key is None:
-            raise ValueError(f"{path}: not a Google ViT .npz checkpoint (no embedding/kernel or pos_embedding)")
-        patch = int(npz[kernel].shape[0])
-        n = int(np.prod(npz[pos_key].shape[:-1]))
-    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-    side = math.isqrt(n - prefix)
-    twin = copy.deepcopy(model)  # same architecture arguments, checkpoint-sized patch grid
-    twin.set_input_size(img_size=(side * patch, side * patch), patch_size=(patch, patch))
-    twin.load_pretrained(str(path))
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = npz.files
+            kernel = next((k for k in keys if k.endswith("embedding/kernel") and "pos" not in k), None)
+            pos_key = next((k for k in keys if k.endswith("pos_embedding")), None)
+            if kernel is None or pos_key is None:
+                raise KeyError("no embedding/kernel or pos_embedding")
+            patch = int(npz[kernel].shape[0])
+            n = int(np.prod(npz[pos_key].shape[:-1]))
+        prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+        side = math.isqrt(n - prefix)
+        twin = copy.deepcopy(model)  # same architecture arguments, checkpoint-sized patch grid
+        twin.set_input_size(img_size=(side * patch, side * patch), patch_size=(patch, patch))
+        twin.load_pretrained(str(path))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # object arrays, truncated, ...
+        reason = str(err).strip("'\"").split(". ")[0]  # numpy's own advice (allow_pickle) is not repeated
+        raise ValueError(f"{path}: not a Google ViT .npz checkpoint of this architecture ({type(err).__name__}: "
+                         f"{reason}); expected a complete .npz of plain arrays as released by "
+                         "google-research/vision_transformer") from None
     return twin.state_dict()
 
 

@@ -6,13 +6,17 @@
 * ``False`` / ``None``: random init, silently.
 
 Files are read without unpickling arbitrary objects: ``.safetensors`` with safetensors, ``.pth``/``.pt``/``.bin``
-with ``torch.load(weights_only=True)``. Google JAX ``.npz`` ViT checkpoints are handled in ``vit.py``.
+with ``torch.load(weights_only=True)``. Google JAX ``.npz`` ViT checkpoints are handled in ``vit.py``. A file that
+cannot be read (a pickled object, truncated, another format) is one ``ValueError`` line naming it; so is a file that
+lacks one of the model's tensors outside the classifier, or holds one with another shape (:func:`load_into`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -122,11 +126,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors / .pth / .pt / .bin (never unpickling arbitrary objects)."""
     path = weights_file_in(path) if path.is_dir() else path
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
+        try:
+            state = load_file(str(path), device="cpu")
+        except SafetensorError as err:
+            raise ValueError(not_safetensors(path, err)) from None
     elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
         for key in _WRAPPER_KEYS:  # training checkpoints wrap the weights: {"state_dict": {...}, ...}
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
@@ -136,6 +144,31 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
     return {_strip_prefix(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def torch_load(path: Path, mmap: bool = False,
+               advice: str = "convert it to .safetensors in an environment where you trust the file"):
+    """``torch.load(weights_only=True)`` on the CPU; a refused pickle or an unreadable file is one line naming it
+    (``advice`` says what to do about a refused object)."""
+    try:  # mmap reads only the zip format (every torch.save since PyTorch 1.6)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except OSError:
+        raise  # a missing or unreadable file says so itself
+    except Exception as err:  # the unpickler fails in many ways on a file that torch.save did not write
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:
+            raise ValueError(
+                f"{path}: holds a pickled {refused.group(1)} object, which is not read (only tensors and plain "
+                f"containers are loaded, with torch.load(weights_only=True)); {advice}") from None
+        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0].split('. ')[0][:120]}"
+        raise ValueError(f"{path}: not a readable PyTorch file ({reason}); expected a complete file written by "
+                         "torch.save (truncated or renamed? copy or download it again)") from None
+
+
+def not_safetensors(path: Path, err: Exception) -> str:
+    """The one-line message for a .safetensors file safetensors cannot read (truncated, or not safetensors)."""
+    return (f"{path}: not a readable .safetensors file ({err}); expected a complete safetensors file "
+            "(truncated or renamed? copy or download it again)")
 
 
 def _strip_prefix(key: str) -> str:
@@ -149,23 +182,44 @@ def _strip_prefix(key: str) -> str:
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str,
-              classifier: str | Iterable[str] | None = None, source: str | Path | None = None) -> None:
-    """Load ``state`` non-strictly; drop classifier keys whose shape differs; log missing/unexpected keys once.
-    A file of which no tensor matches the model is an error naming it (``source``), never a silent random init."""
+              classifier: str | Iterable[str] | None = None, source: str | Path | None = None,
+              strict: bool = True) -> None:
+    """Load ``state``; drop classifier keys whose shape differs; log missing/unexpected keys once.
+
+    A file of which no tensor matches the model is an error naming it (``source``), never a silent random init.
+    With ``strict`` (the default) a non-classifier key the file lacks, or has with another shape, is an error
+    listing the first ones; ``strict=False`` skips them and logs what it skipped.
+    """
     own = model.state_dict()
+    origin = f" in {source}" if source is not None else ""
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
-    dropped = [k for k in state if any(k == h or k.startswith(h + ".") for h in heads)
-               and (k not in own or own[k].shape != state[k].shape)]
-    state = {k: v for k, v in state.items() if k not in dropped}
+
+    def is_head(key: str) -> bool:
+        return any(key == h or key.startswith(h + ".") for h in heads)
+
+    dropped = [k for k in state if is_head(k) and (k not in own or own[k].shape != state[k].shape)]
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape and k not in dropped]
+    if wrong and strict:
+        shapes = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
+        raise ValueError(f"{what}: {len(wrong)} tensors{origin} have another shape than the model's (file vs model: "
+                         f"{shapes}{', ...' if len(wrong) > 3 else ''}); expected weights of the same architecture "
+                         "(check the backbone's size arguments)")
+    state = {k: v for k, v in state.items() if k not in dropped and k not in wrong}
     result = model.load_state_dict(state, strict=False)
     if own and len(state) == len(result.unexpected_keys):
-        origin = f" in {source}" if source is not None else ""
         raise ValueError(f"{what}: none of the {len(state)} tensors{origin} matches this model (the file's keys "
                          f"begin {sorted(state)[:3]}, the model's {sorted(own)[:3]}); expected weights of the same "
                          "architecture")
+    missing = [k for k in result.missing_keys if not is_head(k)]
+    if missing and strict:
+        raise ValueError(f"{what}: {len(missing)} of the model's tensors are missing{origin} (first: {missing[:5]}); "
+                         "expected weights of the same architecture (a deliberate partial load: "
+                         "load_into(..., strict=False))")
     msg = f"{what}: loaded {len(state) - len(result.unexpected_keys)} tensors"
     if dropped:
         msg += f"; dropped classifier keys {dropped} (different number of classes)"
+    if wrong:
+        msg += f"; skipped keys of another shape {wrong}"
     if result.missing_keys or result.unexpected_keys:
         msg += f"; missing keys {result.missing_keys}; unexpected keys {result.unexpected_keys}"
     (logger.warning if result.missing_keys else logger.info)(msg)

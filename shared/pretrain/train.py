@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.backbones.vit import ViTBackbone
+from shared.backbones.weights import torch_load
 from shared.data.images import IMAGENET_MEAN, IMAGENET_STD
 from shared.metrics.multilabel import multilabel_average_precision
 from shared.pretrain.corpus import CLASS_NAMES, CorpusSpec, build_split
@@ -121,7 +122,7 @@ def train(r: Recipe, work: Path, data: Path, threads: int, eval_every: int = 100
     ckpt, history_file = work / "ckpt.pt", work / "history.jsonl"
     start, wall_before = 0, 0.0
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = torch_load(ckpt)
         if json.loads(state["recipe"]) != json.loads(json.dumps(asdict(r))):
             raise ValueError(f"{ckpt}: saved by another recipe ({state['recipe']}); use another --work folder "
                              "or delete it")

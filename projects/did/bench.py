@@ -17,17 +17,19 @@ import torch.nn.functional as F
 from shared.bench import BenchCase, register
 
 
-def _train_step_case(cfg: dict, batch: int, name: str) -> BenchCase:
+def train_step_case(cfg: dict, batch: int, name: str, device: str = "cpu") -> BenchCase:
+    """One DiD step (global + top-N local views) vs (1 + N) ViT-baseline steps with the same weights."""
     from projects.did.model import DiD
 
     torch.manual_seed(0)
     did = DiD(**cfg, local_views=True)
     base = DiD(**cfg, local_views=False)
     base.load_state_dict(did.state_dict())
+    did, base = did.to(device), base.to(device)
     n = did.top_n
     size = cfg["img_size"]
-    x = torch.randn(batch, 3, size, size)
-    y = (torch.rand(batch, cfg["num_classes"]) < 0.3).float()
+    x = torch.randn(batch, 3, size, size).to(device)
+    y = (torch.rand(batch, cfg["num_classes"]) < 0.3).float().to(device)
     opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for m in (did, base)}
 
     def step(model: DiD) -> None:
@@ -55,14 +57,17 @@ def _train_step_case(cfg: dict, batch: int, name: str) -> BenchCase:
 def _toy_step() -> BenchCase:
     cfg = dict(num_classes=10, backbone="vit_tiny_patch16_224", img_size=64, patch_size=8, embed_dim=64, depth=4,
                num_heads=2, hidden_dropout=0.0)
-    return _train_step_case(cfg, 16, "toy")
+    return train_step_case(cfg, 16, "toy")
+
+
+COCO_VITB_448 = dict(num_classes=80, backbone="vit_base_patch16_224", img_size=448, hidden_dropout=0.1)
+"""configs/coco.yaml's model (random init): ViT-B/16 at 448, 80 classes, top-4 local views."""
 
 
 @register("did: train step / (1+N) ViT steps (ViT-B/16 448, B=1)", target=1.10, kind="overhead", repeats=3,
           warmup=1)
 def _vitb_step() -> BenchCase:
-    cfg = dict(num_classes=80, backbone="vit_base_patch16_224", img_size=448, hidden_dropout=0.1)
-    return _train_step_case(cfg, 1, "ViT-B/16 448")
+    return train_step_case(COCO_VITB_448, 1, "ViT-B/16 448")
 
 
 # ----------------------------------------------------------------------------------------------------------

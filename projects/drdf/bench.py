@@ -33,10 +33,12 @@ def _train_step(model, batch: dict, optimizer: torch.optim.Optimizer, routed: bo
     return step
 
 
-def _case(model_kwargs: dict, batch_size: int, image_size: int, seq_len: int, vocab: int, details: dict) -> BenchCase:
+def train_step_case(model_kwargs: dict, batch_size: int, image_size: int, seq_len: int, vocab: int, details: dict,
+                    device: str | None = None) -> BenchCase:
+    """DRDF step vs its K experts' step without routers; ``device`` None: CUDA when there is one."""
     from projects.drdf.model import DRDF
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     drdf = DRDF(routing="drdf", **model_kwargs).to(device).train()
     optimizer = torch.optim.AdamW(drdf.parameters(), lr=1e-5, foreach=True)
@@ -70,20 +72,23 @@ def toy_model_kwargs() -> dict:
                 fusion=cfg.get("fusion", "logits"))
 
 
+HATEFUL_MEMES_KWARGS = dict(num_classes=2, expert="visual_bert", num_experts=3,
+                            expert_kwargs={"size": "full", "image_size": 224, "grid": 3},
+                            text_router={"kind": "bert", "size": "full", "freeze": True},
+                            image_router={"backbone": "resnet18", "image_size": 224})
+"""hateful_memes.yaml at full size (random init): 3 VisualBERT-base experts on ResNet-152 3x3 grids, a frozen
+bert-base text router and a fine-tuned ResNet-18 image router, 224-px images (40 tokens in the rows: memes are short,
+batches are padded to the longest)."""
+
+
 @register("drdf: toy train step, DRDF / its 3 experts without routers", target=1.10, kind="overhead", grad=True)
 def _toy_row() -> BenchCase:
-    return _case(toy_model_kwargs(), batch_size=32, image_size=32, seq_len=16, vocab=256,
-                 details={"setting": "toy.yaml"})
+    return train_step_case(toy_model_kwargs(), batch_size=32, image_size=32, seq_len=16, vocab=256,
+                           details={"setting": "toy.yaml"})
 
 
 @register("drdf: Hateful-Memes-size train step, DRDF / 3 VisualBERT experts without routers", target=1.10,
           kind="overhead", repeats=3, warmup=1, grad=True)
 def _hm_row() -> BenchCase:
-    """hateful_memes.yaml at full size (random init): 3 VisualBERT-base experts on ResNet-152 3x3 grids, a frozen
-    bert-base text router and a fine-tuned ResNet-18 image router, 224-px images, 40 tokens."""
-    kw = dict(num_classes=2, expert="visual_bert", num_experts=3,
-              expert_kwargs={"size": "full", "image_size": 224, "grid": 3},
-              text_router={"kind": "bert", "size": "full", "freeze": True},
-              image_router={"backbone": "resnet18", "image_size": 224})
-    return _case(kw, batch_size=8 if torch.cuda.is_available() else 2, image_size=224, seq_len=40, vocab=30522,
-                 details={"setting": "hateful_memes.yaml (random init)"})
+    return train_step_case(HATEFUL_MEMES_KWARGS, batch_size=8 if torch.cuda.is_available() else 2, image_size=224,
+                           seq_len=40, vocab=30522, details={"setting": "hateful_memes.yaml (random init)"})

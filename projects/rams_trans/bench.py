@@ -13,7 +13,9 @@ from __future__ import annotations
 from shared.bench import BenchCase, register
 
 
-def _train_step_case(backbone: str, img_size: int, patch: int, batch: int, kwargs: dict | None) -> BenchCase:
+def train_step_case(backbone: str, img_size: int, patch: int, batch: int, kwargs: dict | None,
+                    device: str = "cpu") -> BenchCase:
+    """RAMS-Trans step (2 scales) vs two plain-ViT steps with the same weights, ``batch`` images of ``img_size``."""
     import torch
     import torch.nn.functional as F
 
@@ -23,9 +25,10 @@ def _train_step_case(backbone: str, img_size: int, patch: int, batch: int, kwarg
     rams = RAMSTrans(10, backbone, img_size, patch, num_scales=2, eta=1.2, backbone_kwargs=kwargs)
     vit = RAMSTrans(10, backbone, img_size, patch, num_scales=1, backbone_kwargs=kwargs)
     vit.load_state_dict({k: (v[:1] if k in ("cls_tokens", "cls_pos") else v) for k, v in rams.state_dict().items()})
+    rams, vit = rams.to(device), vit.to(device)
     # At random init the mask is often empty (whole-image fallback); the crop costs the same either way.
-    x = torch.randn(batch, 3, img_size, img_size)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, 3, img_size, img_size).to(device)
+    y = torch.randint(0, 10, (batch,)).to(device)
     opts = {m: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
             for m in (rams, vit)}
 
@@ -44,21 +47,21 @@ def _train_step_case(backbone: str, img_size: int, patch: int, batch: int, kwarg
 
     return BenchCase(method=lambda: step(rams), baseline=two_vit_steps,
                      details={"backbone": backbone, "img_size": img_size, "patch": patch, "batch": batch,
-                              "tokens": (img_size // patch) ** 2 + 1, "device": "cpu",
+                              "tokens": (img_size // patch) ** 2 + 1, "device": device,
                               "threads": torch.get_num_threads()})
 
 
 @register("rams_trans: train step / 2 ViT steps (ViT-B/16 448, batch 2, CPU)", target=1.10, kind="overhead",
           repeats=3, warmup=1)
 def _vitb_row() -> BenchCase:
-    return _train_step_case("vit_base_patch16_224", 448, 16, 2, None)
+    return train_step_case("vit_base_patch16_224", 448, 16, 2, None)
 
 
 @register("rams_trans: train step / 2 ViT steps (toy: 64 px, patch 8, 4x64, batch 32)", target=1.10,
           kind="overhead", repeats=10, warmup=2)
 def _toy_row() -> BenchCase:
-    return _train_step_case("vit_tiny_patch16_224", 64, 8, 32,
-                            {"embed_dim": 64, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0})
+    return train_step_case("vit_tiny_patch16_224", 64, 8, 32,
+                           {"embed_dim": 64, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0})
 
 
 def official_style_dppm(attentions, images, grid: int, patch: int, eta: float, num_prefix: int):

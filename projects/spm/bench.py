@@ -88,7 +88,7 @@ def official_iteration(module: SPMModule, membrane: OfficialMembrane) -> dict[st
     ti = random.randrange(len(module.targets))
     target = cache["targets"][ti:ti + 1]
     k = random.randint(1, hp.max_denoising_steps - 1)
-    x = torch.randn(d.latent_shape(1, hp.resolution, hp.resolution))
+    x = torch.randn(d.latent_shape(1, hp.resolution, hp.resolution), device=module.device)
     steps = d.ddim_timesteps(hp.max_denoising_steps, len(d.alphas_cumprod))
     with torch.no_grad(), membrane.applied(1.0):
         x = d.rollout(x, steps[:k], cache["uncond"], target, hp.rollout_guidance)
@@ -96,9 +96,9 @@ def official_iteration(module: SPMModule, membrane: OfficialMembrane) -> dict[st
     return official_losses_at(module, membrane, x, t, target, module.sample_anchors(ti))
 
 
-def build_module(base: Path, anchoring: str = "official", **kw) -> SPMModule:
+def build_module(base: Path, anchoring: str = "official", resolution: int = 16, **kw) -> SPMModule:
     torch.manual_seed(0)  # the same membrane init for every module built from ``base``
-    module = SPMModule(base_model=str(base), anchoring=anchoring, resolution=16, dynamic_resolution=False,
+    module = SPMModule(base_model=str(base), anchoring=anchoring, resolution=resolution, dynamic_resolution=False,
                        lr_warmup_steps=1, iterations=10, **kw)
     module.setup("fit")
     return module
@@ -124,13 +124,18 @@ def _train_step(module: SPMModule, opt: torch.optim.Optimizer, losses_fn, seed: 
     return float(loss.detach())
 
 
-def _module_pair() -> tuple[SPMModule, SPMModule, OfficialMembrane]:
-    """(ours, official copy, its official membrane): two modules from one random tiny base, same membrane."""
+def _module_pair(unet_config: dict | None = None, resolution: int = 16, device: str = "cpu",
+                 **module_kw) -> tuple[SPMModule, SPMModule, OfficialMembrane]:
+    """(ours, official copy, its official membrane): two modules from one random base (the tiny UNet unless
+    ``unet_config``; pixel space, so ``resolution`` is the UNet's input size), same membrane, on ``device``."""
+    import shutil
+
     from projects.spm.model import TOY_UNET_CONFIG
     from projects.spm.toy_base import write_random_base
 
-    base = write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")), TOY_UNET_CONFIG)
-    ours, official = build_module(base, "official"), build_module(base, "official")
+    base = write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")), unet_config or TOY_UNET_CONFIG)
+    ours, official = (build_module(base, "official", resolution, **module_kw).to(device) for _ in range(2))
+    shutil.rmtree(base)  # loaded: the SD-sized folder is 3.4 GB
     random_ups(ours.network, official.network)
     return ours, official, OfficialMembrane(official)
 
@@ -140,15 +145,16 @@ def _optimizers(ours: SPMModule, official: SPMModule) -> list[torch.optim.Optimi
     return [ours.configure_optimizers()["optimizer"], torch.optim.AdamW(official.network.parameters(), 1e-4)]
 
 
-def _check_same_loss(ours_loss: float, official_loss: float, what: str) -> None:
-    if abs(ours_loss - official_loss) > 1e-4 * max(1.0, abs(official_loss)):
+def _check_same_loss(ours_loss: float, official_loss: float, what: str, rtol: float = 1e-4) -> None:
+    if abs(ours_loss - official_loss) > rtol * max(1.0, abs(official_loss)):
         raise AssertionError(f"{what}: ours gives loss {ours_loss:.6g}, the official-style loop {official_loss:.6g}")
 
 
-@register("spm: training iteration, ours vs official-style loop (tiny UNet)", target=0.6, kind="overhead",
-          repeats=20, warmup=2, grad=True)
-def _iteration_row() -> BenchCase:
-    module, official_module, membrane = _module_pair()
+def iteration_case(unet_config: dict | None = None, resolution: int = 16, device: str = "cpu", rtol: float = 1e-4,
+                   **module_kw) -> BenchCase:
+    """One training iteration (roll-out, losses, backward, AdamW step) vs the official-style loop; both draw the
+    same target, k, x_T and anchors per call, and their losses agree to ``rtol`` (checked here)."""
+    module, official_module, membrane = _module_pair(unet_config, resolution, device, **module_kw)
     opts = _optimizers(module, official_module)
     with torch.no_grad():
         random.seed(0)
@@ -156,7 +162,8 @@ def _iteration_row() -> BenchCase:
         ours_loss = float(module.spm_losses()["loss"])
         random.seed(0)
         torch.manual_seed(0)
-        _check_same_loss(ours_loss, float(official_iteration(official_module, membrane)["loss"]), "iteration")
+        _check_same_loss(ours_loss, float(official_iteration(official_module, membrane)["loss"]), "iteration",
+                         rtol)
     counters = {"ours": 0, "official": 0}  # the n-th call of each uses seed n: same target, k, x_T and anchors
 
     def ours() -> None:
@@ -167,9 +174,16 @@ def _iteration_row() -> BenchCase:
         counters["official"] += 1
         _train_step(official_module, opts[1], lambda m: official_iteration(m, membrane), counters["official"])
 
+    unet = "toy 16x16 (32, 64, 64), 7 Transformer2DModels" if unet_config is None else "SD v1.4 config, random init"
     return BenchCase(method=ours, baseline=official,
-                     details={"unet": "toy 16x16 (32, 64, 64), 7 Transformer2DModels", "anchoring": "official",
-                              "anchors": 4, "max_denoising_steps": 30})
+                     details={"unet": unet, "input": f"{resolution}x{resolution}", "anchoring": "official",
+                              "anchors": 4, "max_denoising_steps": module.hparams.max_denoising_steps})
+
+
+@register("spm: training iteration, ours vs official-style loop (tiny UNet)", target=0.6, kind="overhead",
+          repeats=20, warmup=2, grad=True)
+def _iteration_row() -> BenchCase:
+    return iteration_case()
 
 
 @register("spm: predictions + loss given x_t, ours vs official-style (tiny UNet)", target=0.6, kind="overhead",
@@ -216,10 +230,10 @@ def _toy_text():
     return _CACHE["text"]
 
 
-def _unet(which: str):
+def _unet(which: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """(unet, twin): a random UNet and a second module object sharing its weight tensors (no extra memory), so
     the SPM hooks live on the twin and the baseline runs a UNet with no hooks at all."""
-    key = f"unet_{which}"
+    key = f"unet_{which}_{device}_{dtype}"
     if key not in _CACHE:
         from diffusers import UNet2DConditionModel
 
@@ -227,7 +241,7 @@ def _unet(which: str):
 
         torch.manual_seed(0)
         config = SD14_UNET_CONFIG if which == "sd14" else TOY_UNET_CONFIG
-        unet = UNet2DConditionModel(**config).eval().requires_grad_(False)
+        unet = UNet2DConditionModel(**config).eval().requires_grad_(False).to(device, dtype)
         with torch.device("meta"):
             twin = UNet2DConditionModel(**config)
         twin.load_state_dict(unet.state_dict(), assign=True)
@@ -253,20 +267,21 @@ def _random_states(unet, num: int) -> list[dict[str, torch.Tensor]]:
     return states
 
 
-def _step_case(which: str, num_spms: int, prompts: int = 1, merge: bool = True) -> BenchCase:
+def step_case(which: str, num_spms: int, prompts: int = 1, merge: bool = True, device: str = "cpu",
+              dtype: torch.dtype = torch.float32) -> BenchCase:
     """One CFG denoising step (UNet batch 2 * prompts: the images and their uncond rows) with C SPMs and each
     prompt's FT gammas (on a weight-sharing twin of the UNet) vs the same step on the bare UNet (no hooks).
     With one prompt the two CFG rows share gamma: ``applied()`` merges it into the weights on entry (timed once,
     in the details) unless ``merge`` is off (hooks, gammas folded into the ups); with several prompts the
-    per-sample hook path runs."""
+    per-sample hook path runs. ``dtype``: the UNet's (and so the SPM stacks') weights, as a pipeline loads them."""
     from projects.spm.composition import SPMComposition
     from projects.spm.transport import facilitated_gammas
 
-    unet, twin = _unet(which)
+    unet, twin = _unet(which, device, dtype)
     text_encoder, tokenizer, concepts = _toy_text()
     texts = ["a red circle next to a blue star", "a green ring", "a white square", "a purple cross"][:prompts]
-    gammas = facilitated_gammas(text_encoder, tokenizer, texts, concepts[:num_spms])
-    previous = _CACHE.pop(f"comp_{which}", None)  # one composition on the twin at a time
+    gammas = facilitated_gammas(text_encoder, tokenizer, texts, concepts[:num_spms]).to(device)
+    previous = _CACHE.pop(f"comp_{which}_{device}_{dtype}", None)  # one composition on the twin at a time
     if previous is not None:
         previous[1].close()
         previous[0].remove()
@@ -278,13 +293,14 @@ def _step_case(which: str, num_spms: int, prompts: int = 1, merge: bool = True) 
     start = time.perf_counter()
     scope.enter_context(comp.applied(gammas))  # [B, C] -> repeated over the [uncond; cond] halves
     enter_ms = (time.perf_counter() - start) * 1e3
-    _CACHE[f"comp_{which}"] = comp, scope
+    _CACHE[f"comp_{which}_{device}_{dtype}"] = comp, scope
     cfg = unet.config
     gen = torch.Generator().manual_seed(0)
     n = 2 * prompts
-    x = torch.randn(n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
-    ctx = torch.randn(n, 77 if which == "sd14" else tokenizer.model_max_length, cfg.cross_attention_dim, generator=gen)
-    t = torch.full((n,), 500)
+    x = torch.randn(n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen).to(device, dtype)
+    ctx = torch.randn(n, 77 if which == "sd14" else tokenizer.model_max_length, cfg.cross_attention_dim,
+                      generator=gen).to(device, dtype)
+    t = torch.full((n,), 500, device=device)
 
     def with_spms() -> None:
         twin(x, t, encoder_hidden_states=ctx)
@@ -305,11 +321,11 @@ for _which, _label, _repeats, _warmup in (("toy", "toy UNet 16x16", 30, 3),
     for _num in (1, 5, 20):
         register(f"spm: CFG step with {_num} SPMs, 1 prompt's FT gammas (merged on entry) / no SPM ({_label})",
                  target=1.05, kind="overhead", repeats=_repeats, warmup=_warmup)(
-            lambda w=_which, n=_num: _step_case(w, n))
+            lambda w=_which, n=_num: step_case(w, n))
     register(f"spm: CFG step with 20 SPMs, 1 prompt's FT gammas through the hooks / no SPM ({_label})", target=1.05,
-             kind="overhead", repeats=_repeats, warmup=_warmup)(lambda w=_which: _step_case(w, 20, merge=False))
+             kind="overhead", repeats=_repeats, warmup=_warmup)(lambda w=_which: step_case(w, 20, merge=False))
 register("spm: CFG step with 20 SPMs, 4 prompts with different FT gammas / no SPM (toy UNet 16x16)", target=1.05,
-         kind="overhead", repeats=30)(lambda: _step_case("toy", 20, prompts=4))
+         kind="overhead", repeats=30)(lambda: step_case("toy", 20, prompts=4))
 
 
 def official_gammas_loop(text_encoder, tokenizer, prompts: list[str], concept_embeds: torch.Tensor,

@@ -1,0 +1,259 @@
+"""``make bench-gpu`` (``python -m shared.bench.gpu [FILTER]``): the paper-size rows of the four projects on one GPU.
+
+Each row is a ``make bench`` comparison built by its project's ``bench.py`` builder at the paper's size, with random
+weights, on the CUDA device. For the method and its baseline it prints the median time of one call, the images per
+second and the peak GPU memory (``torch.cuda.max_memory_allocated`` over the first call, everything resident
+included), next to the method/baseline ratio (the alternating, synchronised timer of ``make bench``, after
+warm-up). ``--bf16`` times every row a second time in bf16: training rows under bf16 autocast, generation rows
+with the UNet's weights in bf16 (as pipelines load it). Writes ``logs/bench_gpu.json``.
+
+``--dry-run``: the same rows with tiny shapes (tiny ViT, tiny UNet, 2 SPMs) on the CPU in seconds; the tests run it.
+With no CUDA device (and no ``--dry-run``) it says so in one line and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.bench.registry import BenchCase, time_pair
+
+REPO = Path(__file__).resolve().parents[2]
+NO_CUDA = "bench-gpu: no CUDA device on this machine (torch.cuda.is_available() is False); nothing measured"
+
+
+@dataclass
+class GpuRow:
+    """One paper-size row. ``build(device, tiny)`` returns the case and the images one call of the method and one
+    call of the baseline process (for images/s); ``unit`` names what those are. ``grad``: training steps (autograd
+    on); without it both run under ``torch.inference_mode()``. The bf16 pass runs the fp32 case under bf16 autocast,
+    or, where ``build_bf16`` is set (generation: pipelines load the weights in half precision), that case."""
+
+    name: str
+    paper: str
+    build: Callable[[str, bool], tuple[BenchCase, int, int]]
+    unit: str = "img"
+    repeats: int = 10
+    warmup: int = 3
+    grad: bool = True
+    build_bf16: Callable[[str, bool], tuple[BenchCase, int, int]] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The rows: each reuses its project's bench builder, at the paper's size or tiny
+# ----------------------------------------------------------------------------------------------------------
+TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+def _rams_trans(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+    from projects.rams_trans.bench import train_step_case
+
+    case = (train_step_case("vit_tiny_patch16_224", 32, 8, 2, TINY_VIT, device) if tiny
+            else train_step_case("vit_base_patch16_224", 448, 16, 16, None, device))
+    b = case.details["batch"]
+    return case, b, 2 * b                         # the baseline is two plain-ViT steps
+
+
+def _did(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+    from projects.did.bench import COCO_VITB_448, train_step_case
+
+    if tiny:
+        cfg = dict(num_classes=10, backbone="vit_tiny_patch16_224", img_size=32, patch_size=8, hidden_dropout=0.0,
+                   **{k: v for k, v in TINY_VIT.items() if k != "mlp_ratio"})
+        case = train_step_case(cfg, 2, "tiny", device)
+    else:
+        case = train_step_case(COCO_VITB_448, 8, "coco.yaml ViT-B/16 448, one_gpu.yaml batch", device)
+    b, n = case.details["batch"], case.details["top_n"]
+    return case, b, (1 + n) * b                   # the baseline is (1 + N) plain-ViT steps
+
+
+def _drdf(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+    from projects.drdf.bench import HATEFUL_MEMES_KWARGS, toy_model_kwargs, train_step_case
+
+    if tiny:
+        case = train_step_case(toy_model_kwargs(), 2, 32, 8, 256, {"setting": "toy.yaml, batch 2"}, device)
+    else:
+        case = train_step_case(HATEFUL_MEMES_KWARGS, 32, 224, 40, 30522,
+                               {"setting": "hateful_memes.yaml (random init)"}, device)
+    return case, case.details["batch"], case.details["batch"]
+
+
+def _spm_iteration(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+    from projects.spm.bench import iteration_case
+    from projects.spm.model import SD14_UNET_CONFIG
+
+    case = (iteration_case(device=device, max_denoising_steps=4) if tiny
+            else iteration_case(SD14_UNET_CONFIG, 64, device, rtol=1e-3))
+    return case, 1, 1
+
+
+def _spm_generation(prompts: int, dtype: torch.dtype = torch.float32) -> Callable[[str, bool], tuple]:
+    def build(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+        from projects.spm.bench import step_case
+
+        case = step_case("toy" if tiny else "sd14", 2 if tiny else 20, prompts, device=device, dtype=dtype)
+        return case, prompts, prompts
+    return build
+
+
+ROWS = [
+    GpuRow("rams_trans: train step / 2 ViT steps",
+           "configs/cub.yaml: ViT-B/16, 448x448, batch 16, 2 scales, SGD", _rams_trans),
+    GpuRow("did: train step / (1+N) ViT steps",
+           "configs/coco.yaml + one_gpu.yaml: ViT-B/16, 448x448, batch 8 per GPU, top-4 local views, SGD", _did),
+    GpuRow("drdf: train step / 3 experts without routers",
+           "configs/hateful_memes.yaml: 3 VisualBERT-base experts on ResNet-152 3x3 grids, bert-base text router, "
+           "ResNet-18 image router, batch 32, 224 px, 40 tokens, AdamW", _drdf),
+    GpuRow("spm: training iteration, ours / official-style loop",
+           "configs/object.yaml: SD v1.4-shaped UNet (64x64 latents = 512 px), batch 1, k ~ U{1..29} DDIM steps "
+           "of 30 (CFG 3) then the losses, 4 anchors (official), AdamW", _spm_iteration, unit="it", repeats=6,
+           warmup=2),
+    GpuRow("spm: CFG step, 20 SPMs + FT (1 prompt, merged) / no SPM",
+           "SD v1.4-shaped UNet, 64x64 latents, UNet batch 2 ([uncond; cond]), 20 SPMs with the prompt's FT gammas",
+           _spm_generation(1), unit="img-step", grad=False, build_bf16=_spm_generation(1, torch.bfloat16)),
+    GpuRow("spm: CFG step, 20 SPMs + FT (4 prompts, per-sample) / no SPM",
+           "SD v1.4-shaped UNet, 64x64 latents, UNet batch 8, 20 SPMs, per-prompt FT gammas through the hooks",
+           _spm_generation(4), unit="img-step", grad=False, build_bf16=_spm_generation(4, torch.bfloat16)),
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measuring
+# ----------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def strict_fp32():
+    """No TF32 while a row is built: the SPM row checks that ours and the official loop give the same loss."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def autocast(fn: Callable[[], object], device: str, bf16: bool) -> Callable[[], object]:
+    if not bf16:
+        return fn
+
+    def run() -> object:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            return fn()
+    return run
+
+
+def measure(case: BenchCase, images: tuple[int, int], device: str, bf16: bool, grad: bool, repeats: int,
+            warmup: int) -> dict:
+    """Times (ms), images/s and peak memory (GiB) of method and baseline, and the median per-pair ratio.
+    ``bf16``: under bf16 autocast."""
+    cuda = device == "cuda"
+    method, baseline = (autocast(f, device, bf16) for f in (case.method, case.baseline))
+    peaks = {}
+    for name, fn in (("method", method), ("baseline", baseline)):   # the first call: a warm-up and the peak
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode(not grad), torch.set_grad_enabled(grad):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+        peaks[name] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    timing = time_pair(method, baseline, repeats, max(warmup - 1, 0), grad)
+    out = {"ratio": timing["method_over_baseline"]}
+    for i, name in enumerate(("method", "baseline")):
+        s = timing[f"{name}_s"]
+        out.update({f"{name}_ms": s * 1e3, f"{name}_per_s": images[i] / s, f"{name}_images": images[i],
+                    f"{name}_peak_gib": peaks[name]})
+    return out
+
+
+def run_row(row: GpuRow, precisions: list[str], device: str, tiny: bool) -> list[dict]:
+    """Build the row (again in bf16 where it has ``build_bf16``), measure it in each precision and print it."""
+    results, case = [], None
+    repeats, warmup = (1, 1) if tiny else (row.repeats, row.warmup)
+    for precision in precisions:
+        bf16 = precision == "bf16"
+        if case is None or (bf16 and row.build_bf16 is not None):
+            case = None                      # let the fp32 case go first
+            with strict_fp32():
+                case, *images = (row.build_bf16 if bf16 else row.build)(device, tiny)
+        r = measure(case, tuple(images), device, bf16 and row.build_bf16 is None, row.grad, repeats, warmup)
+        print_row(row.name, precision, r, row.unit)
+        results.append({"name": row.name, "paper": row.paper, "unit": row.unit, "precision": precision, **r,
+                        "details": case.details})
+    return results
+
+
+def _gib(x: float | None) -> str:
+    return f"{x:7.2f}" if x is not None else "      -"
+
+
+def print_row(name: str, precision: str, r: dict, unit: str) -> None:
+    print(f"{name:<62} {precision:>4}  {r['method_ms']:10.2f} {r['baseline_ms']:10.2f}  {r['ratio']:6.3f}x  "
+          f"{r['method_per_s']:9.2f} {r['baseline_per_s']:9.2f} {unit + '/s':<10} "
+          f"{_gib(r['method_peak_gib'])} {_gib(r['baseline_peak_gib'])}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("filter", nargs="?", default="", help="run only rows whose name contains this")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time every row in bf16 (autocast; the generation rows: bf16 weights)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (seconds; for the tests)")
+    parser.add_argument("--budget-s", type=float, default=400.0,
+                        help="start no row after this many seconds (keeps `make bench-gpu` under 8 minutes)")
+    parser.add_argument("--out", default=str(REPO / "logs" / "bench_gpu.json"))
+    args = parser.parse_args(argv)
+
+    if not args.dry_run and not torch.cuda.is_available():
+        print(NO_CUDA)
+        return 0
+    device = "cpu" if args.dry_run else "cuda"
+    rows = [r for r in ROWS if args.filter in r.name]
+    if not rows:
+        print(f"no bench-gpu row matches {args.filter!r}; known: {[r.name for r in ROWS]}")
+        return 2
+    precisions = ["fp32", "bf16"] if args.bf16 else ["fp32"]
+    name = (f"cpu ({torch.get_num_threads()} threads), tiny shapes (dry run)" if args.dry_run
+            else torch.cuda.get_device_name())
+    print(f"device: {name}; torch {torch.__version__}; random weights"
+          + ("" if args.dry_run else "; fp32 = torch's defaults (TF32 convolutions, fp32 matmuls)"))
+    print(f"{'row':<62} {'prec':>4}  {'method ms':>10} {'base ms':>10}  {'ratio':>7}  {'method/s':>9} "
+          f"{'base/s':>9} {'unit':<10} {'peak GiB':>7} {'(base)':>7}")
+    start, results, failed = time.perf_counter(), [], False
+    for row in rows:
+        record = {"name": row.name, "paper": row.paper, "unit": row.unit}
+        if time.perf_counter() - start > args.budget_s:
+            print(f"{row.name:<62} skipped: past the {args.budget_s:.0f} s budget", flush=True)
+            results.append({**record, "skipped": "time budget"})
+            continue
+        try:
+            results += run_row(row, precisions, device, args.dry_run)
+        except Exception as err:  # noqa: BLE001 -- one failing row (e.g. out of memory) must not lose the others
+            failed = True
+            first_line = (str(err).splitlines() or [""])[0]
+            print(f"{row.name:<62} ERROR {type(err).__name__}: {first_line}", flush=True)
+            results.append({**record, "error": f"{type(err).__name__}: {err}"})
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    total = time.perf_counter() - start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": name, "torch": torch.__version__, "dry_run": args.dry_run,
+                               "precisions": precisions, "total_s": round(total, 1), "rows": results},
+                              indent=2, default=str))
+    print(f"total {total:.1f} s; wrote {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

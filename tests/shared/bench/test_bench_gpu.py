@@ -1,0 +1,42 @@
+"""``make bench-gpu``: the one-line refusal without CUDA and the tiny CPU dry run of every row (no GPU needed)."""
+
+import json
+import math
+
+import torch
+
+from shared.bench import gpu
+
+
+def test_without_cuda_it_says_so_in_one_line_and_exits_0(monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "bench_gpu.json"
+    assert gpu.main(["--bf16", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == [gpu.NO_CUDA]
+    assert not out.exists()
+
+
+def test_dry_run_measures_every_row_and_writes_the_json(capsys, tmp_path) -> None:
+    out = tmp_path / "bench_gpu.json"
+    assert gpu.main(["--dry-run", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert set(report) == {"device", "torch", "dry_run", "precisions", "total_s", "rows"}
+    assert report["dry_run"] is True and report["precisions"] == ["fp32"]
+    assert [r["name"] for r in report["rows"]] == [row.name for row in gpu.ROWS]
+    assert len(gpu.ROWS) == 6
+    for r in report["rows"]:
+        assert "error" not in r, r
+        assert r["name"] in printed and r["precision"] == "fp32" and r["paper"] and r["details"]
+        for key in ("method_ms", "baseline_ms", "method_per_s", "baseline_per_s", "ratio"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["name"], key, r[key])
+        assert r["method_images"] >= 1 and r["baseline_images"] >= r["method_images"]
+        assert r["method_peak_gib"] is None and r["baseline_peak_gib"] is None   # CPU: no CUDA memory to read
+
+
+def test_bf16_dry_run_of_one_row_uses_its_bf16_build(tmp_path) -> None:
+    out = tmp_path / "bench_gpu.json"
+    assert gpu.main(["1 prompt", "--dry-run", "--bf16", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["precision"], r["details"]["unet_batch"]) for r in rows] == [("fp32", 2), ("bf16", 2)]
+    assert all(r["method_ms"] > 0 for r in rows)

@@ -57,6 +57,12 @@ def register(name: str, *, target: float, kind: Literal["speedup", "overhead"], 
     return decorate
 
 
+def device_target(gpu: float, cpu: float) -> float:
+    """A row's target on the machine it runs on: the box steps are built for accelerators (issue 18: >= 10x a
+    per-sample loop on a GPU, >= 1x on CPU, where they label with scipy's C code like the loop)."""
+    return gpu if torch.cuda.is_available() else cpu
+
+
 def registered_rows() -> list[BenchRow]:
     return list(_ROWS.values())
 

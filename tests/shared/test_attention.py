@@ -101,8 +101,16 @@ def mask_to_box_reference(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return boxes, found
 
 
+def both_labellings(mask: torch.Tensor, measure: str = "pixels") -> tuple[torch.Tensor, torch.Tensor]:
+    """mask_to_box with the batched labelling and with scipy's C labelling (CPU's default): equal results."""
+    device = mask_to_box(mask, measure, labelling="device")
+    c = mask_to_box(mask, measure, labelling="c")
+    assert torch.equal(device[0], c[0]) and torch.equal(device[1], c[1]), "the two labellings disagree"
+    return c
+
+
 def _assert_parity(mask: torch.Tensor) -> None:
-    boxes, found = mask_to_box(mask)
+    boxes, found = both_labellings(mask)
     ref_boxes, ref_found = mask_to_box_reference(mask)
     assert boxes.dtype == torch.int64 and found.dtype == torch.bool
     assert boxes.shape == (mask.shape[0], 4) and found.shape == (mask.shape[0],)
@@ -131,7 +139,7 @@ def test_mask_to_box_empty_and_full_maps() -> None:
     mask = torch.zeros(4, 5, 7, dtype=torch.bool)
     mask[1] = True
     mask[3, 2, 6] = True
-    boxes, found = mask_to_box(mask)
+    boxes, found = both_labellings(mask)
     assert found.tolist() == [False, True, False, True]
     assert boxes.tolist() == [[0, 0, 7, 5], [0, 0, 7, 5], [0, 0, 7, 5], [6, 2, 7, 3]]
     _assert_parity(mask)
@@ -174,7 +182,7 @@ def test_mask_to_box_snakes_and_spirals() -> None:
                              base | (torch.rand(base.shape, generator=gen) < 0.03)])
         _assert_parity(batch)
     # The snake spanning a whole map must give the whole map.
-    boxes, _ = mask_to_box(torch.from_numpy(_snake(28, 28))[None])
+    boxes, _ = both_labellings(torch.from_numpy(_snake(28, 28))[None])
     assert boxes.tolist() == [[0, 0, 28, 28]]
 
 
@@ -183,7 +191,7 @@ def test_mask_to_box_uses_8_connectivity() -> None:
     for i in range(5):
         mask[0, 1 + i, 6 - i] = True        # anti-diagonal of 5 cells: one component only with 8-connectivity
     mask[0, 5:7, 5:7] = True                 # a 2x2 block (4 cells) that does not touch it
-    boxes, found = mask_to_box(mask)
+    boxes, found = both_labellings(mask)
     assert found.tolist() == [True] and boxes.tolist() == [[2, 1, 7, 6]]
     _assert_parity(mask)
 
@@ -196,7 +204,7 @@ def test_mask_to_box_ties_go_to_the_first_component_in_raster_order() -> None:
     mask[0, 1:4, 0] = True
     # Sample 1: two single cells; the earlier one wins.
     mask[1, 4, 1] = mask[1, 2, 5] = True
-    boxes, _ = mask_to_box(mask)
+    boxes, _ = both_labellings(mask)
     assert boxes.tolist() == [[2, 0, 5, 3], [5, 2, 6, 3]]
     _assert_parity(mask)
 

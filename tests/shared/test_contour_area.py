@@ -21,7 +21,8 @@ def official_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def boxes(masks: np.ndarray, measure: str) -> list[tuple[int, ...]]:
-    out, _ = mask_to_box(torch.from_numpy(masks), measure)
+    out, _ = mask_to_box(torch.from_numpy(masks), measure, labelling="device")
+    assert torch.equal(out, mask_to_box(torch.from_numpy(masks), measure, labelling="c")[0])   # CPU's default
     return [tuple(b) for b in out.tolist()]
 
 

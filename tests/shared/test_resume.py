@@ -9,6 +9,7 @@ of the last validation, nothing written after it). ``test_sigkill_...`` checks t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -62,6 +63,8 @@ def project_args(name: str, tmp: Path) -> tuple[list[str], int, int]:
                 "--data.eval_batch_size", "4", "--trainer.max_epochs", "2", "--trainer.val_check_interval", "3"
                 ], 8, 6
     return [*cfg, "--model.eval_images_per_prompt", "2", "--model.eval_steps", "2", "--data.iterations", "9",
+            "--model.batch_size", "2", "--model.anchor_samples", "2", "--model.eval_target_prompts", "[circle]",
+            "--model.eval_other_prompts", "[a red square]",
             "--trainer.val_check_interval", "3", "--model.log_images_every_n_steps", "0"], 9, 7
 
 
@@ -152,7 +155,8 @@ def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_pat
 
 
 def test_sigkill_mid_epoch_then_resume_last(tmp_path: Path) -> None:
-    """A real SIGKILL (the tiny project, as a subprocess): the resumed run ends with the uninterrupted weights."""
+    """A real SIGKILL (the tiny project, as a subprocess, killed at step 11 of 16; its last.ckpt is step 8's) and
+    ``--ckpt_path last``: the resumed run ends with the uninterrupted run's weights."""
     tiny = REPO / "tests" / "shared" / "tiny_project.py"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
     env.update(CV_PAPERS_LOGS=str(tmp_path / "logs"), PROGRESS_REFRESH="0", OMP_NUM_THREADS="1",
@@ -162,9 +166,15 @@ def test_sigkill_mid_epoch_then_resume_last(tmp_path: Path) -> None:
     killed = subprocess.run([*common, "--run_name", "part"], env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     env.pop("TINY_KILL_AT_STEP")
-    for args in (["--run_name", "part", "--ckpt_path", "last"], ["--run_name", "full"]):
-        done = subprocess.run([*common, *args], env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run([*common, "--run_name", "part", "--ckpt_path", "last"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    spec = importlib.util.spec_from_file_location("tiny_project", tiny)     # the uninterrupted run, in process
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    full = cli.ProjectCLI(module.TinyModule, module.TinyData, "tiny", run=False,
+                          args=[*common[3:], "--run_name", "full"])
+    full.trainer.fit(full.model, datamodule=full.datamodule)
     states = [torch.load(tmp_path / "logs" / "tiny" / r / "checkpoints" / "last.ckpt", weights_only=True)
               for r in ("full", "part")]
     assert states[0]["global_step"] == states[1]["global_step"] == 16

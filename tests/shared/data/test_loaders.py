@@ -50,7 +50,8 @@ def test_the_order_is_a_permutation_drawn_from_seed_plus_epoch(monkeypatch: pyte
     assert _epoch(loader)[0] != order
 
 
-def test_augmentation_draws_follow_the_sample_not_the_global_generator() -> None:
+def test_augmentation_draws_follow_the_sample_not_the_global_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")            # (an earlier fit in the same process may have set it)
     loader = train_loader(_module(), Noisy(8), batch_size=4, num_workers=0)
     torch.manual_seed(0)
     first = dict(zip(*_epoch(loader), strict=True))

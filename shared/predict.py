@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from shared.data.images import load_rgb, require_dir
+from shared.data.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb, require_dir
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -61,9 +61,13 @@ def scan_image_folder(folder: str | Path, skip_bad_files: bool = False) -> list[
 
 class ImageFolderDataset(Dataset):
     """``(input tensor, index)`` per image: ``view`` (PIL -> PIL, the geometry the model sees, e.g. resize + crop)
-    then ``to_input`` (PIL -> normalised tensor)."""
+    then ``to_input`` (PIL -> normalised tensor; by default ToTensor + the ImageNet mean / std)."""
 
-    def __init__(self, root: str | Path, files: list[Path], view: Callable, to_input: Callable) -> None:
+    def __init__(self, root: str | Path, files: list[Path], view: Callable, to_input: Callable | None = None) -> None:
+        if to_input is None:  # the ViT projects' input: a tensor normalised with the ImageNet statistics
+            from torchvision import transforms as T
+
+            to_input = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         self.root, self.files, self._view, self.to_input = Path(root), files, view, to_input
 
     def __len__(self) -> int:

@@ -391,7 +391,7 @@ class DiDData(LightningDataModule):
             self.train_set = self._dataset(train_split, train=True)
         if self.val_set is None:
             self.val_set = self._dataset(val_split, train=False)
-            if self.hparams.dataset == "toy":
+            if self.hparams.dataset == "toy" and stage != "predict":   # the instances score validation only
                 ann = Path(self.hparams.root) / "annotations" / f"instances_{val_split}2014.json"
                 self.val_instance_boxes = val_instances(self.val_set, ann, self.hparams.img_size)
         for split, ds in ((train_split, self.train_set), (val_split, self.val_set)):
@@ -404,9 +404,8 @@ class DiDData(LightningDataModule):
             hp = self.hparams
             if hp.predict_dir is None:
                 raise ValueError("predict reads a folder of images: pass --data.predict_dir <folder>")
-            norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
             self.predict_set = ImageFolderDataset(hp.predict_dir, scan_image_folder(hp.predict_dir, hp.skip_bad_files),
-                                                  T.Resize((hp.img_size, hp.img_size)), norm)  # the test geometry
+                                                  T.Resize((hp.img_size, hp.img_size)))  # the test geometry
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         hp = self.hparams

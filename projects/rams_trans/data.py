@@ -387,9 +387,8 @@ class FGVCDataModule(L.LightningDataModule):
             raise ValueError("predict reads a folder of images: pass --data.predict_dir <folder>")
         view = T.Compose([T.Resize((h.resize, h.resize), interpolation=T.InterpolationMode.BILINEAR),
                           T.CenterCrop(h.crop)])                                   # the test geometry (spec 5)
-        to_input = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         self.predict_set = ImageFolderDataset(h.predict_dir, scan_image_folder(h.predict_dir, h.skip_bad_files),
-                                              view, to_input)
+                                              view)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set, False)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from projects.spm.model import SAMPLERS
+from projects.spm.protocol import TASKS, apply_official_protocol
 from projects.spm.transport import METRICS
 
 logger = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def build_jobs(args: argparse.Namespace, native_size: int, multiple: int) -> lis
             seeds = list(args.seeds)
         else:
             seeds = [args.seed + k for k in range(args.images_per_prompt)]
-        guidance = float(row.get("guidance", args.guidance))
+        guidance = float(row.get("guidance", args.guidance) if args.row_guidance else args.guidance)
         for s in seeds:
             jobs.append(Job(len(jobs), row["prompt"], int(s), w, h, guidance, row.get("concept", "")))
     return jobs
@@ -325,9 +326,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--logger", default="wandb", choices=("wandb", "none"))
     p.add_argument("--run_name", default=None, help="wandb run name (default: the output folder's name)")
     p.add_argument("--grid_max", type=int, default=64, help="images in grid.png (the first ones)")
+    p.add_argument("--row_guidance", action=argparse.BooleanOptionalAction, default=True,
+                   help="use a CSV row's guidance column (guidance / sd_guidance_scale / evaluation_guidance); "
+                        "--no-row_guidance: --guidance for every row")
+    p.add_argument("--protocol", default="ours", choices=("ours", "official"),
+                   help="official: the released evaluate_task.py's settings for the task (projects/spm/protocol.py: "
+                        "default scheduler, 30 steps, CFG 7.5, seed 2024, its negative prompt, FT with the official "
+                        "composition); options given explicitly still win")
+    p.add_argument("--task", default=None, choices=TASKS,
+                   help="the official evaluator for --protocol official (default: from --templates / the CSV columns)")
     args = p.parse_args(argv)
     if args.spm_multiplier:
         args.ft = False
+    args.protocol_line = None
+    if args.protocol == "official":
+        args.protocol_line = apply_official_protocol(args, {a.dest: a.default for a in p._actions})
     for name in ("steps", "batch_size", "images_per_prompt", "devices"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -368,6 +381,8 @@ def generate(args: argparse.Namespace) -> dict:
     from projects.spm.transport import facilitated_gammas
 
     check_inputs(args)
+    if args.protocol_line:
+        print(args.protocol_line)
     world = args.devices * args.num_nodes
     fabric = Fabric(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
                     strategy="ddp" if world > 1 else "auto")
@@ -449,6 +464,7 @@ def generate(args: argparse.Namespace) -> dict:
             "ft": args.ft, "fixed_gammas": fixed, "matching_metric": args.matching_metric,
             "facilitate_factor": args.facilitate_factor, "composition": args.composition, "merged": merge,
             "sampler": args.sampler, "steps": args.steps, "negative_prompt": args.negative_prompt,
+            "protocol": args.protocol, "task": args.task, "row_guidance": args.row_guidance,
             "dtype": str(dtype).removeprefix("torch."), "world_size": world, "images": len(all_rows),
             "rank0_seconds": round(elapsed, 1), "device": str(device)}
     (out / "generate.json").write_text(json.dumps(info, indent=2))

@@ -4,6 +4,7 @@ seeds and sizes, batch-size independence, merged == hooked fixed gammas, sampler
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -213,3 +214,15 @@ def test_wandb_offline_run(base: Path, tmp_path: Path, monkeypatch):
     main(["--base_model", str(base), "--prompts", "a red circle", "--steps", "2", "--out", str(out)])
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_protocol_official_is_recorded(base: Path, tmp_path: Path, capsys):
+    from projects.spm.protocol import OFFICIAL_NEGATIVE_PROMPT
+
+    out = tmp_path / "official"
+    main(["--base_model", str(base), "--prompts", "a red circle", "--protocol", "official", "--steps", "2",
+          "--images_per_prompt", "2", "--out", str(out), "--logger", "none"])
+    info = json.loads((out / "generate.json").read_text())
+    assert (info["protocol"], info["task"], info["sampler"], info["images"]) == ("official", "general", "default", 2)
+    assert (info["negative_prompt"], info["composition"]) == (OFFICIAL_NEGATIVE_PROMPT, "official")
+    assert "--protocol official (task general)" in capsys.readouterr().out

@@ -6,6 +6,10 @@
   1 - cos(c_tar, xi) (no |.|, alpha 1; in 77x768 dims it almost never rejects), scaled to ||c_tar|| * U(0.8, 1.2).
   ``batch_quirk`` reproduces the released code's batch layout: of 4 anchors [u, s1, u, s2, u, s3, u, s4] only
   [u, s3, u, s4] reach the loss (u = the "" embedding), see spec 2.3.
+
+SDXL (official ``sample_xl``): the text states and the pooled embedding are drawn separately, each with its own
+norm, rejection step and scale (all text anchors first, then all pooled ones); paper mode scores the pool on the
+text states (:class:`~projects.spm.model.Conditioning`) and keeps each concept's pooled embedding with them.
 """
 
 from __future__ import annotations
@@ -14,15 +18,27 @@ from collections.abc import Callable
 
 import torch
 
+from projects.spm.model import Conditioning
+
 
 def flat_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine between flattened embeddings: a [N, L, D], b [L, D] or [1, L, D] -> [N]."""
     return torch.nn.functional.cosine_similarity(a.flatten(1).float(), b.reshape(1, -1).float(), dim=1)
 
 
-def official_anchors(target: torch.Tensor, n: int, uncond: torch.Tensor | None = None, batch_quirk: bool = True,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` random anchor embeddings the way the official code draws them; target/uncond [1, L, D] -> [n, L, D]."""
+def official_anchors(target: torch.Tensor | Conditioning, n: int, uncond: torch.Tensor | Conditioning | None = None,
+                     batch_quirk: bool = True, generator: torch.Generator | None = None) -> torch.Tensor | Conditioning:
+    """``n`` random anchor embeddings the way the official code draws them; target/uncond [1, L, D] -> [n, L, D].
+    A :class:`Conditioning` gives one: text anchors as above, then (SDXL) pooled anchors [n, P] drawn the same way
+    from the pooled target (official ``sample_xl``)."""
+    if isinstance(target, Conditioning):
+        u = uncond if uncond is None or isinstance(uncond, Conditioning) else Conditioning(uncond)
+        text = official_anchors(target.text, n, None if u is None else u.text, batch_quirk, generator)
+        if target.pooled is None:
+            return Conditioning(text)
+        u_pooled = None if u is None else u.pooled.unsqueeze(1)
+        pooled = official_anchors(target.pooled.unsqueeze(1), n, u_pooled, batch_quirk, generator).squeeze(1)
+        return Conditioning(text, pooled)
     target = target.reshape(1, *target.shape[-2:]).float()
     norm = target.norm()
     accepted: list[torch.Tensor] = []
@@ -44,22 +60,28 @@ def official_anchors(target: torch.Tensor, n: int, uncond: torch.Tensor | None =
     return anchors.to(target.dtype)
 
 
+def _text(emb: torch.Tensor | Conditioning) -> torch.Tensor:
+    return emb.text if isinstance(emb, Conditioning) else emb
+
+
 class ConceptPool:
     """The paper's anchor distribution over a pool of concept strings, for one or more targets.
 
-    ``encode`` maps a list of strings to embeddings [N, L, D]. Pool embeddings are cached on the device when they
-    fit in ``cache_bytes``; otherwise the sampled strings are encoded each step.
+    ``encode`` maps a list of strings to embeddings [N, L, D] or :class:`Conditioning` (the cosines use their text
+    states). Pool embeddings are cached on the device when they fit in ``cache_bytes``; otherwise the sampled
+    strings are encoded each step.
     """
 
-    def __init__(self, concepts: list[str], encode: Callable[[list[str]], torch.Tensor],
-                 targets: torch.Tensor, alpha: float = 1.0, chunk: int = 256, cache_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, concepts: list[str], encode: Callable[[list[str]], torch.Tensor | Conditioning],
+                 targets: torch.Tensor | Conditioning, alpha: float = 1.0, chunk: int = 256,
+                 cache_bytes: int = 256 * 2**20) -> None:
         if not concepts:
             raise ValueError("ConceptPool: the concept pool is empty")
         self.concepts, self.encode = concepts, encode
         cos, cached = [], []
         for start in range(0, len(concepts), chunk):
             emb = encode(concepts[start:start + chunk])
-            cos.append(torch.stack([flat_cosine(emb, t) for t in targets], 1))  # [chunk, T]
+            cos.append(torch.stack([flat_cosine(_text(emb), t) for t in _text(targets)], 1))  # [chunk, T]
             cached.append(emb)
         cos = torch.cat(cos)  # [P, T]
         # The target itself (|cos| = 1) never anchors: weight 0 for any alpha (at alpha 0, 0^0 would give it 1).
@@ -67,13 +89,17 @@ class ConceptPool:
         self.probs = torch.where(far > 1e-6, far ** alpha, torch.zeros_like(far)).T.contiguous()  # [T, P]
         if (self.probs.sum(1) <= 0).any():
             raise ValueError("ConceptPool: every pool concept has |cos| = 1 with the target; give a wider pool")
-        size = sum(e.numel() * e.element_size() for e in cached)
-        self.embeddings = torch.cat(cached) if size <= cache_bytes else None
+        size = sum(_text(e).numel() * _text(e).element_size() for e in cached)
+        if size > cache_bytes:
+            self.embeddings = None
+        else:
+            self.embeddings = Conditioning.cat(cached) if isinstance(cached[0], Conditioning) else torch.cat(cached)
 
-    def sample(self, target_index: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, target_index: int, n: int, generator: torch.Generator | None = None
+               ) -> torch.Tensor | Conditioning:
         idx = torch.multinomial(self.probs[target_index], n, replacement=True, generator=generator)
         if self.embeddings is not None:
-            return self.embeddings[idx.to(self.embeddings.device)]
+            return self.embeddings[idx.to(_text(self.embeddings).device)]
         return self.encode([self.concepts[i] for i in idx.tolist()])
 
 

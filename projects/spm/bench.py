@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from projects.spm.model import Conditioning, as_conditioning
 from projects.spm.module import SPMModule, erasing_target
 from shared.bench import BenchCase, register
 
@@ -51,10 +52,12 @@ class OfficialMembrane:
             self.multiplier = 0.0
 
 
-def official_predict(module: SPMModule, x: torch.Tensor, t: int, uncond: torch.Tensor,
-                     cond: torch.Tensor) -> torch.Tensor:
+def official_predict(module: SPMModule, x: torch.Tensor, t: int, uncond: Conditioning | torch.Tensor,
+                     cond: Conditioning | torch.Tensor) -> torch.Tensor:
     """``predict_noise`` with guidance 1: one [uncond; cond] UNet call, returns uncond + 1 * (cond - uncond)."""
-    eps = module.diffusion.predict(torch.cat([x] * 2 * cond.shape[0]), t, torch.cat([uncond.expand_as(cond), cond]))
+    uncond, cond = as_conditioning(uncond), as_conditioning(cond)
+    eps = module.diffusion.predict(torch.cat([x] * 2 * cond.batch), t,
+                                   Conditioning.cat([uncond.expand(cond.batch), cond]))
     e_u, e_c = eps.chunk(2)
     return e_u + 1.0 * (e_c - e_u)
 
@@ -73,9 +76,9 @@ def official_losses_at(module: SPMModule, membrane, x: torch.Tensor, t: int, tar
     out = {"loss_erase": loss_erase, "loss": loss_erase}
     if anchors is not None:
         with membrane.applied(1.0):
-            anc_spm = official_predict(module, x, t, u.expand_as(anchors), anchors)
+            anc_spm = official_predict(module, x, t, u, anchors)
         with torch.no_grad():
-            anc = official_predict(module, x, t, u.expand_as(anchors), anchors)
+            anc = official_predict(module, x, t, u, anchors)
         out["loss_anchor"] = F.mse_loss(anc_spm.float().cpu(), anc.float().cpu())
         out["loss"] = loss_erase + hp.anchor_strength * out["loss_anchor"]
     return out
@@ -216,6 +219,19 @@ def _loss_row() -> BenchCase:
 _CACHE: dict = {}  # built once per process: the SD v1.4-sized random UNet (~3.4 GB fp32), the toy text model
 
 
+def _sdxl_small_config() -> dict:
+    """SDXL's UNet layout (no attention at the top level, 1/2/4 transformer layers per attention level, linear
+    proj_in, 2048-dim context, "text_time" pooled + time-id conditioning) at 2/5 of its widths: 128/256/512
+    channels with 64-dim heads, 4 instead of 10 layers at the deepest level; for the CPU bench."""
+    from projects.spm.model import SDXL_UNET_CONFIG
+
+    return {**SDXL_UNET_CONFIG, "block_out_channels": (128, 256, 512), "attention_head_dim": (2, 4, 8),
+            "transformer_layers_per_block": (1, 2, 4), "sample_size": 32}
+
+
+SDXL_SMALL = "SDXL-shaped UNet, 128/256/512 ch, 1/2/4 transformer layers, 32x32, CPU"
+
+
 def _toy_text():
     """The random toy text encoder + tokenizer (write_random_base) and 20 toy concept strings."""
     if "text" not in _CACHE:
@@ -240,7 +256,7 @@ def _unet(which: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
         from projects.spm.model import SD14_UNET_CONFIG, TOY_UNET_CONFIG
 
         torch.manual_seed(0)
-        config = SD14_UNET_CONFIG if which == "sd14" else TOY_UNET_CONFIG
+        config = {"sd14": SD14_UNET_CONFIG, "sdxl_small": _sdxl_small_config()}.get(which, TOY_UNET_CONFIG)
         unet = UNet2DConditionModel(**config).eval().requires_grad_(False).to(device, dtype)
         with torch.device("meta"):
             twin = UNet2DConditionModel(**config)
@@ -298,18 +314,26 @@ def step_case(which: str, num_spms: int, prompts: int = 1, merge: bool = True, d
     gen = torch.Generator().manual_seed(0)
     n = 2 * prompts
     x = torch.randn(n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen).to(device, dtype)
-    ctx = torch.randn(n, 77 if which == "sd14" else tokenizer.model_max_length, cfg.cross_attention_dim,
+    ctx = torch.randn(n, tokenizer.model_max_length if which == "toy" else 77, cfg.cross_attention_dim,
                       generator=gen).to(device, dtype)
     t = torch.full((n,), 500, device=device)
+    added = {}
+    if cfg.addition_embed_type == "text_time":  # SDXL: pooled text embedding and (H, W, 0, 0, H, W) time ids
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        size = 8 * cfg.sample_size
+        added = {"added_cond_kwargs": {
+            "text_embeds": torch.randn(n, pooled, generator=gen).to(device, dtype),
+            "time_ids": torch.tensor([[size, size, 0, 0, size, size]], device=device, dtype=dtype).expand(n, -1)}}
 
     def with_spms() -> None:
-        twin(x, t, encoder_hidden_states=ctx)
+        twin(x, t, encoder_hidden_states=ctx, **added)
 
     def bare() -> None:
-        unet(x, t, encoder_hidden_states=ctx)
+        unet(x, t, encoder_hidden_states=ctx, **added)
 
+    names = {"sd14": "SD v1.4 config, random init, 64x64 latents", "sdxl_small": SDXL_SMALL}
     return BenchCase(method=with_spms, baseline=bare, details={
-        "unet": "SD v1.4 config, random init, 64x64 latents" if which == "sd14" else "toy 16x16 (32, 64, 64)",
+        "unet": names.get(which, "toy 16x16 (32, 64, 64)"),
         "spms": num_spms, "adapted_layers": len(comp.stacks), "unet_batch": n, "mode": "linear",
         "path": "hooks" if comp.hooked else "merged", "applied_entry_ms (once per generation)": round(enter_ms, 2),
         "gammas": [[round(g, 3) for g in row] for row in gammas.tolist()]})
@@ -326,6 +350,11 @@ for _which, _label, _repeats, _warmup in (("toy", "toy UNet 16x16", 30, 3),
              kind="overhead", repeats=_repeats, warmup=_warmup)(lambda w=_which: step_case(w, 20, merge=False))
 register("spm: CFG step with 20 SPMs, 4 prompts with different FT gammas / no SPM (toy UNet 16x16)", target=1.05,
          kind="overhead", repeats=30)(lambda: step_case("toy", 20, prompts=4))
+for _num in (1, 20):
+    register(f"spm: CFG step with {_num} SPMs, 1 prompt's FT gammas (merged on entry) / no SPM ({SDXL_SMALL})",
+             target=1.05, kind="overhead", repeats=5, warmup=1)(lambda n=_num: step_case("sdxl_small", n))
+register(f"spm: CFG step with 20 SPMs, 1 prompt's FT gammas through the hooks / no SPM ({SDXL_SMALL})", target=1.05,
+         kind="overhead", repeats=5, warmup=1)(lambda: step_case("sdxl_small", 20, merge=False))
 
 
 def official_gammas_loop(text_encoder, tokenizer, prompts: list[str], concept_embeds: torch.Tensor,

@@ -12,8 +12,10 @@ fixed when the network is built (from the first SPM's alpha/rank; the summed alp
 uses the first SPM's alpha/rank as well; all SPMs need the same rank (the official code asserts it).
 
 Transfer (paper 4.2): the states only need the same adapted-layer names and shapes, so SPMs trained on one UNet
-load into any UNet with the same layout (SD v1.4 -> v1.5 and SD1.x community models in diffusers format); an
-incompatible UNet gets an error naming the file, the first mismatching key and both shapes.
+load into any UNet with the same layout (SD v1.4 -> v1.5 and SD1.x community models in diffusers format; SD v2.x and
+SDXL SPMs compose on their own family the same way); an incompatible UNet gets an error naming the file, the first
+mismatching key and both shapes, and for an SPM of another family both families ("an SD v1.x SPM cannot load into
+an SDXL UNet").
 
 The forward hooks are attached only inside :meth:`SPMComposition.applied`: outside it the UNet runs its plain
 forward (the original model, no per-layer dispatch).
@@ -30,7 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from projects.spm.model import swapped_parameters
-from projects.spm.network import TARGET_BLOCKS, adapted_layers, load_spm_file, remove_hooks, spm_prompts
+from projects.spm.network import (
+    TARGET_BLOCKS,
+    adapted_layers,
+    family_mismatch,
+    load_spm_file,
+    remove_hooks,
+    spm_prompts,
+)
 
 MODES = ("linear", "official")
 
@@ -145,7 +154,7 @@ class SPMComposition(nn.Module):
                              f"{type(unet).__name__}; expected a diffusers UNet2DConditionModel")
         states = [{k.removeprefix("adapters."): v for k, v in s.items()} for s in states]
         for state, name in zip(states, self.names, strict=True):
-            check_state(state, layers, name)
+            check_state(state, layers, name, unet)
         self.stacks = nn.ModuleDict()
         self._paths: dict[str, str] = {}
         for key, (path, layer) in layers.items():
@@ -290,9 +299,26 @@ class SPMComposition(nn.Module):
         return out
 
 
-def check_state(state: dict[str, torch.Tensor], layers: dict[str, tuple[str, nn.Module]], source: str) -> None:
+def _spm_shapes(layer: nn.Module, rank: int) -> tuple[tuple, tuple]:
+    """(down, up) weight shapes of a rank-``rank`` SPM branch on ``layer``."""
+    if isinstance(layer, nn.Conv2d):
+        return (rank, layer.in_channels, *layer.kernel_size), (layer.out_channels, rank, 1, 1)
+    return (rank, layer.in_features), (layer.out_features, rank)
+
+
+def check_state(state: dict[str, torch.Tensor], layers: dict[str, tuple[str, nn.Module]], source: str,
+                unet: nn.Module | None = None) -> None:
     """Strict layout check of one SPM against a UNet's adapted layers: the first missing key, shape mismatch or
-    unexpected key is named, with both shapes (transfer to an incompatible model)."""
+    unexpected key is named, with both shapes (transfer to an incompatible model); with ``unet``, an SPM of another
+    family (SD v1.x / v2.x / SDXL) is named as such first."""
+    if unet is not None:
+        rank = next((v.shape[0] for k, v in state.items() if k.endswith(".lora_down.weight")), 1)
+        own = {}
+        for key, (_, layer) in layers.items():
+            own[f"{key}.lora_down.weight"], own[f"{key}.lora_up.weight"] = _spm_shapes(layer, rank)
+        mismatch = family_mismatch(state, own, unet, source)
+        if mismatch:
+            raise ValueError(mismatch)
     for key, (_, layer) in layers.items():
         down, up = f"{key}.lora_down.weight", f"{key}.lora_up.weight"
         for k in (down, up):
@@ -300,12 +326,7 @@ def check_state(state: dict[str, torch.Tensor], layers: dict[str, tuple[str, nn.
                 raise ValueError(f"{source}: key {k!r} is missing from the file; the SPM was trained on a UNet with "
                                  f"other module names (this UNet's layer {key} has weight "
                                  f"{tuple(layer.weight.shape)})")
-        rank = state[down].shape[0]
-        if isinstance(layer, nn.Conv2d):
-            want_down = (rank, layer.in_channels, *layer.kernel_size)
-            want_up = (layer.out_channels, rank, 1, 1)
-        else:
-            want_down, want_up = (rank, layer.in_features), (layer.out_features, rank)
+        want_down, want_up = _spm_shapes(layer, state[down].shape[0])
         for k, want in ((down, want_down), (up, want_up)):
             if tuple(state[k].shape) != want:
                 raise ValueError(f"{source}: key {k!r} has shape {tuple(state[k].shape)} in the file but this UNet "

@@ -283,7 +283,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m projects.spm generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base_model", required=True, help="diffusers folder (unet/, text_encoder/, tokenizer/, "
-                                                         "scheduler/, optional vae/)")
+                                                         "scheduler/, optional vae/), or a single-file SD 1.x / "
+                                                         "2.x / XL checkpoint (.safetensors / .ckpt) with "
+                                                         "--base_config")
+    p.add_argument("--base_config", default=None,
+                   help="with a single-file --base_model: a local diffusers folder of the same family (its configs "
+                        "and tokenizers; e.g. stable-diffusion-v1-5)")
     p.add_argument("--spm", nargs="*", default=[], help="SPM .safetensors files (kohya lora_unet_* layout)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", nargs="+")
@@ -353,8 +358,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_inputs(args: argparse.Namespace) -> None:
     """Fail before any model loads: missing base model folder, SPM file or CSV."""
     base = Path(args.base_model)
-    if not base.is_dir():
-        raise FileNotFoundError(f"--base_model {base} does not exist (expected a diffusers model folder)")
+    if not (base.is_dir() or base.is_file()):
+        raise FileNotFoundError(f"--base_model {base} does not exist (expected a diffusers model folder or a "
+                                "single-file .safetensors / .ckpt checkpoint)")
     for path in args.spm:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--spm {path} does not exist (expected a .safetensors SPM file)")
@@ -392,7 +398,8 @@ def generate(args: argparse.Namespace) -> dict:
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
              "auto": torch.float16 if device.type == "cuda" else torch.float32}[args.dtype]
 
-    model = DiffusionModel.from_folder(args.base_model, torch_dtype=dtype).to(device)
+    model = DiffusionModel.from_folder(args.base_model, torch_dtype=dtype, base_config=args.base_config,
+                                       config_flag="--base_config").to(device)
     comp = SPMComposition.from_files(model.unet, args.spm, mode=args.composition).to(device) if args.spm else None
     if comp is not None:
         comp.merge_uniform = args.merge != "off"
@@ -410,7 +417,7 @@ def generate(args: argparse.Namespace) -> dict:
     batches = make_batches(mine, args.batch_size)
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    uncond = model.encode_prompts([args.negative_prompt])
+    uncond = model.encode([args.negative_prompt])  # SDXL: + pooled (the time ids follow from the latent size)
     sampler = args.sampler if args.sampler == "ddim" else model.make_scheduler(args.sampler)
 
     from tqdm.auto import tqdm
@@ -421,14 +428,14 @@ def generate(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     for batch in batches:
         prompts = [j.prompt for j in batch]
-        cond = model.encode_prompts(prompts)
+        cond = model.encode(prompts)
         noise, gens = initial_noise(model.latent_shape(1, batch[0].height, batch[0].width), [j.seed for j in batch])
         noise = noise.to(device, dtype)
         guidance = torch.tensor([j.guidance for j in batch])
         if comp is not None:
             gammas = facilitated_gammas(model.text_encoder, model.tokenizer, prompts, concepts,
                                         metric=args.matching_metric, facilitate_factor=args.facilitate_factor,
-                                        fixed=fixed, prompt_embeds=cond)
+                                        fixed=fixed, prompt_embeds=cond.text, embed=model.encode_prompts)
             ctx = contextlib.nullcontext() if merge else comp.applied(gammas)
         else:
             gammas, ctx = torch.zeros(len(batch), 0), contextlib.nullcontext()
@@ -460,7 +467,8 @@ def generate(args: argparse.Namespace) -> dict:
         path.unlink()
     all_rows.sort(key=lambda row: int(row["index"]))
     write_manifest(out / "manifest.csv", all_rows, columns)
-    info = {"base_model": str(args.base_model), "spm": list(args.spm), "concepts": concepts, "gamma_columns": columns,
+    info = {"base_model": str(args.base_model), "base_config": args.base_config, "spm": list(args.spm),
+            "concepts": concepts, "gamma_columns": columns,
             "ft": args.ft, "fixed_gammas": fixed, "matching_metric": args.matching_metric,
             "facilitate_factor": args.facilitate_factor, "composition": args.composition, "merged": merge,
             "sampler": args.sampler, "steps": args.steps, "negative_prompt": args.negative_prompt,

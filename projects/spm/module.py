@@ -9,6 +9,11 @@ One iteration (spec 2.2, official ``train_spm.py``), with the paper's equations:
 5. Eq. 4-6: L_era = ||eps_M(c_tar) - [eps(c_sur) - eta (eps(c_tar) - eps(c_sur))]||^2;
    Eq. 7: L_anc = ||eps_M(c) - eps(c)||^2 over anchors; L = L_era + lambda L_anc. All on the device, fp32.
 The official loop makes 5 UNet calls of batch 2/2/2/8/8 and moves predictions to the CPU for the loss.
+
+All three families (SD v1.x, v2.x, SDXL; :mod:`projects.spm.model`): embeddings are
+:class:`~projects.spm.model.Conditioning` (SDXL: + pooled), the losses are on the UNet's raw output (eps, or v for a
+v-prediction model: official/LECO, see :meth:`SPMModule.losses_at`), and SDXL's roll-out uses CFG rescale 0.7
+(``rollout_guidance_rescale``, official ``diffusion_xl``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from lightning.pytorch import LightningModule
 
 from projects.spm.anchoring import ConceptPool, official_anchors, vocabulary_words
 from projects.spm.data import TOY_COLORS, TOY_SHAPES, read_prompt_list, toy_labels
-from projects.spm.model import DiffusionModel
+from projects.spm.model import Conditioning, DiffusionModel, as_conditioning
 from projects.spm.network import SPMNetwork
 from shared.panels import log_images
 
@@ -37,14 +42,40 @@ def erasing_target(eps_pos: torch.Tensor, eps_neu: torch.Tensor, eta: float) -> 
     return eps_neu - eta * (eps_pos - eps_neu)
 
 
-def resolution_bucket(resolution: int, dynamic: bool, multiple: int) -> tuple[int, int]:
-    """Official ``get_random_resolution_in_bucket``: H and W independently from {4,5,6,7} * resolution / 8
-    (256..448 for 512: ``randint(4, 8)`` excludes 8, so 512 itself is never drawn)."""
+def resolution_bucket(resolution: int, dynamic: bool, multiple: int, step: int = 64) -> tuple[int, int]:
+    """Official ``get_random_resolution_in_bucket``: H and W independently from the multiples of ``step`` (64) in
+    [resolution / 2, resolution): ``randint(res/2 // 64, res // 64) * 64``, whose upper bound is excluded, so
+    ``resolution`` itself is never drawn (512: 256..448; 768: 384..704; 1024: 512..960). Below 128 px the official
+    range is empty (it draws 0): there (pixel-space toys) the step is resolution / 8, i.e. {4,5,6,7} * res / 8.
+    The result is rounded down to ``multiple`` (what the UNet's down-sampling needs)."""
     if not dynamic:
         return resolution, resolution
-    unit = resolution // 8
-    h, w = (int(torch.randint(4, 8, (1,))) * unit for _ in range(2))
+    step = step if resolution >= 2 * step else resolution // 8
+    low, high = resolution // 2 // step, resolution // step
+    h, w = (int(torch.randint(low, high, (1,))) * step for _ in range(2))
     return h // multiple * multiple, w // multiple * multiple
+
+
+def anchor_batch(x: torch.Tensor, anchors: Conditioning, official_pairing: bool = False
+                 ) -> tuple[torch.Tensor, Conditioning]:
+    """The (latent, anchor) rows of the anchoring loss for B latents ``x`` [B, ...] and N ``anchors``.
+
+    Ours (default): every anchor at every latent, N*B rows [x_1: a_1..a_N, x_2: a_1..a_N, ...].
+    ``official_pairing``: N rows, anchor j at latent x_(j mod B), as the official loop's
+    ``denoised_latents.repeat(N // B, ...)`` pairs them (spec 2.3; with the batch quirk's anchors [u, s3, u, s4] and
+    B = 2: (x1, u), (x2, s3), (x1, u), (x2, s4)); N must be a multiple of B (the official code asserts it).
+    """
+    b, n = x.shape[0], anchors.batch
+    if not official_pairing:
+        return x.repeat_interleave(n, 0), anchors.repeat(b)
+    if n % b:
+        raise ValueError(f"model.official_anchor_pairing: {n} anchor rows are not a multiple of batch_size {b} (the "
+                         f"official loop asserts sampling_batch_size % batch_size == 0)")
+    return x.repeat(n // b, *([1] * (x.ndim - 1))), anchors
+
+
+def _from_repo(path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else REPO / path
 
 
 def toy_prompt_labels(prompt: str) -> tuple[int, int]:
@@ -63,6 +94,10 @@ class SPMModule(LightningModule):
     at the target's norm; ``official_batch_quirk`` keeps only [u, s3, u, s4]), ``none`` (plain erasing).
     ``anchor_uncond`` (ours, paper mode): add the unconditional "" to every step's anchors, which the official
     batch quirk does by accident; without it the membrane can move the CFG negative branch with the target.
+    ``official_anchor_pairing``: with ``batch_size`` > 1, pair anchor j with latent j mod B as the official loop
+    does (:func:`anchor_batch`); default: every anchor at every latent.
+    ``rollout_guidance_rescale``: CFG rescale of the x_t roll-out; None: the official value of the family (SDXL
+    0.7 as ``diffusion_xl`` / ``predict_noise_xl``; SD v1.x / v2.x 0, no rescale).
     Evaluation (validation) with a toy ``classifier``: target-shape rate and non-target accuracy with the
     membrane off (``*_before``) and on.
     """
@@ -74,6 +109,7 @@ class SPMModule(LightningModule):
     def __init__(
         self,
         base_model: str = "projects/spm/toy_model",
+        base_config: str | None = None,  # a single-file base_model's diffusers folder (configs, tokenizers)
         build_toy_base: bool = False,
         target: str | list[str] = "circle",
         surrogate: str = "",
@@ -85,6 +121,7 @@ class SPMModule(LightningModule):
         concept_pool: str | None = None,
         anchor_uncond: bool = False,
         official_batch_quirk: bool = True,
+        official_anchor_pairing: bool = False,
         rank: int = 1,
         alpha: float = 1.0,
         lr: float = 1e-4,
@@ -95,6 +132,7 @@ class SPMModule(LightningModule):
         batch_size: int = 1,
         max_denoising_steps: int = 30,
         rollout_guidance: float = 3.0,
+        rollout_guidance_rescale: float | None = None,
         rollout_membrane: bool = True,
         timestep: Literal["official", "exact"] = "official",
         resolution: int = 512,
@@ -128,8 +166,8 @@ class SPMModule(LightningModule):
 
     # ------------------------------------------------------------------ building
     def _base_folder(self) -> Path:
-        folder = Path(self.hparams.base_model)
-        return folder if folder.is_absolute() else REPO / folder
+        """``base_model`` (a diffusers folder or a single-file checkpoint), relative paths from the repo root."""
+        return _from_repo(self.hparams.base_model)
 
     def prepare_data(self) -> None:
         if self.hparams.build_toy_base:
@@ -140,7 +178,9 @@ class SPMModule(LightningModule):
     def setup(self, stage: str) -> None:
         if self.diffusion is not None:
             return
-        self.diffusion = DiffusionModel.from_folder(self._base_folder())
+        config = self.hparams.base_config
+        self.diffusion = DiffusionModel.from_folder(self._base_folder(),
+                                                    base_config=_from_repo(config) if config else None)
         self.network = SPMNetwork(self.diffusion.unet, rank=self.hparams.rank, alpha=self.hparams.alpha)
         self.classifier = None
         if self.hparams.classifier:
@@ -150,15 +190,15 @@ class SPMModule(LightningModule):
             self.classifier = load_classifier(path if path.is_absolute() else REPO / path).requires_grad_(False)
 
     def _embeddings(self) -> dict:
-        """Target / surrogate / "" embeddings and the anchor pool, computed once on the device."""
+        """Target / surrogate / "" conditionings and the anchor pool, computed once on the device."""
         if self._cache is None:
             d = self.diffusion
-            cache = {"targets": d.encode_prompts(self.targets), "surrogate": d.encode_prompts([self.hparams.surrogate]),
-                     "uncond": d.encode_prompts([""]), "pool": None}
+            cache = {"targets": d.encode(self.targets), "surrogate": d.encode([self.hparams.surrogate]),
+                     "uncond": d.encode([""]), "pool": None}
             if self.hparams.anchoring == "paper":
                 concepts = (read_prompt_list(self.hparams.concept_pool) if self.hparams.concept_pool
                             else vocabulary_words(d.tokenizer))
-                cache["pool"] = ConceptPool(concepts, d.encode_prompts, cache["targets"], self.hparams.anchor_alpha)
+                cache["pool"] = ConceptPool(concepts, d.encode, cache["targets"], self.hparams.anchor_alpha)
             self._cache = cache
         return self._cache
 
@@ -169,7 +209,12 @@ class SPMModule(LightningModule):
             torch.manual_seed(seed)
             random.seed(seed)
 
-    def make_xt(self, target_emb: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    def rollout_rescale(self) -> float:
+        """The roll-out's CFG rescale: ``rollout_guidance_rescale``, or the family's official value (SDXL 0.7)."""
+        value = self.hparams.rollout_guidance_rescale
+        return float(value) if value is not None else (0.7 if self.diffusion.is_xl else 0.0)
+
+    def make_xt(self, target_emb: Conditioning | torch.Tensor) -> tuple[torch.Tensor, int, int]:
         """Official x_t: k DDIM steps (30-step schedule, CFG ``rollout_guidance``) with the membrane on."""
         hp, d = self.hparams, self.diffusion
         h, w = resolution_bucket(hp.resolution, hp.dynamic_resolution,
@@ -177,27 +222,27 @@ class SPMModule(LightningModule):
         k = random.randint(1, hp.max_denoising_steps - 1)  # official randint(1, max_denoising_steps)
         # init_noise_sigma = 1 for DDIM; ``batch_size`` x_T share k and the resolution (official prompt batch_size)
         x = torch.randn(d.latent_shape(hp.batch_size, h, w), device=self.device)
-        target_emb = target_emb.expand(hp.batch_size, -1, -1)
+        target_emb = as_conditioning(target_emb).expand(hp.batch_size)
         steps = d.ddim_timesteps(hp.max_denoising_steps, len(d.alphas_cumprod))
-        uncond = self._embeddings()["uncond"]
+        uncond, rescale = self._embeddings()["uncond"], self.rollout_rescale()
         # inference_mode, not the official no_grad: no version counters or view tracking on the roll-out's UNet calls
         with torch.inference_mode():
             if not hp.rollout_membrane:  # ours, a diagnostic: x_t on the frozen model's own trajectory
                 with self.network.applied(0.0):
-                    x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance)
+                    x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance, rescale=rescale)
             elif hp.merged_rollout:
                 params = self.network.merged_weights(d.unet, 1.0)
                 with self.network.applied(0.0):
-                    x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance, params)
+                    x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance, params, rescale)
             else:
                 with self.network.applied(1.0):
-                    x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance)
+                    x = d.rollout(x, steps[:k], uncond, target_emb, hp.rollout_guidance, rescale=rescale)
         x = x.clone()  # an ordinary tensor again: autograd may save it in the membrane's forward
         n_train = len(d.alphas_cumprod)
         t = (n_train - 1 - int(k * n_train / hp.max_denoising_steps)) if hp.timestep == "official" else steps[k]
         return x, t, k
 
-    def sample_anchors(self, ti: int) -> torch.Tensor | None:
+    def sample_anchors(self, ti: int) -> Conditioning | None:
         hp, cache = self.hparams, self._embeddings()
         if hp.anchoring == "none":
             return None
@@ -206,7 +251,7 @@ class SPMModule(LightningModule):
                                     hp.official_batch_quirk)
         anchors = cache["pool"].sample(ti, hp.anchor_samples)
         if hp.anchor_uncond:  # ours, off by default: also pin the CFG unconditional "" (see the README)
-            anchors = torch.cat([anchors, cache["uncond"].to(anchors.dtype)])
+            anchors = Conditioning.cat([anchors, cache["uncond"].to(anchors.dtype)])
         return anchors
 
     def spm_losses(self) -> dict[str, torch.Tensor]:
@@ -219,25 +264,33 @@ class SPMModule(LightningModule):
         out.update(k=torch.tensor(float(k)), t=torch.tensor(float(t)))
         return out
 
-    def losses_at(self, x: torch.Tensor, t: int, target: torch.Tensor,
-                  anchors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def losses_at(self, x: torch.Tensor, t: int, target: Conditioning | torch.Tensor,
+                  anchors: Conditioning | torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Eqs. 4-8 with two UNet calls: frozen [tar, sur, anchors] (no grad) and membrane-on [tar, anchors].
 
-        ``x`` [B, ...]: every anchor is predicted at every one of the B latents.
+        ``x`` [B, ...]: every anchor is predicted at every one of the B latents (``official_anchor_pairing``: anchor
+        j at latent j mod B, :func:`anchor_batch`).
+
+        The losses are on the UNet's raw output, as the official code (and LECO) computes them for every family:
+        eps, or v for a v-prediction model (SD 2.x 768). At a fixed x_t, v = eps / sqrt(a_t) - sqrt((1 - a_t) / a_t)
+        x_t is an affine function of eps with the same offset for every condition, so the Eq. 5 target (an affine
+        combination of predictions with weights summing to 1) maps to the same target in v, and each squared error
+        is the eps-space one scaled by 1 / a_t.
         """
         hp, d = self.hparams, self.diffusion
+        target = as_conditioning(target)
         b = x.shape[0]
-        per_x = [target.expand(b, -1, -1)]
+        per_x = [target.expand(b)]
         if anchors is not None:
-            per_x.append(anchors.repeat(b, 1, 1))  # [x_1: a_1..a_n, x_2: a_1..a_n, ...]
-            x_anchor = x.repeat_interleave(anchors.shape[0], 0)
+            x_anchor, anchor_c = anchor_batch(x, as_conditioning(anchors), hp.official_anchor_pairing)
+            per_x.append(anchor_c)
         frozen_x = torch.cat([x, x] + ([x_anchor] if anchors is not None else []))
-        frozen_c = torch.cat([per_x[0], self._embeddings()["surrogate"].expand(b, -1, -1)] + per_x[1:])
+        frozen_c = Conditioning.cat([per_x[0], self._embeddings()["surrogate"].expand(b)] + per_x[1:])
         with torch.no_grad(), self.network.applied(0.0):
             frozen = d.predict(frozen_x, t, frozen_c).float()
         spm_x = torch.cat([x] + ([x_anchor] if anchors is not None else []))
         with self.network.applied(1.0):
-            spm = d.predict(spm_x, t, torch.cat(per_x)).float()
+            spm = d.predict(spm_x, t, Conditioning.cat(per_x)).float()
         loss_erase = F.mse_loss(spm[:b], erasing_target(frozen[:b], frozen[b:2 * b], hp.eta))
         out = {"loss_erase": loss_erase}
         if anchors is not None:

@@ -16,6 +16,11 @@ what Facilitated Transport needs.
 Files are safetensors in the kohya / A1111 LoRA layout the official code writes:
 ``lora_unet_<module path with _>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``, with metadata ``prompts``
 (comma-joined erased concepts), ``rank`` and ``alpha``.
+
+SD v2.x and SDXL UNets (``use_linear_projection``) have linear ``proj_in``/``proj_out``, adapted as Linear layers;
+SDXL's Transformer2DModels hold 1-10 transformer blocks, all adapted (official ``train_spm_xl.py`` builds the same
+``SPMNetwork``). An SPM only loads into a UNet of the family it was trained on (spec 4): a mismatch names the file,
+a key, both shapes and the two families (:func:`family_mismatch`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,54 @@ def adapted_layers(unet: nn.Module, target_blocks: Sequence[str] = TARGET_BLOCKS
                 path = f"{block_path}.{sub_path}"
                 out.setdefault(kohya_name(path), (path, layer))
     return out
+
+
+def unet_family(unet: nn.Module) -> str | None:
+    """``SDXL`` (added "text_time" conditioning), ``SD v2.x`` (linear proj_in) or ``SD v1.x`` (conv proj_in), from a
+    diffusers UNet's config; None without one."""
+    config = getattr(unet, "config", None)
+    if config is None:
+        return None
+    if getattr(config, "addition_embed_type", None) == "text_time":
+        return "SDXL"
+    return "SD v2.x" if getattr(config, "use_linear_projection", False) else "SD v1.x"
+
+
+def spm_family(state: dict[str, torch.Tensor]) -> str | None:
+    """The family an SPM state (kohya keys, with or without ``adapters.``) was trained on, from its layout: several
+    transformer blocks per Transformer2DModel -> SDXL, else a conv (4-D) ``proj_in`` -> SD v1.x, a linear one ->
+    SD v2.x; None if it has no proj_in key."""
+    if any("_transformer_blocks_1_" in key for key in state):
+        return "SDXL"
+    down = next((v for k, v in state.items() if k.endswith("proj_in.lora_down.weight")), None)
+    if down is None:
+        return None
+    return "SD v1.x" if down.ndim == 4 else "SD v2.x"
+
+
+def family_mismatch(state: dict[str, torch.Tensor], own_shapes: dict[str, tuple], unet: nn.Module,
+                    source: str) -> str | None:
+    """One error line when ``state`` (an SPM) was trained on another family than ``unet``'s, else None.
+
+    ``own_shapes``: this UNet's SPM keys -> shapes. Names the first key in both with different shapes (both
+    shapes), or else the first missing key (this UNet's shape) and one of the file's keys (its shape)."""
+    state = {k.removeprefix("adapters."): v for k, v in state.items()}
+    own_shapes = {k.removeprefix("adapters."): tuple(v) for k, v in own_shapes.items()}
+    theirs, ours = spm_family(state), unet_family(unet)
+    if theirs is None or ours is None or theirs == ours:
+        return None
+    shared = [k for k in sorted(own_shapes) if k in state and tuple(state[k].shape) != own_shapes[k]]
+    if shared:
+        key = shared[0]
+        where = f"key {key!r} has shape {tuple(state[key].shape)} in the file but this UNet needs {own_shapes[key]}"
+    else:
+        key = next((k for k in sorted(own_shapes) if k not in state), None)
+        if key is None:  # same keys and shapes: nothing to tell apart, the ordinary checks decide
+            return None
+        other = next(k for k in sorted(state) if k.endswith(".lora_down.weight"))
+        where = (f"key {key!r} (this UNet needs shape {own_shapes[key]}) is missing from the file, which has e.g. "
+                 f"{other!r} (shape {tuple(state[other].shape)})")
+    return f"{source}: {where}: an {theirs} SPM cannot load into an {ours} UNet (train the SPM on this family)"
 
 
 class SPMAdapter(nn.Module):
@@ -101,6 +154,7 @@ class SPMNetwork(nn.Module):
         self._layers: list[tuple[nn.Module, SPMAdapter]] = []  # plain list: the UNet's layers are not submodules
         self._handles: list = []
         self._removed = False
+        self._unet = [unet]  # not a submodule (for family checks when loading)
         for name, (_, layer) in adapted_layers(unet, target_blocks).items():
             adapter = SPMAdapter(layer, rank, alpha)
             adapter.to(device=layer.weight.device, dtype=layer.weight.dtype)
@@ -173,8 +227,12 @@ class SPMNetwork(nn.Module):
 
     # ----------------------------------------------------------------- kohya safetensors
     def load_spm_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Strict load with a clear error: the first missing/unexpected key or shape mismatch is named."""
+        """Strict load with a clear error: the first missing/unexpected key or shape mismatch is named (and, for an
+        SPM of another family, both families)."""
         own = self.state_dict()
+        mismatch = family_mismatch(state, {k: v.shape for k, v in own.items()}, self._unet[0], source)
+        if mismatch:
+            raise ValueError(mismatch)
 
         def show(key: str) -> str:  # the key as the file spells it
             return repr(key.removeprefix("adapters."))

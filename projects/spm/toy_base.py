@@ -36,6 +36,16 @@ SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_
                  clip_sample=True, set_alpha_to_one=False, steps_offset=0, prediction_type="epsilon")
 
 
+def save_toy_scheduler(scheduler, folder: Path) -> None:
+    """``scheduler.save_pretrained(folder)`` plus ``"_use_clipped_model_output": true``: the toy world's DDIM
+    re-derives eps from the clipped x0 (every committed toy number was measured so; ``DiffusionModel.from_folder``
+    reads the key, diffusers ignores keys starting with "_")."""
+    scheduler.save_pretrained(folder)
+    path = Path(folder) / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({"_use_clipped_model_output": True, **config}, indent=2, sort_keys=True) + "\n")
+
+
 class ToyClassifier(nn.Module):
     """A small CNN with a shape head and a colour head (TOY_SHAPES, TOY_COLORS); input [B, 3, H, W] in [0, 1]."""
 
@@ -175,7 +185,7 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFA
     def save(models: nn.ModuleDict) -> None:
         models["unet"].save_pretrained(out_dir / "unet")
         models["text_encoder"].save_pretrained(out_dir / "text_encoder")
-        scheduler.save_pretrained(out_dir / "scheduler")
+        save_toy_scheduler(scheduler, out_dir / "scheduler")
 
     start, losses = time.perf_counter(), []
     for step in range(steps):
@@ -246,7 +256,7 @@ def write_random_base(out_dir: str | Path, unet_config: dict | None = None, seed
                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                  **cfg)).save_pretrained(out_dir / "text_encoder")
     UNet2DConditionModel(**(unet_config or TOY_UNET_CONFIG)).save_pretrained(out_dir / "unet")
-    DDIMScheduler(**SCHEDULER).save_pretrained(out_dir / "scheduler")
+    save_toy_scheduler(DDIMScheduler(**SCHEDULER), out_dir / "scheduler")
     return out_dir
 
 

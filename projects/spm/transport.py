@@ -11,11 +11,18 @@ multiplies gamma (official ``--facilitate_factor``, also applied to fixed multip
 
 Batched: one text-encoder call for all prompts, one for all concept strings, one matmul for every s_f, and the
 token overlaps as a multi-hot product over the concepts' vocabulary; no Python loop over prompt x concept pairs.
+
+SDXL: the official code has no FT for SDXL (``infer_spm.py`` / ``evaluate_task.py`` load SD v1/v2 pipelines only).
+Ours scores s_f on what the SDXL UNet cross-attends to, the concatenated penultimate states of both encoders
+[L, 768 + 1280] (``embed=DiffusionModel.encode_prompts``), flattened as for SD: the same "prompt as the UNet sees it"
+reading as the official ``clipcos`` on SD's last_hidden_state. The pooled embedding is left out (one vector,
+against L x 2048 values it would barely move the cosine). s_t uses the first tokenizer (both SDXL tokenizers are the
+same CLIP BPE vocabulary; only the padding token differs, and special tokens are removed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,11 +69,14 @@ def token_overlap(prompt_ids: torch.Tensor, concept_ids: torch.Tensor, special_i
 
 def facilitated_gammas(text_encoder, tokenizer, prompts: list[str], concepts: list[list[str]], *,
                        metric: str = "clipcos_tokenuni", facilitate_factor: float = 1.0,
-                       fixed: list[float] | None = None, prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                       fixed: list[float] | None = None, prompt_embeds: torch.Tensor | None = None,
+                       embed: Callable[[list[str]], torch.Tensor] | None = None) -> torch.Tensor:
     """gamma [B, C] (float32, on the text encoder's device) of C SPMs for B prompts.
 
     ``concepts[c]`` are SPM c's concept strings (the file's ``prompts`` metadata). ``prompt_embeds`` [B, L, D]:
     the prompts' embeddings as used for generation (skips re-encoding them). ``fixed``: one gamma per SPM, FT off.
+    ``embed``: strings -> [N, L, D] for s_f (SDXL: ``DiffusionModel.encode_prompts``, see the module docstring);
+    default: ``text_encoder``'s last_hidden_state of the padded ids (official ``clipcos``).
     """
     if metric not in METRICS:
         raise ValueError(f"FT metric {metric!r} is not one of {METRICS}")
@@ -89,10 +99,11 @@ def facilitated_gammas(text_encoder, tokenizer, prompts: list[str], concepts: li
     scores = []
     if "clipcos" in metric:
         if prompt_embeds is None:
-            prompt_embeds = encode(text_encoder, prompt_ids)
+            prompt_embeds = encode(text_encoder, prompt_ids) if embed is None else embed(prompts)
         elif prompt_embeds.shape[0] != batch:
             raise ValueError(f"prompt_embeds has {prompt_embeds.shape[0]} rows for {batch} prompts")
-        scores.append(clip_cosine(prompt_embeds.to(device), encode(text_encoder, concept_ids)))
+        concept_embeds = encode(text_encoder, concept_ids) if embed is None else embed(flat)
+        scores.append(clip_cosine(prompt_embeds.to(device), concept_embeds.to(device)))
     if "tokenuni" in metric:
         scores.append(token_overlap(prompt_ids, concept_ids, tokenizer.all_special_ids).to(device))
     per_string = torch.stack(scores).amax(0)  # [B, S]: max(s_f, s_t)

@@ -148,8 +148,8 @@ def test_anchor_uncond_adds_the_empty_prompt_to_every_steps_anchors(base: Path):
     a = plain.sample_anchors(0)
     torch.manual_seed(0)
     b = pinned.sample_anchors(0)
-    assert b.shape[0] == a.shape[0] + 1
-    assert torch.equal(b[:-1], a) and torch.equal(b[-1:], pinned._embeddings()["uncond"])
+    assert b.batch == a.batch + 1 and a.pooled is None  # Conditioning: SD-shaped, text states only
+    assert torch.equal(b.text[:-1], a.text) and torch.equal(b.text[-1:], pinned._embeddings()["uncond"].text)
 
 
 def test_toy_prompt_labels():

@@ -9,8 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from projects.spm.bench import random_ups
-from projects.spm.model import SD14_UNET_CONFIG, TOY_UNET_CONFIG
-from projects.spm.network import SPMNetwork, load_spm_file
+from projects.spm.model import SD14_UNET_CONFIG, SD21_UNET_CONFIG, SDXL_UNET_CONFIG, TOY_UNET_CONFIG
+from projects.spm.network import SPMNetwork, adapted_layers, load_spm_file
 
 TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
 
@@ -38,6 +38,20 @@ def test_sd14_unet_gets_192_layers_and_423936_parameters():
     assert "adapters.lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in keys
     assert "adapters.lora_unet_mid_block_attentions_0_proj_in.lora_up.weight" in keys
     assert not any("resnets" in k or "time_emb" in k or "conv_in" in k for k in keys)
+
+
+@pytest.mark.parametrize("config, layers, params, blocks", [
+    (SD21_UNET_CONFIG, 192, 432_128, 16),     # as SD v1.4 with 1024-dim context (attn2.to_k/to_v) and Linear proj_*
+    (SDXL_UNET_CONFIG, 722, 2_659_840, 70),   # 11 Transformer2DModels holding 70 transformer blocks: 70 x 10 + 11 x 2
+], ids=["sd21", "sdxl"])
+def test_sd21_and_sdxl_unet_counts(config: dict, layers: int, params: int, blocks: int):
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+        net = SPMNetwork(unet)
+    assert len(net.adapters) == layers and net.num_parameters() == params
+    assert sum(type(m).__name__ == "BasicTransformerBlock" for m in unet.modules()) == blocks
+    assert all(isinstance(layer, torch.nn.Linear) for path, layer in adapted_layers(unet).values()
+               if path.endswith(("proj_in", "proj_out")))
 
 
 def test_identity_at_init_switch_off_and_scale():

@@ -223,3 +223,34 @@ def test_checkpoint_without_vae_takes_the_config_vae(tiny, tmp_path):
         load_single_file(novae, bare)
     assert "has no VAE (first_stage_model.*)" in one_line(err)
     assert_same_weights(load_single_file(tiny("sd1")[2], bare)["unet"], pipe.unet)  # configs alone are enough
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_generate_runs_on_a_single_file_as_on_its_folder(tiny, family, tmp_path):
+    """``generate --base_model <file> --base_config <folder>``: the same images as the diffusers folder gives."""
+    from PIL import Image
+
+    from projects.spm.generate import main
+
+    _, folder, file = tiny(family)
+    outs = {}
+    for name, base in (("file", ["--base_model", str(file), "--base_config", str(folder)]),
+                       ("folder", ["--base_model", str(folder)])):
+        outs[name] = tmp_path / name
+        info = main([*base, "--prompts", "a red circle", "--steps", "2", "--out", str(outs[name]), "--logger", "none"])
+        assert info["images"] == 1
+    images = [Image.open(next((outs[n] / "images").iterdir())) for n in ("file", "folder")]
+    assert images[0].tobytes() == images[1].tobytes()
+
+
+def test_training_takes_a_single_file_with_its_config_folder(tiny):
+    """``--model.base_model <file> --model.base_config <folder>``: the module's frozen model is the file's."""
+    from projects.spm.module import SPMModule
+
+    pipe, folder, file = tiny("sd1")
+    module = SPMModule(base_model=str(file), base_config=str(folder), anchoring="none")
+    module.setup("fit")
+    assert_same_weights(module.diffusion.unet, pipe.unet)
+    with pytest.raises(FileNotFoundError, match=r"needs --model.base_config") as err:
+        SPMModule(base_model=str(file)).setup("fit")
+    one_line(err)

@@ -47,8 +47,13 @@ def _vae():
 def tiny_pipeline(family: str = "sd1", seed: int = 0):
     """A random ``StableDiffusionPipeline`` (``sd1``, ``sd2``) or ``StableDiffusionXLPipeline`` (``sdxl``); 16x16
     latents, 32x32 images."""
-    from diffusers import (DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)
     tokenizer = _tokenizer()

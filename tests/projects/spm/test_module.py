@@ -89,6 +89,45 @@ def test_iteration_equals_official_loop(base: Path, anchoring: str):
         assert torch.allclose(results[0][key].cpu(), results[1][key], rtol=1e-4, atol=1e-7), key
 
 
+def test_official_anchor_pairing_equals_the_official_batch_loop(base: Path):
+    """batch_size 2 with ``official_anchor_pairing``: the losses of the official loop's batch layout, written out
+    (``predict_noise`` = one UNet call on ``cat([latents] * 2)`` with [uncond rows; cond rows]; anchors at
+    ``latents.repeat(N // B)``); ours (every anchor at every latent) gives other losses."""
+    import torch.nn.functional as F
+
+    from projects.spm.model import Conditioning
+    from projects.spm.module import erasing_target
+
+    module = build_module(base, "official", batch_size=2, official_anchor_pairing=True)
+    random_ups(module.network, seed=3, scale=0.05)
+    other, membrane = official_copy(base, "official", module)
+    cache, d = module._embeddings(), other.diffusion
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 16, 16)
+    anchors = module.sample_anchors(0)  # the batch quirk's [u, s3, u, s4]
+
+    def predict_noise(latents, cond):  # guidance 1: uncond + 1 * (cond - uncond)
+        eps = d.predict(torch.cat([latents] * 2), 500, Conditioning.cat([cache["uncond"].expand(len(cond)), cond]))
+        e_u, e_c = eps.chunk(2)
+        return e_u + 1.0 * (e_c - e_u)
+
+    target, surrogate = cache["targets"][:1].expand(2), cache["surrogate"].expand(2)
+    x_anchor = x.repeat(len(anchors) // 2, 1, 1, 1)  # [x1, x2, x1, x2]
+    with torch.no_grad():
+        pos, neu, anc = predict_noise(x, target), predict_noise(x, surrogate), predict_noise(x_anchor, anchors)
+        with membrane.applied(1.0):
+            tgt, anc_spm = predict_noise(x, target), predict_noise(x_anchor, anchors)
+        ours = module.losses_at(x, 500, cache["targets"][:1], anchors)
+        module.hparams.official_anchor_pairing = False
+        every_pair = module.losses_at(x, 500, cache["targets"][:1], anchors)
+    official = {"loss_erase": F.mse_loss(tgt, erasing_target(pos, neu, module.hparams.eta)),
+                "loss_anchor": F.mse_loss(anc_spm, anc)}
+    for key, value in official.items():
+        assert torch.allclose(ours[key], value, rtol=1e-4, atol=1e-7), key
+    assert torch.equal(every_pair["loss_erase"], ours["loss_erase"])
+    assert not torch.allclose(every_pair["loss_anchor"], ours["loss_anchor"], rtol=1e-3)
+
+
 def test_batch_of_latents_is_the_mean_of_single_latent_losses(base: Path):
     module = build_module(base, "paper", batch_size=3)
     random_ups(module.network, seed=3, scale=0.05)

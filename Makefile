@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help install train test test-slow bench bench-gpu lint clean claims pretrain
+.PHONY: help install train test test-slow bench bench-pipeline bench-gpu lint clean claims pretrain
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -50,10 +50,13 @@ test: $(STAMP) ## Run the test suite (fast tests; `slow` ones excluded)
 test-slow: $(STAMP) ## Run only the slow tests (longer training runs)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-bench: $(STAMP) ## Time each method against its baseline (BENCH=<filter> for a subset); writes logs/bench.json
+bench: $(STAMP) ## Time each method against its baseline, then each loader against its step (BENCH=<filter>, e.g. pipeline); logs/bench.json
 	$(PY) -m shared.bench $(BENCH)
 
-bench-gpu: $(STAMP) ## Paper-size rows of the 4 projects on one CUDA GPU, fp32 + bf16, < 8 min (BENCH=<filter>); logs/bench_gpu.json
+bench-pipeline: $(STAMP) ## Only the input-pipeline rows: training loader images/s (a worker a core) vs step images/s; logs/bench_pipeline.json
+	$(PY) -m shared.bench.pipeline $(BENCH)
+
+bench-gpu: $(STAMP) ## Paper-size rows of the 4 projects on one CUDA GPU, fp32 + bf16, then 3 loaders vs those steps, < 8 min (BENCH=<filter>); logs/bench_gpu.json
 	$(PY) -m shared.bench.gpu --bf16 $(BENCH)
 
 claims: $(STAMP) ## Render CLAIMS.md + plots from the committed study results (FULL=1 re-runs the studies: hours)

@@ -5,9 +5,13 @@
 * the discovery step (rollout -> instance maps -> top-N -> threshold -> largest region -> box -> crops) batched
   vs a per-sample loop like the official code's (full 785x785 rollout per image, per-map resize / threshold /
   connected components, per-crop resize).
+
+``pipeline_loader`` (the COCO training DataLoader on COCO-layout files) serves ``shared/bench/pipeline.py``.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -136,3 +140,55 @@ def _discover_full() -> BenchCase:
           repeats=5, warmup=1)
 def _discover_low() -> BenchCase:
     return _discover_case(8, 112)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input pipeline (shared/bench/pipeline.py): the training DataLoader of configs/coco.yaml + one_gpu.yaml
+# ----------------------------------------------------------------------------------------------------------
+COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+"""COCO's 80 category ids (1..90 with 10 gaps)."""
+
+
+def write_bench_coco(root, samples: int, files: int, size: tuple[int, int] = (640, 480), val: int = 2):
+    """A COCO 2014 folder (``annotations/instances_{train,val}2014.json`` with 1-3 boxes an image over the 80
+    categories, ``{train,val}2014/COCO_<split>2014_<id>.jpg``): ``samples`` training images cycling over ``files``
+    photo-like JPEGs of ``size`` (COCO's photos are about 640x480), ``val`` validation images."""
+    from pathlib import Path
+
+    from shared.bench.photos import write_photos
+
+    root = Path(root)
+    w, h = size
+    categories = [{"id": c, "name": f"category_{c}", "supercategory": "thing"} for c in COCO_CATEGORY_IDS]
+    for split, n in (("train", samples), ("val", val)):
+        names = [f"COCO_{split}2014_{k:012d}.jpg" for k in range(min(files, n))]
+        write_photos(root / f"{split}2014", names, size, seed=len(split))
+        images = [{"id": i, "file_name": names[i % len(names)], "width": w, "height": h} for i in range(n)]
+        anns = [{"id": len(images) * j + i + 1, "image_id": i, "iscrowd": 0, "area": w * h / 16,
+                 "category_id": COCO_CATEGORY_IDS[(7 * i + 13 * j) % 80], "bbox": [w / 8, h / 8, w / 4, h / 4]}
+                for i in range(n) for j in range(1 + i % 3)]
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"instances_{split}2014.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    return root
+
+
+def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
+    """The training DataLoader of configs/coco.yaml + one_gpu.yaml (resize 512 -> multi-scale crop -> 448 + flip,
+    batch 8 per GPU) over a COCO folder written under ``root``; ``tiny``: 64x48 JPEGs, 64 px, batch 2."""
+    from projects.did.data import DiDData
+    from shared.bench.pipeline import epoch_batches, paper_data
+
+    data = paper_data("did", "coco.yaml", "one_gpu.yaml")
+    size = (640, 480)
+    if tiny:
+        data.update(img_size=64, batch_size=2)
+        size = (64, 48)
+    samples = data["batch_size"] * epoch_batches(data["batch_size"], workers, tiny)
+    write_bench_coco(root, samples, min(files, samples), size)
+    dm = DiDData(**{**data, "root": str(root), "num_workers": workers})
+    dm.setup("fit")
+    resize = dm.hparams.train_resize or round(data["img_size"] * 512 / 448)
+    return dm.train_dataloader(), {"layout": "COCO 2014", "image_files": f"{size[0]}x{size[1]} JPEG q90",
+                                   "distinct_files": min(files, samples), "samples": samples,
+                                   "transforms": f"resize {resize} -> multi-scale crop -> {data['img_size']} + flip"}

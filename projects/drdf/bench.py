@@ -4,9 +4,13 @@ Each row times one training step (forward, loss, backward, AdamW step) of DRDF d
 K experts run without routers (uniform weights, the static ensemble). Both steps use the *same* expert modules
 and one AdamW (parameters without a gradient are skipped by it), so the ratio is the routers' and the
 MWF-Layer's share and nothing else. Target: at most 1.10 with the default routers.
+
+``pipeline_loader`` (the Hateful Memes training DataLoader on files in its layout) serves ``shared/bench/pipeline.py``.
 """
 
 from __future__ import annotations
+
+import json
 
 import torch
 
@@ -92,3 +96,68 @@ def _toy_row() -> BenchCase:
 def _hm_row() -> BenchCase:
     return train_step_case(HATEFUL_MEMES_KWARGS, batch_size=8 if torch.cuda.is_available() else 2, image_size=224,
                            seq_len=40, vocab=30522, details={"setting": "hateful_memes.yaml (random init)"})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input pipeline (shared/bench/pipeline.py): the training DataLoader of configs/hateful_memes.yaml
+# ----------------------------------------------------------------------------------------------------------
+MEME_WORDS = ("when", "you", "the", "finally", "realize", "that", "your", "friends", "are", "not", "like", "them",
+              "look", "at", "this", "guy", "going", "to", "school", "on", "monday", "morning", "everyone", "be",
+              "people", "who", "think", "they", "can", "just", "take", "my", "pizza", "back", "weekend", "cat")
+
+
+def meme_texts(n: int, seed: int = 0) -> list[str]:
+    """``n`` meme-like captions of 6-24 words (Hateful Memes captions are short, overlaid text)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(MEME_WORDS, int(rng.integers(6, 25)))) for _ in range(n)]
+
+
+def write_bench_memes(root, samples: int, files: int, size: tuple[int, int] = (600, 450), dev: int = 2):
+    """A Hateful Memes folder (``train.jsonl`` / ``dev_seen.jsonl`` lines ``{id, img, text, label}``,
+    ``img/<id>.png``): ``samples`` training memes cycling over ``files`` photo-like PNGs of ``size``, plus a
+    WordPiece ``tokenizer/`` of the captions' words and letters (stands in for bert-base-uncased: the same
+    ``BertTokenizerFast``, a smaller vocabulary)."""
+    from pathlib import Path
+    from string import ascii_lowercase
+
+    from transformers import BertTokenizerFast
+
+    from shared.backbones.text import BERT_SPECIALS
+    from shared.bench.photos import write_photos
+
+    root = Path(root)
+    names = [f"img/{k + 1:05d}.png" for k in range(files)]
+    write_photos(root, names, size, noise=2.0, texture=0.3)
+    texts = meme_texts(samples + dev)
+    lines = [json.dumps({"id": i + 1, "img": names[i % files], "text": t, "label": i % 2})
+             for i, t in enumerate(texts)]
+    (root / "train.jsonl").write_text("\n".join(lines[:samples]) + "\n")
+    (root / "dev_seen.jsonl").write_text("\n".join(lines[samples:]) + "\n")
+    vocab = [*BERT_SPECIALS, *MEME_WORDS, *ascii_lowercase, *(f"##{c}" for c in ascii_lowercase)]
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True).save_pretrained(root / "tokenizer")
+    return root
+
+
+def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
+    """configs/hateful_memes.yaml's training DataLoader (PNG decode, resize 224, normalise; captions tokenised in
+    the collate, max 128 tokens; batch 32) over a Hateful Memes folder of 600x450 PNGs written under ``root``;
+    ``tiny``: 64x48 PNGs, 32 px, batch 2."""
+    from projects.drdf.data import DRDFDataModule
+    from shared.bench.pipeline import epoch_batches, paper_data
+
+    data = paper_data("drdf", "hateful_memes.yaml")
+    size = (600, 450)
+    if tiny:
+        data.update(image_size=32, batch_size=2)
+        size = (64, 48)
+    samples = data["batch_size"] * epoch_batches(data["batch_size"], workers, tiny)
+    write_bench_memes(root, samples, min(files, samples), size)
+    dm = DRDFDataModule(**{**data, "num_classes": 2, "data_dir": str(root), "tokenizer": str(root / "tokenizer"),
+                           "num_workers": workers})
+    dm.setup("fit")
+    return dm.train_dataloader(), {"layout": "Hateful Memes", "image_files": f"{size[0]}x{size[1]} PNG",
+                                   "distinct_files": min(files, samples), "samples": samples,
+                                   "transforms": f"resize {data['image_size']} + WordPiece tokenisation "
+                                                 f"(max {data['max_length']})"}

@@ -6,6 +6,8 @@
 * DPPM (rollout scores + threshold + largest 8-connected component + crop-and-resize, batched) against a
   per-sample loop like the official code (per image: full T x T rollout product, column mean, scipy labelling,
   largest region, crop, F.interpolate). Target >= 10x.
+
+``pipeline_loader`` (the CUB training DataLoader on CUB-layout files) serves ``shared/bench/pipeline.py``.
 """
 
 from __future__ import annotations
@@ -134,3 +136,45 @@ def _dppm_vitb_row() -> BenchCase:
           kind="speedup")
 def _dppm_toy_row() -> BenchCase:
     return _dppm_case(64, 8, 32, 4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input pipeline (shared/bench/pipeline.py): the training DataLoader of configs/cub.yaml on CUB-layout files
+# ----------------------------------------------------------------------------------------------------------
+def write_bench_cub(root, samples: int, files: int, size: tuple[int, int] = (500, 375), test: int = 2,
+                    num_classes: int = 200):
+    """A CUB-200-2011 folder (``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
+    ``images/<class>/<name>.jpg``): ``samples`` training ids and ``test`` test ids over ``files`` photo-like JPEGs
+    of ``size`` (CUB's photos are at most 500 px a side)."""
+    from pathlib import Path
+
+    from shared.bench.photos import write_photos
+
+    root = Path(root)
+    names = [f"{k % num_classes + 1:03d}.Bird_{k % num_classes + 1}/Bird_{k:04d}.jpg" for k in range(files)]
+    write_photos(root / "images", names, size)
+    rows = [(i + 1, names[i % files], int(i < samples)) for i in range(samples + test)]
+    (root / "images.txt").write_text("".join(f"{i} {rel}\n" for i, rel, _ in rows))
+    (root / "image_class_labels.txt").write_text("".join(f"{i} {int(rel[:3])}\n" for i, rel, _ in rows))
+    (root / "train_test_split.txt").write_text("".join(f"{i} {flag}\n" for i, _, flag in rows))
+    return root
+
+
+def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
+    """configs/cub.yaml's training DataLoader (square resize 600 -> random crop 448 + flip, batch 16) over a CUB
+    folder of 500x375 JPEGs written under ``root`` (one timed epoch's worth); ``tiny``: 64x48, 72 -> 64, batch 2."""
+    from projects.rams_trans.data import FGVCDataModule
+    from shared.bench.pipeline import epoch_batches, paper_data
+
+    data = paper_data("rams_trans", "cub.yaml")
+    size = (500, 375)
+    if tiny:
+        data.update(resize=72, crop=64, batch_size=2)
+        size = (64, 48)
+    samples = data["batch_size"] * epoch_batches(data["batch_size"], workers, tiny)
+    write_bench_cub(root, samples, min(files, samples), size, num_classes=data["num_classes"])
+    dm = FGVCDataModule(**{**data, "root": str(root), "num_workers": workers})
+    dm.setup("fit")
+    return dm.train_dataloader(), {"layout": "CUB-200-2011", "image_files": f"{size[0]}x{size[1]} JPEG q90",
+                                   "distinct_files": min(files, samples), "samples": samples,
+                                   "transforms": f"resize {data['resize']} -> random crop {data['crop']} + flip"}

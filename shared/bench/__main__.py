@@ -1,4 +1,5 @@
-"""``python -m shared.bench [FILTER]``: run every registered row (or those whose name contains FILTER)."""
+"""``python -m shared.bench [FILTER]``: run every registered row (or those whose name contains FILTER), then the
+input-pipeline rows (``shared/bench/pipeline.py``; ``FILTER=pipeline``: only those)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from shared.bench import pipeline
 from shared.bench.registry import registered_rows, time_pair
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
     discover()
     rows = [r for r in registered_rows() if args.filter in r.name]
-    if not rows:
-        print(f"no bench row matches {args.filter!r}; known: {[r.name for r in registered_rows()]}")
+    pipes = pipeline.matching(args.filter)
+    if not rows and not pipes:
+        known = [r.name for r in registered_rows()] + [r.name for r in pipeline.ROWS]
+        print(f"no bench row matches {args.filter!r}; known: {known}")
         return 2
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {device}")
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row.name:<48} {row.kind:>8} {ratio:8.3f}x  target {sign} {row.target:<5}  "
               f"{'ok' if ok else 'MISS'}   method {timing['method_s'] * 1e3:9.2f} ms  "
               f"baseline {timing['baseline_s'] * 1e3:9.2f} ms", flush=True)
+    if pipes:
+        results += pipeline.run(pipes)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -7,7 +7,12 @@ included), next to the method/baseline ratio (the alternating, synchronised time
 warm-up). ``--bf16`` times every row a second time in bf16: training rows under bf16 autocast, generation rows
 with the UNet's weights in bf16 (as pipelines load it). Writes ``logs/bench_gpu.json``.
 
-``--dry-run``: the same rows with tiny shapes (tiny ViT, tiny UNet, 2 SPMs) on the CPU in seconds; the tests run it.
+Then the input-pipeline rows (``shared/bench/pipeline.py``): the RAMS-Trans, DiD and DRDF training loaders at
+their paper settings with one worker per core, next to the images/s of the steps measured above (``"pipeline"``
+in the json).
+
+``--dry-run``: the same rows with tiny shapes (tiny ViT, tiny UNet, 2 SPMs; tiny loaders with 0 workers) on the CPU
+in seconds; the tests run it.
 With no CUDA device (and no ``--dry-run``) it says so in one line and exits 0.
 """
 
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from shared.bench import pipeline
 from shared.bench.registry import BenchCase, time_pair
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,9 +40,11 @@ NO_CUDA = "bench-gpu: no CUDA device on this machine (torch.cuda.is_available() 
 @dataclass
 class GpuRow:
     """One paper-size row. ``build(device, tiny)`` returns the case and the images one call of the method and one
-    call of the baseline process (for images/s); ``unit`` names what those are. ``grad``: training steps (autograd
-    on); without it both run under ``torch.inference_mode()``. The bf16 pass runs the fp32 case under bf16 autocast,
-    or, where ``build_bf16`` is set (generation: pipelines load the weights in half precision), that case."""
+    call of the baseline process (for images/s); ``unit`` names what those are (the three training rows' builders
+    take a batch too: the input-pipeline rows time their steps at batch 2 on a CPU). ``grad``: training steps
+    (autograd on); without it both run under ``torch.inference_mode()``. The bf16 pass runs the fp32 case under
+    bf16 autocast, or, where ``build_bf16`` is set (generation: pipelines load the weights in half precision), that
+    case."""
 
     name: str
     paper: str
@@ -54,35 +62,35 @@ class GpuRow:
 TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
 
-def _rams_trans(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+def _rams_trans(device: str, tiny: bool, batch: int | None = None) -> tuple[BenchCase, int, int]:
     from projects.rams_trans.bench import train_step_case
 
-    case = (train_step_case("vit_tiny_patch16_224", 32, 8, 2, TINY_VIT, device) if tiny
-            else train_step_case("vit_base_patch16_224", 448, 16, 16, None, device))
+    case = (train_step_case("vit_tiny_patch16_224", 32, 8, batch or 2, TINY_VIT, device) if tiny
+            else train_step_case("vit_base_patch16_224", 448, 16, batch or 16, None, device))
     b = case.details["batch"]
     return case, b, 2 * b                         # the baseline is two plain-ViT steps
 
 
-def _did(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+def _did(device: str, tiny: bool, batch: int | None = None) -> tuple[BenchCase, int, int]:
     from projects.did.bench import COCO_VITB_448, train_step_case
 
     if tiny:
         cfg = dict(num_classes=10, backbone="vit_tiny_patch16_224", img_size=32, patch_size=8, hidden_dropout=0.0,
                    **{k: v for k, v in TINY_VIT.items() if k != "mlp_ratio"})
-        case = train_step_case(cfg, 2, "tiny", device)
+        case = train_step_case(cfg, batch or 2, "tiny", device)
     else:
-        case = train_step_case(COCO_VITB_448, 8, "coco.yaml ViT-B/16 448, one_gpu.yaml batch", device)
+        case = train_step_case(COCO_VITB_448, batch or 8, "coco.yaml ViT-B/16 448, one_gpu.yaml batch", device)
     b, n = case.details["batch"], case.details["top_n"]
     return case, b, (1 + n) * b                   # the baseline is (1 + N) plain-ViT steps
 
 
-def _drdf(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+def _drdf(device: str, tiny: bool, batch: int | None = None) -> tuple[BenchCase, int, int]:
     from projects.drdf.bench import HATEFUL_MEMES_KWARGS, toy_model_kwargs, train_step_case
 
     if tiny:
-        case = train_step_case(toy_model_kwargs(), 2, 32, 8, 256, {"setting": "toy.yaml, batch 2"}, device)
+        case = train_step_case(toy_model_kwargs(), batch or 2, 32, 8, 256, {"setting": "toy.yaml"}, device)
     else:
-        case = train_step_case(HATEFUL_MEMES_KWARGS, 32, 224, 40, 30522,
+        case = train_step_case(HATEFUL_MEMES_KWARGS, batch or 32, 224, 40, 30522,
                                {"setting": "hateful_memes.yaml (random init)"}, device)
     return case, case.details["batch"], case.details["batch"]
 
@@ -202,6 +210,31 @@ def print_row(name: str, precision: str, r: dict, unit: str) -> None:
           f"{_gib(r['method_peak_gib'])} {_gib(r['baseline_peak_gib'])}", flush=True)
 
 
+def run_pipeline(filter_: str, results: list[dict], device: str, tiny: bool, start: float, budget_s: float
+                 ) -> tuple[list[dict], bool]:
+    """The input-pipeline rows (``shared/bench/pipeline.py``) of the projects whose step ran above, or that match
+    the filter: each project's training loader, one worker per core, against that step's images/s (fp32 and bf16;
+    the fastest decides the bottleneck). Returns their records and whether one failed; ``main`` prints them."""
+    rates: dict[str, dict[str, float]] = {}
+    for r in results:
+        if "method_per_s" in r:
+            rates.setdefault(r["name"], {})[r["precision"]] = r["method_per_s"]
+    workers = 0 if tiny else pipeline.cores()
+    records, failed = [], False
+    for row in (p for p in pipeline.ROWS if filter_ in p.name or p.gpu_row in rates):
+        if time.perf_counter() - start > budget_s:
+            print(f"{row.name:<62} skipped: past the {budget_s:.0f} s budget", flush=True)
+            records.append({"name": row.name, "skipped": "time budget"})
+            continue
+        try:
+            records.append(pipeline.measure_row(row, tiny, workers, device, rates.get(row.gpu_row)))
+        except Exception as err:  # noqa: BLE001 -- as for the rows above
+            failed = True
+            print(f"{row.name:<62} ERROR {type(err).__name__}: {(str(err).splitlines() or [''])[0]}", flush=True)
+            records.append({"name": row.name, "error": f"{type(err).__name__}: {err}"})
+    return records, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("filter", nargs="?", default="", help="run only rows whose name contains this")
@@ -217,9 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_CUDA)
         return 0
     device = "cpu" if args.dry_run else "cuda"
-    rows = [r for r in ROWS if args.filter in r.name]
+    steps_of_pipes = {p.gpu_row for p in pipeline.matching(args.filter)}      # a pipeline row needs its step
+    rows = [r for r in ROWS if args.filter in r.name or r.name in steps_of_pipes]
     if not rows:
-        print(f"no bench-gpu row matches {args.filter!r}; known: {[r.name for r in ROWS]}")
+        print(f"no bench-gpu row matches {args.filter!r}; known: {[r.name for r in ROWS + pipeline.ROWS]}")
         return 2
     precisions = ["fp32", "bf16"] if args.bf16 else ["fp32"]
     name = (f"cpu ({torch.get_num_threads()} threads), tiny shapes (dry run)" if args.dry_run
@@ -228,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
           + ("" if args.dry_run else "; fp32 = torch's defaults (TF32 convolutions, fp32 matmuls)"))
     print(f"{'row':<62} {'prec':>4}  {'method ms':>10} {'base ms':>10}  {'ratio':>7}  {'method/s':>9} "
           f"{'base/s':>9} {'unit':<10} {'peak GiB':>7} {'(base)':>7}")
-    start, results, failed = time.perf_counter(), [], False
-    for row in rows:
+    start, results, failed, pipes = time.perf_counter(), [], False, []
+    # The loaders run right after the last training row they compare with (before the long SPM rows and the budget).
+    last_step = max((i for i, r in enumerate(rows) if r.name in {p.gpu_row for p in pipeline.ROWS}), default=-1)
+    for i, row in enumerate(rows):
         record = {"name": row.name, "paper": row.paper, "unit": row.unit}
         if time.perf_counter() - start > args.budget_s:
             print(f"{row.name:<62} skipped: past the {args.budget_s:.0f} s budget", flush=True)
@@ -245,11 +281,18 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
+        if i == last_step:
+            pipes, pipes_failed = run_pipeline(args.filter, results, device, args.dry_run, start, args.budget_s)
+            failed = failed or pipes_failed
+    if any("details" in r for r in pipes):
+        pipeline.print_table([r for r in pipes if "details" in r], 0 if args.dry_run else pipeline.cores(), device,
+                             args.dry_run)
     total = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": name, "torch": torch.__version__, "dry_run": args.dry_run,
-                               "precisions": precisions, "total_s": round(total, 1), "rows": results},
+                               "precisions": precisions, "total_s": round(total, 1), "rows": results,
+                               "pipeline": pipes},
                               indent=2, default=str))
     print(f"total {total:.1f} s; wrote {out}")
     return 1 if failed else 0

@@ -77,6 +77,14 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def time_one(fn: Callable[[], object], repeats: int = 15, warmup: int = 3, grad: bool = False) -> float:
+    """Median seconds of one call of ``fn`` after ``warmup`` calls (autograd on with ``grad``, as :func:`time_pair`)."""
+    with torch.inference_mode(not grad), torch.set_grad_enabled(grad):
+        for _ in range(warmup):
+            fn()
+        return statistics.median(_timed(fn) for _ in range(repeats))
+
+
 def time_pair(method: Callable[[], object], baseline: Callable[[], object], repeats: int = 15,
               warmup: int = 3, grad: bool = False) -> dict:
     """Time ``method`` and ``baseline`` alternately after a warm-up; medians of each and of the per-pair ratio.

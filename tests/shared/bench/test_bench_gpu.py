@@ -1,11 +1,12 @@
-"""``make bench-gpu``: the one-line refusal without CUDA and the tiny CPU dry run of every row (no GPU needed)."""
+"""``make bench-gpu``: the one-line refusal without CUDA and the tiny CPU dry run of every row and of the input-pipeline
+rows (no GPU needed)."""
 
 import json
 import math
 
 import torch
 
-from shared.bench import gpu
+from shared.bench import gpu, pipeline
 
 
 def test_without_cuda_it_says_so_in_one_line_and_exits_0(monkeypatch, capsys, tmp_path) -> None:
@@ -21,7 +22,7 @@ def test_dry_run_measures_every_row_and_writes_the_json(capsys, tmp_path) -> Non
     assert gpu.main(["--dry-run", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert set(report) == {"device", "torch", "dry_run", "precisions", "total_s", "rows"}
+    assert set(report) == {"device", "torch", "dry_run", "precisions", "total_s", "rows", "pipeline"}
     assert report["dry_run"] is True and report["precisions"] == ["fp32"]
     assert [r["name"] for r in report["rows"]] == [row.name for row in gpu.ROWS]
     assert len(gpu.ROWS) == 6
@@ -32,6 +33,15 @@ def test_dry_run_measures_every_row_and_writes_the_json(capsys, tmp_path) -> Non
             assert math.isfinite(r[key]) and r[key] > 0, (r["name"], key, r[key])
         assert r["method_images"] >= 1 and r["baseline_images"] >= r["method_images"]
         assert r["method_peak_gib"] is None and r["baseline_peak_gib"] is None   # CPU: no CUDA memory to read
+    # The pipeline rows reuse the steps measured above (their fp32 images/s) next to the tiny loaders.
+    steps = {r["name"]: r["method_per_s"] for r in report["rows"]}
+    assert len(report["pipeline"]) == 3
+    for p in report["pipeline"]:
+        assert "error" not in p, p
+        d = p["details"]
+        assert p["name"] in printed and d["tiny"] and d["workers"] == 0 and d["loader_images_per_s"] > 0
+        gpu_row = next(row.gpu_row for row in pipeline.ROWS if row.name == p["name"])
+        assert d["steps"] == {"fp32": steps[gpu_row]} and d["bottleneck"] in ("loader", "step")
 
 
 def test_bf16_dry_run_of_one_row_uses_its_bf16_build(tmp_path) -> None:
@@ -40,3 +50,4 @@ def test_bf16_dry_run_of_one_row_uses_its_bf16_build(tmp_path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert [(r["precision"], r["details"]["unet_batch"]) for r in rows] == [("fp32", 2), ("bf16", 2)]
     assert all(r["method_ms"] > 0 for r in rows)
+    assert json.loads(out.read_text())["pipeline"] == []     # no pipeline row for an SPM step

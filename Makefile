@@ -56,8 +56,8 @@ bench: $(STAMP) ## Time each method against its baseline, then each loader again
 bench-pipeline: $(STAMP) ## Only the input-pipeline rows: training loader images/s (a worker a core) vs step images/s; logs/bench_pipeline.json
 	$(PY) -m shared.bench.pipeline $(BENCH)
 
-bench-gpu: $(STAMP) ## Paper-size rows of the 4 projects on one CUDA GPU, fp32 + bf16, then 3 loaders vs those steps, < 8 min (BENCH=<filter>); logs/bench_gpu.json
-	$(PY) -m shared.bench.gpu --bf16 $(BENCH)
+bench-gpu: $(STAMP) ## Paper-size rows of the 4 projects on one CUDA GPU, fp32 + bf16, then 3 loaders vs those steps, then the speed switches (bf16), < 8 min (BENCH=<filter>); logs/bench_gpu.json
+	$(PY) -m shared.bench.gpu --bf16 --switches $(BENCH)
 
 claims: $(STAMP) ## Render CLAIMS.md + plots from the committed study results (FULL=1 re-runs the studies: hours)
 	$(PY) -m shared.claims $(if $(FULL),--full,)

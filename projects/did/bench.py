@@ -18,28 +18,38 @@ import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 
-from shared.bench import BenchCase, register
+from shared.bench import BenchCase, register, switches
 from shared.bench.registry import device_target
 
 BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample loop (issue 18)
 
 
-def train_step_case(cfg: dict, batch: int, name: str, device: str = "cpu") -> BenchCase:
-    """One DiD step (global + top-N local views) vs (1 + N) ViT-baseline steps with the same weights."""
+def train_step_case(cfg: dict, batch: int, name: str, device: str = "cpu", switch: str | None = None) -> BenchCase:
+    """One DiD step (global + top-N local views) vs (1 + N) ViT-baseline steps with the same weights.
+
+    ``switch`` (``shared/bench/switches.py``: ``fused`` or ``compile``): instead the DiD step with that switch vs
+    the same step without it (twins with the same weights, no dropout). Each step returns its loss."""
     from projects.did.model import DiD
 
+    switches.check(switch, ("fused", "compile"))
     torch.manual_seed(0)
     did = DiD(**cfg, local_views=True)
-    base = DiD(**cfg, local_views=False)
-    base.load_state_dict(did.state_dict())
+    if switch is None:
+        base = DiD(**cfg, local_views=False)
+        base.load_state_dict(did.state_dict())
+    else:
+        base = switches.plain_twin(did)
     did, base = did.to(device), base.to(device)
+    if switch == "compile":
+        switches.compile_method(did.backbone, "encode")
     n = did.top_n
     size = cfg["img_size"]
     x = torch.randn(batch, 3, size, size).to(device)
     y = (torch.rand(batch, cfg["num_classes"]) < 0.3).float().to(device)
-    opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for m in (did, base)}
+    opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9,
+                               **switches.optimizer_kwargs(switch if m is did else None)) for m in (did, base)}
 
-    def step(model: DiD) -> None:
+    def step(model: DiD) -> torch.Tensor:
         with torch.inference_mode(False), torch.enable_grad():   # the bench timer runs under inference_mode
             out = model(x)
             loss = F.binary_cross_entropy_with_logits(out["global"], y)
@@ -49,14 +59,16 @@ def train_step_case(cfg: dict, batch: int, name: str, device: str = "cpu") -> Be
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opts[model].step()
+        return loss.detach()
 
     def baseline() -> None:
         for _ in range(1 + n):
             step(base)
 
-    return BenchCase(method=lambda: step(did), baseline=baseline,
+    return BenchCase(method=lambda: step(did), baseline=baseline if switch is None else lambda: step(base),
                      details={"setting": name, "batch": batch, "top_n": n, "img_size": size,
-                              "ratio_meaning": "DiD step / (1 + N) ViT-baseline steps"})
+                              "ratio_meaning": "DiD step / (1 + N) ViT-baseline steps" if switch is None
+                              else f"DiD step with / without {switch}", **({"switch": switch} if switch else {})})
 
 
 @register("did: train step / (1+N) ViT steps (toy, 64px, B=16)", target=1.10, kind="overhead", repeats=7,

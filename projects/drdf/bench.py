@@ -14,13 +14,13 @@ import json
 
 import torch
 
-from shared.bench import BenchCase, register
+from shared.bench import BenchCase, register, switches
 
 
 def _train_step(model, batch: dict, optimizer: torch.optim.Optimizer, routed: bool):
     from projects.drdf.model import expert_cross_entropy, fuse
 
-    def step() -> None:
+    def step() -> torch.Tensor:
         if routed:
             out = model(batch)
             logits, expert_logits = out["logits"], out["expert_logits"]
@@ -33,30 +33,52 @@ def _train_step(model, batch: dict, optimizer: torch.optim.Optimizer, routed: bo
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
     return step
 
 
 def train_step_case(model_kwargs: dict, batch_size: int, image_size: int, seq_len: int, vocab: int, details: dict,
-                    device: str | None = None) -> BenchCase:
-    """DRDF step vs its K experts' step without routers; ``device`` None: CUDA when there is one."""
+                    device: str | None = None, switch: str | None = None) -> BenchCase:
+    """DRDF step vs its K experts' step without routers; ``device`` None: CUDA when there is one.
+
+    ``switch`` (``shared/bench/switches.py``: ``fused``, ``channels_last`` or ``compile``): instead the DRDF step
+    with that switch vs the same step without it (twins with the same weights, no dropout; ``compile``: each
+    expert's grid CNN). Each step returns its loss."""
+    from projects.drdf.experts import GridEncoder
     from projects.drdf.model import DRDF
 
+    switches.check(switch, ("fused", "channels_last", "compile"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     drdf = DRDF(routing="drdf", **model_kwargs).to(device).train()
-    optimizer = torch.optim.AdamW(drdf.parameters(), lr=1e-5, foreach=True)
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randn(batch_size, 3, image_size, image_size, generator=g),
              "input_ids": torch.randint(5, vocab, (batch_size, seq_len), generator=g),
              "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
              "label": torch.randint(0, 2, (batch_size,), generator=g)}
     batch = {k: v.to(device) for k, v in batch.items()}
+    if switch is None:
+        optimizer = torch.optim.AdamW(drdf.parameters(), lr=1e-5, foreach=True)
+        method = _train_step(drdf, batch, optimizer, routed=True)
+        baseline = _train_step(drdf, batch, optimizer, routed=False)
+    else:
+        plain = switches.plain_twin(drdf)
+        switched_batch = dict(batch)
+        if switch == "channels_last":
+            switched_batch["image"] = switches.channels_last(drdf, batch["image"])
+        if switch == "compile":
+            for m in drdf.experts.modules():
+                if isinstance(m, GridEncoder):
+                    switches.compile_method(m.cnn, "forward_features")
+        kwargs = switches.optimizer_kwargs(switch) or {"foreach": True}
+        method = _train_step(drdf, switched_batch, torch.optim.AdamW(drdf.parameters(), lr=1e-5, **kwargs), True)
+        baseline = _train_step(plain, batch, torch.optim.AdamW(plain.parameters(), lr=1e-5, foreach=True), True)
     count = lambda ps: round(sum(p.numel() for p in ps) / 1e6, 3)  # noqa: E731
     return BenchCase(
-        method=_train_step(drdf, batch, optimizer, routed=True),
-        baseline=_train_step(drdf, batch, optimizer, routed=False),
+        method=method, baseline=baseline,
         details={**details, "batch": batch_size, "image": image_size, "tokens": seq_len, "experts": drdf.expert_names,
+                 **({"switch": switch} if switch else {}),
                  "params_experts_M": count(drdf.experts.parameters()),
                  "params_routers_trainable_M": count(drdf.router_parameters()),
                  "params_routers_frozen_M": count(p for m in (drdf.text_router, drdf.image_router, drdf.mwf)

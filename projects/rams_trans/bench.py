@@ -19,25 +19,38 @@ BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample 
 
 
 def train_step_case(backbone: str, img_size: int, patch: int, batch: int, kwargs: dict | None,
-                    device: str = "cpu") -> BenchCase:
-    """RAMS-Trans step (2 scales) vs two plain-ViT steps with the same weights, ``batch`` images of ``img_size``."""
+                    device: str = "cpu", switch: str | None = None) -> BenchCase:
+    """RAMS-Trans step (2 scales) vs two plain-ViT steps with the same weights, ``batch`` images of ``img_size``.
+
+    ``switch`` (``shared/bench/switches.py``: ``fused`` or ``compile``): instead the RAMS-Trans step with that
+    switch vs the same step without it (twins with the same weights, no dropout). Each step returns its loss."""
+
     import torch
     import torch.nn.functional as F
 
     from projects.rams_trans.model import RAMSTrans
+    from shared.bench import switches
 
+    switches.check(switch, ("fused", "compile"))
     torch.manual_seed(0)
     rams = RAMSTrans(10, backbone, img_size, patch, num_scales=2, eta=1.2, backbone_kwargs=kwargs)
-    vit = RAMSTrans(10, backbone, img_size, patch, num_scales=1, backbone_kwargs=kwargs)
-    vit.load_state_dict({k: (v[:1] if k in ("cls_tokens", "cls_pos") else v) for k, v in rams.state_dict().items()})
-    rams, vit = rams.to(device), vit.to(device)
+    if switch is None:
+        base = RAMSTrans(10, backbone, img_size, patch, num_scales=1, backbone_kwargs=kwargs)
+        base.load_state_dict({k: (v[:1] if k in ("cls_tokens", "cls_pos") else v)
+                             for k, v in rams.state_dict().items()})
+    else:
+        base = switches.plain_twin(rams)
+    rams, base = rams.to(device), base.to(device)
+    if switch == "compile":
+        switches.compile_method(rams.vit, "encode")
     # At random init the mask is often empty (whole-image fallback); the crop costs the same either way.
     x = torch.randn(batch, 3, img_size, img_size).to(device)
     y = torch.randint(0, 10, (batch,)).to(device)
-    opts = {m: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-            for m in (rams, vit)}
+    opts = {m: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
+                               **switches.optimizer_kwargs(switch if m is rams else None))
+            for m in (rams, base)}
 
-    def step(model) -> None:
+    def step(model) -> torch.Tensor:
         with torch.inference_mode(False), torch.enable_grad():
             out = model(x)
             loss = sum(F.cross_entropy(z, y) for z in out["logits"])
@@ -45,15 +58,16 @@ def train_step_case(backbone: str, img_size: int, patch: int, batch: int, kwargs
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opts[model].step()
+        return loss.detach()
 
     def two_vit_steps() -> None:
-        step(vit)
-        step(vit)
+        step(base)
+        step(base)
 
-    return BenchCase(method=lambda: step(rams), baseline=two_vit_steps,
+    return BenchCase(method=lambda: step(rams), baseline=two_vit_steps if switch is None else lambda: step(base),
                      details={"backbone": backbone, "img_size": img_size, "patch": patch, "batch": batch,
                               "tokens": (img_size // patch) ** 2 + 1, "device": device,
-                              "threads": torch.get_num_threads()})
+                              "threads": torch.get_num_threads(), **({"switch": switch} if switch else {})})
 
 
 @register("rams_trans: train step / 2 ViT steps (ViT-B/16 448, batch 2, CPU)", target=1.10, kind="overhead",

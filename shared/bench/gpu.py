@@ -11,8 +11,17 @@ Then the input-pipeline rows (``shared/bench/pipeline.py``): the RAMS-Trans, DiD
 their paper settings with one worker per core, next to the images/s of the steps measured above (``"pipeline"``
 in the json).
 
+``--switches``: then, per training row, the GPU speed switches it has (``shared/bench/switches.py``: fused
+optimizer step, channels-last CNNs, ``torch.compile`` of the backbone) at the last precision asked (bf16 with
+``--bf16``): the step with the switch against its twin without it (same weights and inputs, no dropout), the
+alternating timer's ratio, images/s, peak memory and the first call's seconds (compile time), and whether the
+losses of their first two steps agree; ``helps`` = ratio < 0.97 with the same losses (``"switches"`` in the json).
+The cheap switches go first, then ``compile`` while at least ``COMPILE_RESERVE_S`` of the budget remain. The json
+is rewritten after every row, so a run stopped from outside keeps what it measured.
+
 ``--dry-run``: the same rows with tiny shapes (tiny ViT, tiny UNet, 2 SPMs; tiny loaders with 0 workers) on the CPU
-in seconds; the tests run it.
+in seconds; the tests run it (the ``compile`` switch only with ``--compile-dry``: inductor on the CPU takes tens of
+seconds).
 With no CUDA device (and no ``--dry-run``) it says so in one line and exits 0.
 """
 
@@ -30,10 +39,13 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import pipeline
+from shared.bench import pipeline, switches
 from shared.bench.registry import BenchCase, time_pair
 
 REPO = Path(__file__).resolve().parents[2]
+HELPS = 0.97                    # a switch helps when its step takes under 97% of the plain step's time ...
+LOSS_RTOL = {"fp32": 1e-3, "bf16": 2e-2}   # ... and the twins' first two losses agree to this (relative)
+COMPILE_RESERVE_S = 90.0        # a compile variant starts only while this much of the budget remains
 NO_CUDA = "bench-gpu: no CUDA device on this machine (torch.cuda.is_available() is False); nothing measured"
 
 
@@ -44,7 +56,8 @@ class GpuRow:
     take a batch too: the input-pipeline rows time their steps at batch 2 on a CPU). ``grad``: training steps
     (autograd on); without it both run under ``torch.inference_mode()``. The bf16 pass runs the fp32 case under
     bf16 autocast, or, where ``build_bf16`` is set (generation: pipelines load the weights in half precision), that
-    case."""
+    case. ``switches``: the speed switches ``build(device, tiny, switch=NAME)`` takes (``shared/bench/switches.py``;
+    it then returns the switched step and its plain twin)."""
 
     name: str
     paper: str
@@ -54,6 +67,7 @@ class GpuRow:
     warmup: int = 3
     grad: bool = True
     build_bf16: Callable[[str, bool], tuple[BenchCase, int, int]] | None = None
+    switches: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -62,36 +76,40 @@ class GpuRow:
 TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
 
-def _rams_trans(device: str, tiny: bool, batch: int | None = None) -> tuple[BenchCase, int, int]:
+def _rams_trans(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
+                ) -> tuple[BenchCase, int, int]:
     from projects.rams_trans.bench import train_step_case
 
-    case = (train_step_case("vit_tiny_patch16_224", 32, 8, batch or 2, TINY_VIT, device) if tiny
-            else train_step_case("vit_base_patch16_224", 448, 16, batch or 16, None, device))
+    case = (train_step_case("vit_tiny_patch16_224", 32, 8, batch or 2, TINY_VIT, device, switch) if tiny
+            else train_step_case("vit_base_patch16_224", 448, 16, batch or 16, None, device, switch))
     b = case.details["batch"]
-    return case, b, 2 * b                         # the baseline is two plain-ViT steps
+    return case, b, b if switch else 2 * b        # the baseline is two plain-ViT steps (a switch: its twin)
 
 
-def _did(device: str, tiny: bool, batch: int | None = None) -> tuple[BenchCase, int, int]:
+def _did(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
+         ) -> tuple[BenchCase, int, int]:
     from projects.did.bench import COCO_VITB_448, train_step_case
 
     if tiny:
         cfg = dict(num_classes=10, backbone="vit_tiny_patch16_224", img_size=32, patch_size=8, hidden_dropout=0.0,
                    **{k: v for k, v in TINY_VIT.items() if k != "mlp_ratio"})
-        case = train_step_case(cfg, batch or 2, "tiny", device)
+        case = train_step_case(cfg, batch or 2, "tiny", device, switch)
     else:
-        case = train_step_case(COCO_VITB_448, batch or 8, "coco.yaml ViT-B/16 448, one_gpu.yaml batch", device)
+        case = train_step_case(COCO_VITB_448, batch or 8, "coco.yaml ViT-B/16 448, one_gpu.yaml batch", device,
+                               switch)
     b, n = case.details["batch"], case.details["top_n"]
-    return case, b, (1 + n) * b                   # the baseline is (1 + N) plain-ViT steps
+    return case, b, b if switch else (1 + n) * b  # the baseline is (1 + N) plain-ViT steps (a switch: its twin)
 
 
-def _drdf(device: str, tiny: bool, batch: int | None = None) -> tuple[BenchCase, int, int]:
+def _drdf(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
+          ) -> tuple[BenchCase, int, int]:
     from projects.drdf.bench import HATEFUL_MEMES_KWARGS, toy_model_kwargs, train_step_case
 
     if tiny:
-        case = train_step_case(toy_model_kwargs(), batch or 2, 32, 8, 256, {"setting": "toy.yaml"}, device)
+        case = train_step_case(toy_model_kwargs(), batch or 2, 32, 8, 256, {"setting": "toy.yaml"}, device, switch)
     else:
         case = train_step_case(HATEFUL_MEMES_KWARGS, batch or 32, 224, 40, 30522,
-                               {"setting": "hateful_memes.yaml (random init)"}, device)
+                               {"setting": "hateful_memes.yaml (random init)"}, device, switch)
     return case, case.details["batch"], case.details["batch"]
 
 
@@ -115,12 +133,15 @@ def _spm_generation(prompts: int, dtype: torch.dtype = torch.float32) -> Callabl
 
 ROWS = [
     GpuRow("rams_trans: train step / 2 ViT steps",
-           "configs/cub.yaml: ViT-B/16, 448x448, batch 16, 2 scales, SGD", _rams_trans),
+           "configs/cub.yaml: ViT-B/16, 448x448, batch 16, 2 scales, SGD", _rams_trans,
+           switches=("fused", "compile")),
     GpuRow("did: train step / (1+N) ViT steps",
-           "configs/coco.yaml + one_gpu.yaml: ViT-B/16, 448x448, batch 8 per GPU, top-4 local views, SGD", _did),
+           "configs/coco.yaml + one_gpu.yaml: ViT-B/16, 448x448, batch 8 per GPU, top-4 local views, SGD", _did,
+           switches=("fused", "compile")),
     GpuRow("drdf: train step / 3 experts without routers",
            "configs/hateful_memes.yaml: 3 VisualBERT-base experts on ResNet-152 3x3 grids, bert-base text router, "
-           "ResNet-18 image router, batch 32, 224 px, 40 tokens, AdamW", _drdf),
+           "ResNet-18 image router, batch 32, 224 px, 40 tokens, AdamW", _drdf,
+           switches=("fused", "channels_last", "compile")),
     GpuRow("spm: training iteration, ours / official-style loop",
            "configs/object.yaml: SD v1.4-shaped UNet (64x64 latents = 512 px), batch 1, k ~ U{1..29} DDIM steps "
            "of 30 (CFG 3) then the losses, 4 anchors (official), AdamW", _spm_iteration, unit="it", repeats=6,
@@ -210,6 +231,82 @@ def print_row(name: str, precision: str, r: dict, unit: str) -> None:
           f"{_gib(r['method_peak_gib'])} {_gib(r['baseline_peak_gib'])}", flush=True)
 
 
+def measure_switch(case: BenchCase, images: int, device: str, precision: str, repeats: int, warmup: int) -> dict:
+    """A switch's twins (``case.method``: the step with it, ``case.baseline``: without it), each step returning its
+    loss: two first calls each (the first one timed: compile time; peak memory over both; their losses compared),
+    then the alternating timer. ``helps``: ratio < ``HELPS`` with losses agreeing to ``LOSS_RTOL[precision]``."""
+    cuda = device == "cuda"
+    fns = {name: autocast(fn, device, precision == "bf16") for name, fn in (("switched", case.method),
+                                                                           ("plain", case.baseline))}
+    out: dict = {}
+    for name, fn in fns.items():
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        losses = [float(fn())]                        # float(): waits for the step
+        out[f"{name}_first_call_s"] = time.perf_counter() - start
+        losses.append(float(fn()))
+        out[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        out[f"{name}_losses"] = losses
+    pairs = zip(out["switched_losses"], out["plain_losses"], strict=True)
+    diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in pairs)
+    timing = time_pair(fns["switched"], fns["plain"], repeats, max(warmup - 2, 0), grad=True)
+    out.update(ratio=timing["method_over_baseline"], loss_rel_diff=diff, same_loss=diff <= LOSS_RTOL[precision])
+    for name, key in (("switched", "method_s"), ("plain", "baseline_s")):
+        out.update({f"{name}_ms": timing[key] * 1e3, f"{name}_per_s": images / timing[key]})
+    out["helps"] = out["same_loss"] and out["ratio"] < HELPS
+    return out
+
+
+def print_switch(label: str, precision: str, r: dict, unit: str) -> None:
+    """One switch's line in the columns of the rows above (method = with the switch, base = without) + verdict."""
+    verdict = ("helps" if r["helps"] else "no gain" if r["same_loss"] else "LOSSES DIFFER")
+    print(f"{label:<62} {precision:>4}  {r['switched_ms']:10.2f} {r['plain_ms']:10.2f}  {r['ratio']:6.3f}x  "
+          f"{r['switched_per_s']:9.2f} {r['plain_per_s']:9.2f} {unit + '/s':<10} "
+          f"{_gib(r['switched_peak_gib'])} {_gib(r['plain_peak_gib'])}  {verdict:<13} "
+          f"(loss diff {r['loss_rel_diff']:.1e}, first call {r['switched_first_call_s']:.1f} s)", flush=True)
+
+
+def run_switches(rows: list[GpuRow], precision: str, device: str, tiny: bool, compile_dry: bool, start: float,
+                 budget_s: float, records: list[dict], save: Callable[[], None]) -> bool:
+    """Every switch of the selected rows, the cheap ones first (``compile`` last, while ``COMPILE_RESERVE_S`` of
+    the budget remain), each in a fresh pair of twins; prints each, appends its record to ``records`` and saves.
+    Returns whether one failed."""
+    failed = False
+    print(f"speed switches ({precision}): method = the step with the switch, base = its twin without it (no dropout); "
+          f"helps = ratio < {HELPS} with the same losses (rtol {LOSS_RTOL[precision]:.0e})")
+    for switch in switches.SWITCHES:
+        for row in (r for r in rows if switch in r.switches):
+            label = f"{row.name.split(':')[0]}: train step, {switch} on / off"
+            record = {"name": label, "row": row.name, "switch": switch, "precision": precision, "unit": row.unit}
+            left = budget_s - (time.perf_counter() - start)
+            skip = ("compile in a dry run (--compile-dry times it)" if switch == "compile" and tiny and not compile_dry
+                    else "time budget" if left < (COMPILE_RESERVE_S if switch == "compile" else 0.0) else None)
+            if skip:
+                print(f"{label:<62} skipped: {skip}", flush=True)
+                records.append({**record, "skipped": skip})
+                continue
+            try:
+                with strict_fp32():
+                    case, images, _ = row.build(device, tiny, switch=switch)
+                r = measure_switch(case, images, device, precision, *((1, 1) if tiny else (row.repeats, row.warmup)))
+                print_switch(label, precision, r, row.unit)
+                records.append({**record, **r, "details": case.details})
+            except Exception as err:  # noqa: BLE001 -- as for the rows: one failing switch must not lose the others
+                failed = True
+                print(f"{label:<62} ERROR {type(err).__name__}: {(str(err).splitlines() or [''])[0]}", flush=True)
+                records.append({**record, "error": f"{type(err).__name__}: {err}"})
+            case = None
+            if switch == "compile":
+                torch._dynamo.reset()
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            save()
+    return failed
+
+
 def run_pipeline(filter_: str, results: list[dict], device: str, tiny: bool, start: float, budget_s: float
                  ) -> tuple[list[dict], bool]:
     """The input-pipeline rows (``shared/bench/pipeline.py``) of the projects whose step ran above, or that match
@@ -240,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("filter", nargs="?", default="", help="run only rows whose name contains this")
     parser.add_argument("--bf16", action="store_true",
                         help="also time every row in bf16 (autocast; the generation rows: bf16 weights)")
+    parser.add_argument("--switches", action="store_true",
+                        help="then time the training rows' speed switches (fused optimizer, channels-last, compile) "
+                             "at the last precision asked")
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (seconds; for the tests)")
+    parser.add_argument("--compile-dry", action="store_true",
+                        help="with --dry-run and --switches: time the compile switch too (inductor on the CPU)")
     parser.add_argument("--budget-s", type=float, default=400.0,
                         help="start no row after this many seconds (keeps `make bench-gpu` under 8 minutes)")
     parser.add_argument("--out", default=str(REPO / "logs" / "bench_gpu.json"))
@@ -262,7 +364,16 @@ def main(argv: list[str] | None = None) -> int:
           + ("" if args.dry_run else "; fp32 = torch's defaults (TF32 convolutions, fp32 matmuls)"))
     print(f"{'row':<62} {'prec':>4}  {'method ms':>10} {'base ms':>10}  {'ratio':>7}  {'method/s':>9} "
           f"{'base/s':>9} {'unit':<10} {'peak GiB':>7} {'(base)':>7}")
-    start, results, failed, pipes = time.perf_counter(), [], False, []
+    start, results, failed, pipes, switched = time.perf_counter(), [], False, [], []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """(Re)write the json with everything measured so far."""
+        out.write_text(json.dumps({"device": name, "torch": torch.__version__, "dry_run": args.dry_run,
+                                   "precisions": precisions, "total_s": round(time.perf_counter() - start, 1),
+                                   "rows": results, "pipeline": pipes, "switches": switched},
+                                  indent=2, default=str))
     # The loaders run right after the last training row they compare with (before the long SPM rows and the budget).
     last_step = max((i for i, r in enumerate(rows) if r.name in {p.gpu_row for p in pipeline.ROWS}), default=-1)
     for i, row in enumerate(rows):
@@ -284,17 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         if i == last_step:
             pipes, pipes_failed = run_pipeline(args.filter, results, device, args.dry_run, start, args.budget_s)
             failed = failed or pipes_failed
+        save()
     if any("details" in r for r in pipes):
         pipeline.print_table([r for r in pipes if "details" in r], 0 if args.dry_run else pipeline.cores(), device,
                              args.dry_run)
-    total = time.perf_counter() - start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": name, "torch": torch.__version__, "dry_run": args.dry_run,
-                               "precisions": precisions, "total_s": round(total, 1), "rows": results,
-                               "pipeline": pipes},
-                              indent=2, default=str))
-    print(f"total {total:.1f} s; wrote {out}")
+    if args.switches and any(r.switches for r in rows):
+        failed = run_switches(rows, precisions[-1], device, args.dry_run, args.compile_dry, start, args.budget_s,
+                              switched, save) or failed
+    save()
+    print(f"total {time.perf_counter() - start:.1f} s; wrote {out}")
     return 1 if failed else 0
 
 

@@ -1,5 +1,5 @@
-"""``make bench-gpu``: the one-line refusal without CUDA and the tiny CPU dry run of every row and of the input-pipeline
-rows (no GPU needed)."""
+"""``make bench-gpu``: the one-line refusal without CUDA and the tiny CPU dry run of every row, of the input-pipeline
+rows and of the speed switches (no GPU needed)."""
 
 import json
 import math
@@ -17,12 +17,12 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_0(monkeypatch, capsys, tm
     assert not out.exists()
 
 
-def test_dry_run_measures_every_row_and_writes_the_json(capsys, tmp_path) -> None:
+def test_dry_run_measures_every_row_and_switch_and_writes_the_json(capsys, tmp_path) -> None:
     out = tmp_path / "bench_gpu.json"
-    assert gpu.main(["--dry-run", "--out", str(out)]) == 0
+    assert gpu.main(["--dry-run", "--switches", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert set(report) == {"device", "torch", "dry_run", "precisions", "total_s", "rows", "pipeline"}
+    assert set(report) == {"device", "torch", "dry_run", "precisions", "total_s", "rows", "pipeline", "switches"}
     assert report["dry_run"] is True and report["precisions"] == ["fp32"]
     assert [r["name"] for r in report["rows"]] == [row.name for row in gpu.ROWS]
     assert len(gpu.ROWS) == 6
@@ -42,6 +42,22 @@ def test_dry_run_measures_every_row_and_writes_the_json(capsys, tmp_path) -> Non
         assert p["name"] in printed and d["tiny"] and d["workers"] == 0 and d["loader_images_per_s"] > 0
         gpu_row = next(row.gpu_row for row in pipeline.ROWS if row.name == p["name"])
         assert d["steps"] == {"fp32": steps[gpu_row]} and d["bottleneck"] in ("loader", "step")
+    # The switches: cheap ones first, each timed against its plain twin with the same losses; compile skipped.
+    switched = report["switches"]
+    assert [(r["row"].split(":")[0], r["switch"]) for r in switched] == [
+        ("rams_trans", "fused"), ("did", "fused"), ("drdf", "fused"), ("drdf", "channels_last"),
+        ("rams_trans", "compile"), ("did", "compile"), ("drdf", "compile")]
+    for r in switched:
+        line = next(line for line in printed.splitlines() if line.startswith(r["name"]))
+        if r["switch"] == "compile":
+            assert r["skipped"].endswith("(--compile-dry times it)") and "skipped" in line
+            continue
+        assert r["precision"] == "fp32" and r["details"]["switch"] == r["switch"], r
+        for key in ("switched_ms", "plain_ms", "switched_per_s", "plain_per_s", "ratio", "switched_first_call_s"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["name"], key, r[key])
+        assert r["same_loss"] and r["loss_rel_diff"] <= gpu.LOSS_RTOL["fp32"], r
+        assert r["helps"] == (r["ratio"] < gpu.HELPS) and ("helps" if r["helps"] else "no gain") in line
+        assert r["switched_peak_gib"] is None and len(r["switched_losses"]) == 2
 
 
 def test_bf16_dry_run_of_one_row_uses_its_bf16_build(tmp_path) -> None:

@@ -1,7 +1,9 @@
-"""The shared launcher, end to end, through a tiny project run as a subprocess."""
+"""The shared launcher, end to end, through a tiny project run as a subprocess (``--print_config`` checks run it in
+this process: the same CLI, without a Python start and imports per call)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -39,35 +41,47 @@ def run_tiny(workdir: Path, *args: str, env: dict | None = None, check: bool = T
     return proc
 
 
+def print_config_in_process(workdir: Path, monkeypatch, capsys, *args: str, env: dict | None = None) -> dict:
+    """``tiny_project.py fit ... --print_config`` through ``shared.cli.main`` in this process; the printed config."""
+    spec = importlib.util.spec_from_file_location("tiny_project", TINY)
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    for key, value in {"CV_PAPERS_LOGS": str(workdir / "logs"), **(env or {})}.items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        tiny.main(tiny.TinyModule, tiny.TinyData, project="tiny", args=["fit", *args, "--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
 def last_weights(workdir: Path, run: str) -> dict[str, torch.Tensor]:
     ckpt = torch.load(workdir / "logs" / "tiny" / run / "checkpoints" / "last.ckpt", weights_only=True)
     return ckpt["state_dict"]
 
 
-def test_print_config_shows_the_whole_interpolated_run(workdir: Path) -> None:
-    out = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--print_config").stdout
-    config = yaml.safe_load(out)
+def test_print_config_shows_the_whole_interpolated_run(workdir: Path, monkeypatch, capsys) -> None:
+    config = print_config_in_process(workdir, monkeypatch, capsys, "--config", str(workdir / "tiny.yaml"))
     assert config["model"]["num_features"] == 6  # ${data.num_features} resolved
     assert config["trainer"]["max_epochs"] == 2
     assert config["seed_everything"] == 42 and config["logger"] == "wandb"
 
 
-def test_command_line_override_reaches_the_keys_that_interpolate_it(workdir: Path) -> None:
-    out = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--data.num_features", "9",
-                   "--print_config").stdout
-    config = yaml.safe_load(out)
+def test_command_line_override_reaches_the_keys_that_interpolate_it(workdir: Path, monkeypatch, capsys) -> None:
+    config = print_config_in_process(workdir, monkeypatch, capsys, "--config", str(workdir / "tiny.yaml"),
+                                     "--data.num_features", "9")
     assert config["data"]["num_features"] == 9
     assert config["model"]["num_features"] == 9  # ${data.num_features} resolved after the override
-    out = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--model.num_features", "4",
-                   "--print_config").stdout
-    assert yaml.safe_load(out)["model"]["num_features"] == 4  # an explicit value still wins
+    config = print_config_in_process(workdir, monkeypatch, capsys, "--config", str(workdir / "tiny.yaml"),
+                                     "--model.num_features", "4")
+    assert config["model"]["num_features"] == 4  # an explicit value still wins
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_every_trainer_preset_combines_with_a_project_config(workdir: Path, preset: Path) -> None:
-    out = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--config", str(preset),
-                   "--print_config", env={"NUM_NODES": "4"}).stdout
-    config = yaml.safe_load(out)
+def test_every_trainer_preset_combines_with_a_project_config(workdir: Path, preset: Path, monkeypatch,
+                                                             capsys) -> None:
+    config = print_config_in_process(workdir, monkeypatch, capsys, "--config", str(workdir / "tiny.yaml"),
+                                     "--config", str(preset), env={"NUM_NODES": "4"})
     expected = yaml.safe_load(preset.read_text())
     for key, value in expected.get("trainer", {}).items():
         if isinstance(value, str) and "NUM_NODES" in value:

@@ -253,10 +253,11 @@ def _unet(which: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     if key not in _CACHE:
         from diffusers import UNet2DConditionModel
 
-        from projects.spm.model import SD14_UNET_CONFIG, TOY_UNET_CONFIG
+        from projects.spm.model import SD14_UNET_CONFIG, SDXL_UNET_CONFIG, TOY_UNET_CONFIG
 
         torch.manual_seed(0)
-        config = {"sd14": SD14_UNET_CONFIG, "sdxl_small": _sdxl_small_config()}.get(which, TOY_UNET_CONFIG)
+        config = {"sd14": SD14_UNET_CONFIG, "sdxl": SDXL_UNET_CONFIG,
+                  "sdxl_small": _sdxl_small_config()}.get(which, TOY_UNET_CONFIG)
         unet = UNet2DConditionModel(**config).eval().requires_grad_(False).to(device, dtype)
         with torch.device("meta"):
             twin = UNet2DConditionModel(**config)
@@ -331,7 +332,8 @@ def step_case(which: str, num_spms: int, prompts: int = 1, merge: bool = True, d
     def bare() -> None:
         unet(x, t, encoder_hidden_states=ctx, **added)
 
-    names = {"sd14": "SD v1.4 config, random init, 64x64 latents", "sdxl_small": SDXL_SMALL}
+    names = {"sd14": "SD v1.4 config, random init, 64x64 latents", "sdxl_small": SDXL_SMALL,
+             "sdxl": "SDXL base 1.0 config, random init, 128x128 latents"}
     return BenchCase(method=with_spms, baseline=bare, details={
         "unet": names.get(which, "toy 16x16 (32, 64, 64)"),
         "spms": num_spms, "adapted_layers": len(comp.stacks), "unet_batch": n, "mode": "linear",

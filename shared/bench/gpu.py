@@ -122,11 +122,12 @@ def _spm_iteration(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
     return case, 1, 1
 
 
-def _spm_generation(prompts: int, dtype: torch.dtype = torch.float32) -> Callable[[str, bool], tuple]:
+def _spm_generation(prompts: int, dtype: torch.dtype = torch.float32, unet: str = "sd14"
+                    ) -> Callable[[str, bool], tuple]:
     def build(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
         from projects.spm.bench import step_case
 
-        case = step_case("toy" if tiny else "sd14", 2 if tiny else 20, prompts, device=device, dtype=dtype)
+        case = step_case("toy" if tiny else unet, 2 if tiny else 20, prompts, device=device, dtype=dtype)
         return case, prompts, prompts
     return build
 
@@ -152,6 +153,11 @@ ROWS = [
     GpuRow("spm: CFG step, 20 SPMs + FT (4 prompts, per-sample) / no SPM",
            "SD v1.4-shaped UNet, 64x64 latents, UNet batch 8, 20 SPMs, per-prompt FT gammas through the hooks",
            _spm_generation(4), unit="img-step", grad=False, build_bf16=_spm_generation(4, torch.bfloat16)),
+    # Last: one SDXL-sized UNet (2.6B parameters, random) built once; its bf16 pass is the fp32 case under autocast.
+    GpuRow("spm: CFG step, 20 SPMs + FT on SDXL (1 prompt, merged) / no SPM",
+           "SDXL base 1.0-shaped UNet, 128x128 latents (1024 px), UNet batch 2, pooled + time-id conditioning, "
+           "20 SPMs (722 sites each) with the prompt's FT gammas", _spm_generation(1, unet="sdxl"), unit="img-step",
+           grad=False, repeats=6, warmup=2),
 ]
 
 

@@ -25,7 +25,7 @@ def test_dry_run_measures_every_row_and_switch_and_writes_the_json(capsys, tmp_p
     assert set(report) == {"device", "torch", "dry_run", "precisions", "total_s", "rows", "pipeline", "switches"}
     assert report["dry_run"] is True and report["precisions"] == ["fp32"]
     assert [r["name"] for r in report["rows"]] == [row.name for row in gpu.ROWS]
-    assert len(gpu.ROWS) == 6
+    assert len(gpu.ROWS) == 7  # RAMS-Trans, DiD, DRDF steps; SPM iteration, CFG steps (SD v1.4 x 2, SDXL)
     for r in report["rows"]:
         assert "error" not in r, r
         assert r["name"] in printed and r["precision"] == "fp32" and r["paper"] and r["details"]
@@ -62,7 +62,7 @@ def test_dry_run_measures_every_row_and_switch_and_writes_the_json(capsys, tmp_p
 
 def test_bf16_dry_run_of_one_row_uses_its_bf16_build(tmp_path) -> None:
     out = tmp_path / "bench_gpu.json"
-    assert gpu.main(["1 prompt", "--dry-run", "--bf16", "--out", str(out)]) == 0
+    assert gpu.main(["FT (1 prompt", "--dry-run", "--bf16", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["precision"], r["details"]["unet_batch"]) for r in rows] == [("fp32", 2), ("bf16", 2)]
     assert all(r["method_ms"] > 0 for r in rows)

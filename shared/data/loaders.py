@@ -137,9 +137,14 @@ def train_loader(datamodule: Any, dataset: Dataset, batch_size: int, num_workers
 
 def eval_loader(datamodule: Any, dataset: Dataset, batch_size: int, num_workers: int, *,
                 collate_fn: Callable | None = None, pad_with: int | None = None) -> DataLoader:
-    """A validation / test / predict loader: in order, every sample once over all processes."""
+    """A validation / test / predict loader: in order, every sample once over all processes. Fewer samples than
+    processes (and no ``pad_with``) is a ``ValueError``: a process with an empty loader stops Lightning."""
     trainer = _trainer(datamodule)
     if trainer is not None and trainer.world_size > 1:
+        if pad_with is None and len(dataset) < trainer.world_size:
+            raise ValueError(f"the evaluation set ({type(dataset).__name__}) has {len(dataset)} sample(s), fewer "
+                             f"than the {trainer.world_size} processes (devices x nodes): every process needs at "
+                             f"least one; run on at most {len(dataset)} device(s) or evaluate a larger split")
         sampler = ShardSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
                                pad_with=pad_with)
     else:

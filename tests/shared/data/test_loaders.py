@@ -81,12 +81,19 @@ def test_training_shards_cover_the_epoch_once_per_process_pair() -> None:
     assert sorted(i for shard in shards for i, _ in shard) == list(range(10))
 
 
-@pytest.mark.parametrize("n", [7, 8, 1])
+@pytest.mark.parametrize("n", [7, 8, 2])
 def test_evaluation_scores_every_sample_exactly_once_on_two_processes(n: int) -> None:
     seen = [int(i) for r in (0, 1) for idx, _ in eval_loader(_module(world=2, rank=r), Noisy(n), 3, 0)
             for i in idx]
     assert sorted(seen) == list(range(n))        # DistributedSampler would repeat a sample when n is odd
     assert [int(i) for idx, _ in eval_loader(_module(), Noisy(n), 3, 0) for i in idx] == list(range(n))
+
+
+def test_fewer_evaluation_samples_than_processes_is_one_clear_error() -> None:
+    """1 sample on 2 processes would leave one process an empty loader, which Lightning stops on mid-run."""
+    with pytest.raises(ValueError, match=r"\(Noisy\) has 1 sample\(s\), fewer than the 2 processes.*at most 1 dev"):
+        eval_loader(_module(world=2, rank=1), Noisy(1), 3, 0)
+    assert len(eval_loader(_module(), Noisy(1), 3, 0)) == 1            # one process: fine
 
 
 def test_padded_shards_run_as_many_steps_and_mark_the_padding() -> None:

@@ -242,6 +242,7 @@ class DiffusionModel(nn.Module):
         self.clip_sample = clip_sample
         self.prediction_type = prediction_type
         self.use_clipped_model_output = use_clipped_model_output
+        self.crop_condition: tuple[int, int, int, int] | None = None   # SDXL: see :meth:`time_ids`
         for module in (unet, text_encoder, text_encoder_2, vae):
             if module is not None:
                 module.requires_grad_(False).eval()
@@ -353,10 +354,22 @@ class DiffusionModel(nn.Module):
     # ------------------------------------------------------------------ denoising
     def time_ids(self, x: torch.Tensor) -> torch.Tensor:
         """SDXL ``add_time_ids`` [B, 6] for latents ``x`` [B, C, h, w]: original size, crop top-left, target size
-        = (H, W, 0, 0, H, W) in pixels (official ``get_add_time_ids`` without dynamic crops; the pipelines'
-        default)."""
+        in pixels. (H, W, 0, 0, H, W) by default (official ``get_add_time_ids`` without dynamic crops; the
+        pipelines' default); ``crop_condition`` = (original H, original W, top, left) replaces the first four
+        (official ``dynamic_crops``: :func:`projects.spm.module.dynamic_crop`)."""
         h, w = (s * self.latent_scale for s in x.shape[-2:])
-        return torch.tensor([[h, w, 0, 0, h, w]], dtype=x.dtype, device=x.device).expand(x.shape[0], -1)
+        first = self.crop_condition or (h, w, 0, 0)
+        return torch.tensor([[*first, h, w]], dtype=x.dtype, device=x.device).expand(x.shape[0], -1)
+
+    @contextlib.contextmanager
+    def cropped(self, condition: tuple[int, int, int, int] | None) -> Iterator[None]:
+        """Within the block every SDXL prediction carries ``condition`` in its ``add_time_ids`` (None: the
+        default); the official training passes one ``add_time_ids`` to the roll-out and to every loss call."""
+        before, self.crop_condition = self.crop_condition, condition
+        try:
+            yield
+        finally:
+            self.crop_condition = before
 
     def predict(self, x: torch.Tensor, t: torch.Tensor | int, cond: Conditioning | torch.Tensor) -> torch.Tensor:
         """The UNet's raw output (eps, or v for v-prediction) at (x, t, cond) for a batch; ``x`` [1, ...] is

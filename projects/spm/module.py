@@ -56,6 +56,17 @@ def resolution_bucket(resolution: int, dynamic: bool, multiple: int, step: int =
     return h // multiple * multiple, w // multiple * multiple
 
 
+def dynamic_crop(height: int, width: int) -> tuple[int, int, int, int]:
+    """Official SDXL ``dynamic_crops`` (``get_add_time_ids``): an original size ``int(H * s), int(W * s)`` with
+    ``s = 1 + 2 * rand()`` in [1, 3), and a crop top-left uniform over the positions where an H x W crop fits;
+    returns (original H, original W, top, left) in pixels, one draw per training iteration."""
+    scale = torch.rand(1).item() * 2 + 1
+    original = int(height * scale), int(width * scale)
+    top = int(torch.randint(0, original[0] - height + 1, (1,)))
+    left = int(torch.randint(0, original[1] - width + 1, (1,)))
+    return original[0], original[1], top, left
+
+
 def anchor_batch(x: torch.Tensor, anchors: Conditioning, official_pairing: bool = False
                  ) -> tuple[torch.Tensor, Conditioning]:
     """The (latent, anchor) rows of the anchoring loss for B latents ``x`` [B, ...] and N ``anchors``.
@@ -137,6 +148,7 @@ class SPMModule(LightningModule):
         timestep: Literal["official", "exact"] = "official",
         resolution: int = 512,
         dynamic_resolution: bool = True,
+        dynamic_crops: bool = False,
         merged_rollout: bool = True,
         spm_name: str = "spm",
         save_every: int = 500,
@@ -181,6 +193,9 @@ class SPMModule(LightningModule):
         config = self.hparams.base_config
         self.diffusion = DiffusionModel.from_folder(self._base_folder(),
                                                     base_config=_from_repo(config) if config else None)
+        if self.hparams.dynamic_crops and not self.diffusion.is_xl:
+            raise ValueError(f"model.dynamic_crops is SDXL's size / crop conditioning (add_time_ids); the base "
+                             f"model {self.hparams.base_model} is not SDXL: set model.dynamic_crops false")
         self.network = SPMNetwork(self.diffusion.unet, rank=self.hparams.rank, alpha=self.hparams.alpha)
         self.classifier = None
         if self.hparams.classifier:
@@ -214,11 +229,18 @@ class SPMModule(LightningModule):
         value = self.hparams.rollout_guidance_rescale
         return float(value) if value is not None else (0.7 if self.diffusion.is_xl else 0.0)
 
-    def make_xt(self, target_emb: Conditioning | torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """Official x_t: k DDIM steps (30-step schedule, CFG ``rollout_guidance``) with the membrane on."""
-        hp, d = self.hparams, self.diffusion
-        h, w = resolution_bucket(hp.resolution, hp.dynamic_resolution,
+    def draw_size(self) -> tuple[int, int]:
+        """This iteration's (H, W) in pixels: ``resolution``, or a bucket draw (``dynamic_resolution``)."""
+        d = self.diffusion
+        return resolution_bucket(self.hparams.resolution, self.hparams.dynamic_resolution,
                                  d.latent_scale * 2 ** (len(d.unet.config.block_out_channels) - 1))
+
+    def make_xt(self, target_emb: Conditioning | torch.Tensor, size: tuple[int, int] | None = None
+                ) -> tuple[torch.Tensor, int, int]:
+        """Official x_t: k DDIM steps (30-step schedule, CFG ``rollout_guidance``) with the membrane on, at
+        ``size`` (H, W) pixels (None: :meth:`draw_size`)."""
+        hp, d = self.hparams, self.diffusion
+        h, w = size or self.draw_size()
         k = random.randint(1, hp.max_denoising_steps - 1)  # official randint(1, max_denoising_steps)
         # init_noise_sigma = 1 for DDIM; ``batch_size`` x_T share k and the resolution (official prompt batch_size)
         x = torch.randn(d.latent_shape(hp.batch_size, h, w), device=self.device)
@@ -259,8 +281,13 @@ class SPMModule(LightningModule):
         cache = self._embeddings()
         ti = random.randrange(len(self.targets))
         target = cache["targets"][ti:ti + 1]
-        x, t, k = self.make_xt(target)
-        out = self.losses_at(x, t, target, self.sample_anchors(ti))
+        size = self.draw_size()
+        # dynamic_crops (SDXL): one size / crop conditioning for the roll-out and every loss call, as official;
+        # drawn here, before k and x_T (the official code draws it after x_T: same law, another RNG order)
+        crop = dynamic_crop(*size) if self.hparams.dynamic_crops else None
+        with self.diffusion.cropped(crop):
+            x, t, k = self.make_xt(target, size)
+            out = self.losses_at(x, t, target, self.sample_anchors(ti))
         out.update(k=torch.tensor(float(k)), t=torch.tensor(float(t)))
         return out
 

@@ -18,7 +18,7 @@ from projects.spm.anchoring import official_anchors
 from projects.spm.bench import build_module, random_ups
 from projects.spm.composition import SPMComposition
 from projects.spm.model import Conditioning, DiffusionModel
-from projects.spm.module import anchor_batch, resolution_bucket
+from projects.spm.module import anchor_batch, dynamic_crop, resolution_bucket
 from projects.spm.network import SPMNetwork, adapted_layers
 from projects.spm.transport import facilitated_gammas
 from tests.projects.spm.tiny_sd import tiny_pipeline
@@ -175,6 +175,37 @@ def test_resolution_buckets_follow_the_official_draw() -> None:
                     for _ in range(200)]
         assert ours == official and {h for h, _ in ours} == set(expected)
     assert resolution_bucket(768, False, 64) == (768, 768)
+
+
+def test_dynamic_crops_follow_the_official_draw_and_reach_every_sdxl_call(tiny: dict) -> None:
+    """Official ``get_add_time_ids(dynamic_crops=True)``: original = int(H s), s in [1, 3), top-left uniform where
+    the crop fits (same RNG calls); one draw per iteration, in the roll-out's and the losses' add_time_ids."""
+    torch.manual_seed(0)
+    ours = [dynamic_crop(448, 320) for _ in range(200)]
+    torch.manual_seed(0)
+    official = []
+    for _ in range(200):
+        scale = torch.rand(1).item() * 2 + 1
+        size = (int(448 * scale), int(320 * scale))
+        official.append((*size, torch.randint(0, size[0] - 448 + 1, (1,)).item(),
+                         torch.randint(0, size[1] - 320 + 1, (1,)).item()))
+    assert ours == official
+    assert all(448 <= h < 3 * 448 and 0 <= top <= h - 448 and 0 <= left <= w - 320 for h, w, top, left in ours)
+    module = build_module(tiny["sdxl"][1], "official", resolution=16, max_denoising_steps=4, dynamic_crops=True)
+    seen = []
+    hook = module.diffusion.unet.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True)
+    random.seed(0)
+    torch.manual_seed(5)
+    module.spm_losses()
+    hook.remove()
+    torch.manual_seed(5)
+    expected = dynamic_crop(16, 16)
+    assert expected[:2] != (16, 16) and len(seen) >= 3       # a crop drawn; roll-out + frozen + membrane calls
+    assert all((ids == torch.tensor([*expected, 16, 16], dtype=ids.dtype)).all() for ids in seen)
+    assert module.diffusion.crop_condition is None           # restored after the iteration
+    with pytest.raises(ValueError, match="dynamic_crops is SDXL's size / crop conditioning.*not SDXL"):
+        build_module(tiny["sd1"][1], dynamic_crops=True)
 
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])

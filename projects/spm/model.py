@@ -220,7 +220,8 @@ class DiffusionModel(nn.Module):
     ``use_clipped_model_output``: with clip_sample on, re-derive eps from the clipped x0 (diffusers
     ``DDIMScheduler.step(use_clipped_model_output=True)``); off (default) is what the official code's
     ``scheduler.step(...)`` call does. The committed toy model keeps it on (its scheduler_config.json key
-    ``_use_clipped_model_output``), since every toy number was measured with it.
+    ``_use_clipped_model_output``): every toy number was measured with it, and without it the toy model draws
+    noise (judged shape accuracy 0.26 instead of 0.95; 0.96 with clip_sample off).
     """
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer, alphas_cumprod: torch.Tensor,

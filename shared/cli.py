@@ -28,6 +28,7 @@ A LightningModule tells the launcher what to monitor with two class attributes::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -328,21 +329,33 @@ def main(model_class: type[LightningModule], datamodule_class: type[LightningDat
 
 
 def run_with_clear_errors(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``; a ``FileNotFoundError`` / ``ValueError`` exits with code 2 and its one-line message
-    (``CV_PAPERS_DEBUG=1`` re-raises it with the traceback). Shared by every command-line entry point."""
+    """``fn(*args, **kwargs)``; a ``FileNotFoundError`` / ``ValueError``, or an ``OSError`` about a path (a file
+    where a folder is needed, no permission), exits with code 2 and its one-line message (``CV_PAPERS_DEBUG=1``
+    re-raises it with the traceback). Shared by every command-line entry point."""
     try:
         return fn(*args, **kwargs)
-    except (FileNotFoundError, ValueError) as err:
-        if os.environ.get("CV_PAPERS_DEBUG"):
+    except (ValueError, OSError) as err:
+        user_error = isinstance(err, ValueError | FileNotFoundError) or err.filename is not None  # OSError: a path
+        if os.environ.get("CV_PAPERS_DEBUG") or not user_error:
             raise
         sys.stderr.write(f"error: {one_line(err)}\n(set CV_PAPERS_DEBUG=1 for the traceback)\n")
         sys.exit(2)
+
+
+PATH_HINTS = {errno.ENOTDIR: "a part of this path is a file; expected a folder there",
+              errno.EEXIST: "a file is in the way of a folder to create there",
+              errno.EISDIR: "a folder where a file was expected",
+              errno.EACCES: "check the permissions or choose another path",
+              errno.ENOSPC: "the disk is full"}
 
 
 def one_line(err: BaseException) -> str:
     """The error's message on one line. An error raised inside a DataLoader worker reaches the main process as
     "Caught ValueError in DataLoader worker process 3. Original Traceback ... ValueError: <message>": keep the
     message and say where it was raised."""
+    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, FileNotFoundError):
+        hint = PATH_HINTS.get(err.errno)
+        return f"{err.filename}: {err.strerror}" + (f" ({hint})" if hint else "")
     text = str(err)
     if "Original Traceback" in text:
         name = type(err).__name__

@@ -398,6 +398,9 @@ class DRDFDataModule(LightningDataModule):
                  num_classes: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        for name in ("image_size", "max_length"):
+            if int(self.hparams[name]) < 1:
+                raise ValueError(f"data.{name} must be >= 1; got {self.hparams[name]}")
         self.tokenizer = None
         self.splits: dict[str, Dataset] = {}
 

@@ -79,14 +79,21 @@ def _mlp_head(in_dim: int, num_classes: int, hidden: int | None, dropout: float)
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
 
-def _feature_dim(module: nn.Module, image_size: int) -> int:
-    """The pooled feature size, measured (timm's ``num_features`` is the pre-head size, not always the output)."""
+def feature_dim(module: nn.Module, image_size: int, what: str, features=None) -> int:
+    """The feature size of ``module`` (or of ``features``, one of its methods), measured in eval mode on one zero
+    image: pooled [1, C] or a map [1, C, h, w] (timm's ``num_features`` is the pre-head size, not always the
+    output). A size the network cannot take (smaller than its stem's kernel) is a ValueError naming
+    ``data.image_size``, not a convolution error."""
     was_training = module.training
     module.eval()
-    with torch.no_grad():
-        dim = module(torch.zeros(1, 3, image_size, image_size)).shape[-1]
-    module.train(was_training)
-    return int(dim)
+    try:
+        with torch.no_grad():
+            return int((features or module)(torch.zeros(1, 3, image_size, image_size)).shape[1])
+    except RuntimeError as err:
+        raise ValueError(f"{what}: data.image_size {image_size} is too small for it ({err}); expected a larger "
+                         f"image_size") from None
+    finally:
+        module.train(was_training)
 
 
 class Expert(nn.Module):
@@ -119,7 +126,7 @@ class ImageExpert(Expert):
     def __init__(self, backbone: nn.Module, num_classes: int, image_size: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
-        self.feature_dim = _feature_dim(backbone, image_size)
+        self.feature_dim = feature_dim(backbone, image_size, "image expert")
         self.head = _mlp_head(self.feature_dim, num_classes, None, dropout)
 
     def features(self, batch: Batch) -> torch.Tensor:
@@ -185,12 +192,10 @@ class GridEncoder(nn.Module):
         cfg = {**GRID_CNN[size], **overrides}
         if not pretrained:
             _no_weights(f"grid encoder {cfg['name']}")
-        self.cnn = build_cnn(cfg.pop("name"), pretrained=pretrained or False, num_classes=0, **cfg)
+        name = cfg.pop("name")
+        self.cnn = build_cnn(name, pretrained=pretrained or False, num_classes=0, **cfg)
         self.grid = grid
-        self.cnn.eval()
-        with torch.no_grad():
-            self.channels = int(self.cnn.forward_features(torch.zeros(1, 3, image_size, image_size)).shape[1])
-        self.cnn.train()
+        self.channels = feature_dim(self.cnn, image_size, f"grid encoder {name}", self.cnn.forward_features)
 
     def tokens(self, image: torch.Tensor) -> torch.Tensor:
         """[B, grid*grid, C] grid features (adaptive average pooling of the last feature map)."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from projects.drdf.experts import BERT_SIZES, Batch, Expert, build_expert, build_text_encoder
+from projects.drdf.experts import BERT_SIZES, Batch, Expert, build_expert, build_text_encoder, feature_dim
 from shared.backbones.cnn import build_cnn
 
 logger = logging.getLogger(__name__)
@@ -43,15 +43,14 @@ class ImageRouter(nn.Module):
                 logger.info("image router %s: no pretrained weights given; starting from random init", backbone)
             self.encoder = build_cnn(backbone, pretrained=pretrained or False, num_classes=0, cifar_stem=cifar_stem,
                                      **timm_kwargs)
-            with torch.no_grad():
-                self.feature_dim = int(self.encoder.eval()(torch.zeros(1, 3, image_size, image_size)).shape[-1])
-            self.encoder.train()
+            self.feature_dim = feature_dim(self.encoder, image_size, f"image router {backbone}")
         elif kind == "patch":
             if timm_kwargs:
                 raise ValueError(f"image_router.kind=patch takes patch and dim, not {sorted(timm_kwargs)}")
             self.encoder = nn.Sequential(nn.Conv2d(3, dim, patch, stride=patch), nn.ReLU(),
                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
             self.feature_dim = dim
+            self.patch = patch
         else:
             raise ValueError(f"image_router.kind must be 'cnn' or 'patch', got {kind!r}")
         self.head = nn.Linear(self.feature_dim, num_experts)
@@ -66,6 +65,10 @@ class ImageRouter(nn.Module):
         return self
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        size = batch["image"].shape[-2:]
+        if min(size) < getattr(self, "patch", 0):
+            raise ValueError(f"image_router.patch={self.patch} is larger than the {size[0]}x{size[1]} images; expected "
+                             f"data.image_size >= image_router.patch")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             h = self.encoder(batch["image"])
         return h, self.head(h)

@@ -168,6 +168,10 @@ class SPMModule(LightningModule):
             raise ValueError(f"model.anchoring must be paper, official or none; got {anchoring!r}")
         if timestep not in ("official", "exact"):
             raise ValueError(f"model.timestep must be official or exact; got {timestep!r}")
+        for name, low in (("rank", 1), ("anchor_samples", 1), ("max_denoising_steps", 2), ("batch_size", 1),
+                          ("resolution", 8)):  # k is drawn from 1 .. max_denoising_steps - 1
+            if int(self.hparams[name]) < low and not (name == "anchor_samples" and anchoring == "none"):
+                raise ValueError(f"model.{name} must be >= {low}; got {self.hparams[name]}")
         self.targets = [target] if isinstance(target, str) else list(target)
         if not self.targets or not all(self.targets):
             raise ValueError(f"model.target must name at least one non-empty concept; got {target!r}")

@@ -305,6 +305,8 @@ def derive_toy_model(source: str | Path, out_dir: str | Path, steps: int = 200, 
 def ensure_toy_base(folder: str | Path = DEFAULT_DIR) -> Path:
     """Return the cached toy base model folder, training it first (a few minutes on 2 CPU cores) if absent."""
     folder = Path(folder)
+    if folder.is_file():  # a single-file checkpoint (or not a model at all): nothing to build, loading decides
+        return folder
     if not (folder / "toy_base.json").is_file():
         logger.warning("toy base model not found in %s: training it now (cached for later runs)", folder)
         build_toy_base(folder)

@@ -144,3 +144,23 @@ def test_cli_prints_one_error_line_and_exits_2(memes: Path, tmp_path: Path, monk
     assert exited.value.code == 2, stderr[-3000:]
     assert len(errors) == 1 and "dev_seen.jsonl: the 'val' split has no samples" in errors[0], stderr[-3000:]
     assert "Traceback" not in stderr
+
+
+def test_an_image_size_the_networks_cannot_take_is_named() -> None:
+    """data.image_size 0 / below the patch router's patch: were convolution errors ("Kernel size can't be greater
+    than actual input size") at model build or at the first step."""
+    import torch
+
+    from projects.drdf.experts import GridEncoder
+    from projects.drdf.model import ImageRouter
+
+    with pytest.raises(ValueError, match=r"^data.image_size must be >= 1; got 0$"):
+        DRDFDataModule(image_size=0)
+    with pytest.raises(ValueError, match=r"^grid encoder resnet18: data.image_size 0 is too small for it \(.*"
+                                         r"\); expected a larger image_size$"):
+        GridEncoder("tiny", image_size=0)
+    router = ImageRouter(3, kind="patch", patch=8, dim=4)
+    assert router({"image": torch.zeros(2, 3, 8, 8)})[1].shape == (2, 3)
+    with pytest.raises(ValueError, match=r"^image_router.patch=8 is larger than the 5x5 images; expected "
+                                         r"data.image_size >= image_router.patch$"):
+        router({"image": torch.zeros(2, 3, 5, 5)})

@@ -167,3 +167,27 @@ def test_generate_with_a_bad_csv_exits_2_with_one_error_line(base: Path, tmp_pat
     assert errors == [f"error: prompts CSV {bad}, line 2, column 'evaluation_seed': '-1' is not a seed (an integer "
                       "from 0 to 2**63 - 1)"], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name, value", [("rank", 0), ("anchor_samples", 0), ("max_denoising_steps", 1),
+                                         ("batch_size", 0), ("resolution", 4)])
+def test_hyperparameters_out_of_range_are_named(name: str, value: int):
+    """Each was a traceback deep in a step (a [0, 64] conv weight, randint's "cannot sample n_sample <= 0",
+    "empty range for randrange() (1, 1, 0)")."""
+    from projects.spm.module import SPMModule
+
+    with pytest.raises(ValueError, match=rf"^model\.{name} must be >= \d+; got {value}$"):
+        SPMModule(**{name: value})
+    SPMModule(anchoring="none", anchor_samples=0)   # no anchors drawn: 0 is fine
+
+
+def test_a_file_as_base_model_is_not_built_over(tmp_path: Path):
+    """``build_toy_base`` with a file as ``base_model``: nothing to build (was a FileExistsError from mkdir);
+    loading it then names the file and the formats it could be."""
+    from projects.spm.toy_base import ensure_toy_base
+
+    notes = tmp_path / "notes.md"
+    notes.write_text("not a model")
+    assert ensure_toy_base(notes) == notes and notes.read_text() == "not a model"
+    with pytest.raises(ValueError, match=r"notes.md: unsupported checkpoint format '.md' \(expected a single-file"):
+        DiffusionModel.from_folder(notes)

@@ -118,3 +118,20 @@ def test_an_error_in_a_dataloader_worker_becomes_its_own_one_line_message() -> N
     line = one_line(info.value)
     assert line == ("data/images/0.jpg: cannot identify image file; expected a JPEG or PNG "
                     "(raised in DataLoader worker process 0)")
+
+
+def test_a_path_error_is_one_line_and_another_os_error_keeps_its_traceback(tmp_path, capsys, monkeypatch) -> None:
+    """``--data.root`` / ``--out`` naming a file: the mkdir below it ends in one line naming the path; an OSError
+    that names no path (not the user's input) is raised as it is."""
+    from shared.cli import run_with_clear_errors
+
+    monkeypatch.delenv("CV_PAPERS_DEBUG", raising=False)
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        run_with_clear_errors(lambda: (tmp_path / "notes.txt" / "images").mkdir(parents=True, exist_ok=True))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"error: {tmp_path / 'notes.txt' / 'images'}: Not a directory (a part of this path is a file; expected a "
+        "folder there)")
+    with pytest.raises(OSError, match="socket closed"):
+        run_with_clear_errors(lambda: (_ for _ in ()).throw(OSError("socket closed")))

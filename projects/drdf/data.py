@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from shared.data.checks import require_labels_in_range, require_num_classes, require_samples
-from shared.data.images import load_rgb, read_lines, require_dir, require_file
+from shared.data.images import load_rgb, read_lines, read_utf8, require_dir, require_file
 from shared.data.loaders import eval_loader, train_loader
 from shared.data.toyworld import Scene, make_object, render
 
@@ -48,7 +48,7 @@ def read_hm_jsonl(path: str | Path) -> list[dict]:
     """Parse a Hateful Memes jsonl file; a bad line raises ValueError naming the file, line and field."""
     path = require_file(path, HM_LAYOUT, "Hateful Memes annotation file")
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_utf8(path, "Hateful Memes annotation file", HM_LAYOUT).splitlines(), start=1):
         if not line.strip():
             continue
         try:

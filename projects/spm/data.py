@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from shared.data.images import read_utf8
 from shared.data.loaders import eval_loader
 from shared.data.toyworld import Scene, make_object, render
 
@@ -106,7 +107,7 @@ def read_prompt_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"concept pool file {path} does not exist (expected a text file, one concept a line)")
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    lines = [line.strip() for line in read_utf8(path, "concept pool file").splitlines()]
     concepts = [line for line in lines if line and not line.startswith("#")]
     if not concepts:
         raise ValueError(f"concept pool file {path} holds no concept strings (expected one concept a line)")

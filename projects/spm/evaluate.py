@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import re
@@ -38,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from shared.data.images import read_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ def read_manifest(folder: str | Path, what: str = "--images") -> list[dict]:
                                 f"`python -m projects.spm generate`)")
     from projects.spm.generate import csv_number
 
-    with path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_utf8(path, "manifest"), newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise ValueError(f"{path} is empty (expected the manifest `generate` writes: a header line with at least "

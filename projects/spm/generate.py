@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import io
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ import torch
 from projects.spm.model import SAMPLERS
 from projects.spm.protocol import TASKS, apply_official_protocol
 from projects.spm.transport import METRICS
+from shared.data.images import read_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ def read_prompt_csv(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts CSV {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_utf8(path, "prompts CSV"), newline="") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         if not columns:

@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 from pathlib import Path
+
+from shared.data.images import read_utf8
 
 # src/configs/generation_config.py: GenerationConfig.negative_prompt (commas without spaces, as released).
 OFFICIAL_NEGATIVE_PROMPT = (
@@ -46,7 +49,7 @@ TASKS = tuple(IMAGES_PER_PROMPT)
 
 def csv_header(path: str | Path) -> list[str]:
     """The column names of a prompts CSV (stripped); [] for an empty file."""
-    with Path(path).open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_utf8(path, "prompts CSV"), newline="") as f:
         return [c.strip() for c in next(csv.reader(f), [])]
 
 

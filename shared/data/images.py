@@ -36,14 +36,20 @@ def require_dir(path: str | Path, layout_hint: str | None = None, what: str = "d
     return p
 
 
-def read_lines(path: str | Path, what: str = "file", layout_hint: str | None = None) -> list[str]:
-    """Non-blank lines of a UTF-8 text file, stripped; clear errors when it is missing or not text."""
+def read_utf8(path: str | Path, what: str = "file", layout_hint: str | None = None) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped, as spreadsheet programs write one; newlines as
+    written, so ``csv`` can read it through ``io.StringIO(text, newline="")``); clear errors when it is missing
+    or not UTF-8 text."""
     p = require_file(path, layout_hint, what)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{what} is not UTF-8 text: {p} ({e}){_hint(layout_hint)}") from e
-    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_lines(path: str | Path, what: str = "file", layout_hint: str | None = None) -> list[str]:
+    """Non-blank lines of a UTF-8 text file, stripped; clear errors when it is missing or not text."""
+    return [line.strip() for line in read_utf8(path, what, layout_hint).splitlines() if line.strip()]
 
 
 def _to_rgb(im: Image.Image, alpha_background: tuple[int, int, int]) -> Image.Image:

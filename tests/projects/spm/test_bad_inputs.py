@@ -191,3 +191,9 @@ def test_a_file_as_base_model_is_not_built_over(tmp_path: Path):
     assert ensure_toy_base(notes) == notes and notes.read_text() == "not a model"
     with pytest.raises(ValueError, match=r"notes.md: unsupported checkpoint format '.md' \(expected a single-file"):
         DiffusionModel.from_folder(notes)
+
+
+def test_a_spreadsheet_csv_with_a_byte_order_mark_reads(tmp_path: Path):
+    """Excel's "CSV UTF-8" starts with a BOM: it was read into the first column's name ("no 'prompt' column")."""
+    (tmp_path / "p.csv").write_bytes("\ufeffprompt,evaluation_seed\r\na red circle,3\r\n".encode())
+    assert read_prompt_csv(tmp_path / "p.csv") == [{"prompt": "a red circle", "seed": 3}]

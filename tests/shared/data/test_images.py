@@ -12,6 +12,7 @@ from shared.data.images import (
     ImageReadError,
     load_rgb,
     read_lines,
+    read_utf8,
     require_dir,
     require_file,
 )
@@ -99,3 +100,14 @@ def test_file_helpers(tmp_path) -> None:
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ValueError, match="bin.txt"):
         read_lines(binary)
+
+
+def test_read_utf8_drops_a_byte_order_mark_keeps_newlines_and_names_a_binary_file(tmp_path) -> None:
+    """Spreadsheet programs write CSVs with a BOM (it became part of the first column's name: "no 'prompt'
+    column"); csv wants the newlines as written; a non-UTF-8 file was a UnicodeDecodeError naming no file."""
+    f = tmp_path / "prompts.csv"
+    f.write_bytes(b"\xef\xbb\xbfprompt,seed\r\n\"two\r\nlines\",1\r\n")
+    assert read_utf8(f) == 'prompt,seed\r\n"two\r\nlines",1\r\n'
+    f.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ValueError, match=r"^prompts CSV is not UTF-8 text: .*prompts\.csv \('utf-8' codec"):
+        read_utf8(f, "prompts CSV")

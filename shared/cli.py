@@ -236,6 +236,24 @@ class ProjectCLI(LightningCLI):
             sys.exit(2)
         self._check_ckpt_path()
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the model's settings with the ``--ckpt_path`` checkpoint's hyper-parameters (so the
+        weights fit). Say which values of the config / command line that replaces, in one warning line; a
+        checkpoint whose hyper-parameters this model does not take (another project's) is one error line."""
+        subcommand = self.config.get("subcommand")
+        before = _flat(self.config[subcommand].get("model")) if subcommand else {}
+        try:
+            super()._parse_ckpt_path()
+        except (ArgumentError, SystemExit) as err:
+            ckpt = self.config[subcommand].get("ckpt_path")
+            raise ValueError(f"--ckpt_path {ckpt}: its hyper-parameters do not fit this model ({one_line(err)}); "
+                             f"expected a checkpoint written by `python -m projects.{self.project} fit`") from None
+        after = _flat(self.config[subcommand].get("model")) if subcommand else {}
+        replaced = [f"model.{k}: {before[k]!r} -> {after[k]!r}" for k in before if k in after and before[k] != after[k]]
+        if replaced:
+            sys.stderr.write(f"warning: --ckpt_path: the checkpoint's hyper-parameters replace {len(replaced)} "
+                             f"model value(s) of the config / command line: {'; '.join(replaced)}\n")
+
     @staticmethod
     def _requested_subcommand() -> str:
         return next((a for a in sys.argv[1:] if a in LightningCLI.subcommands()), "fit")
@@ -302,6 +320,20 @@ class ProjectCLI(LightningCLI):
         user_callbacks = trainer_cfg.get("callbacks") or []
         kwargs["callbacks"] = [*callbacks, *(user_callbacks if isinstance(user_callbacks, list) else [user_callbacks])]
         return super().instantiate_trainer(**kwargs)
+
+
+def _flat(namespace: Any, prefix: str = "") -> dict[str, Any]:
+    """A (nested) jsonargparse Namespace or dict as {"a.b": value}."""
+    if namespace is None:
+        return {}
+    items = namespace.as_dict() if hasattr(namespace, "as_dict") else namespace
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def config_files(args: Any) -> list[str]:

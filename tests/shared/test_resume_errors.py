@@ -85,3 +85,27 @@ def test_the_command_exits_2_with_one_error_line(tmp_path: Path) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "argparse.Namespace" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_another_projects_checkpoint_is_one_line(tmp_path: Path) -> None:
+    """Hyper-parameters this model does not take (a RAMS-Trans checkpoint given to DiD) were an argparse traceback."""
+    foreign = tmp_path / "other.ckpt"
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {}, "hyper_parameters": {"embed_dim": 32}},
+               foreign)
+    with pytest.raises(ValueError, match=r"--ckpt_path .*other.ckpt: its hyper-parameters do not fit this model "
+                                         r"\(.*embed_dim.*\); expected a checkpoint written by `python -m "
+                                         r"projects.tiny fit`"):
+        cli.ProjectCLI(tiny.TinyModule, tiny.TinyData, "tiny", args=["validate", *ARGS, "--ckpt_path", str(foreign)])
+
+
+def test_values_the_checkpoint_replaces_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Lightning builds the model from the checkpoint's hyper-parameters: a --model value that differs is
+    replaced, and says so (it was silent)."""
+    fit("--run_name", "run", "--trainer.max_epochs", "1")
+    last = tmp_path / "logs" / "tiny" / "run" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    run = cli.ProjectCLI(tiny.TinyModule, tiny.TinyData, "tiny",
+                         args=["validate", *ARGS, "--model.lr", "0.1", "--ckpt_path", str(last)])
+    assert run.model.hparams.lr == 0.05
+    assert ("warning: --ckpt_path: the checkpoint's hyper-parameters replace 1 model value(s) of the config / "
+            "command line: model.lr: 0.1 -> 0.05") in capsys.readouterr().err.splitlines()

@@ -6,6 +6,7 @@ import timm
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
+from shared.backbones.factory import create_timm_model
 from shared.backbones.weights import Pretrained, load_into, read_state_dict, resolve_pretrained
 
 
@@ -22,8 +23,9 @@ def build_cnn(name: str, pretrained: Pretrained = False, num_classes: int = 0, i
     Pretrained weights are loaded first; a replaced 3x3 ``conv1`` starts from random init.
     Other architectures raise ``NotImplementedError``.
     """
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     what = f"build_cnn({name})"
+    model = create_timm_model(name, "build_cnn", pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                              **kwargs)
     path = resolve_pretrained(pretrained, what, timm_name=name)
     if path is not None:
         if path.suffix == ".npz":

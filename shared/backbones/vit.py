@@ -15,7 +15,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention, resample_abs_pos_embed, resample_patch_embed
@@ -23,6 +22,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from shared.backbones.factory import create_timm_model
 from shared.backbones.weights import (
     Pretrained,
     load_into,
@@ -56,7 +56,7 @@ class ViTBackbone(nn.Module):
                       proj_drop_rate=proj_drop_rate, **timm_kwargs)
         if patch_size is not None:
             kwargs["patch_size"] = patch_size
-        self.model: VisionTransformer = timm.create_model(name, **kwargs)
+        self.model: VisionTransformer = create_timm_model(name, "ViTBackbone", **kwargs)
         if not isinstance(self.model, VisionTransformer):
             raise ValueError(f"ViTBackbone: {name!r} is a {type(self.model).__name__}, not a timm VisionTransformer")
         m = self.model

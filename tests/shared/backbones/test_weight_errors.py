@@ -101,3 +101,15 @@ def test_a_bad_npz_names_the_file(tmp_path, kind, reason):
                                          rf"\(ValueError: {reason}") as err:
         ViTBackbone("vit_tiny_patch16_224", pretrained=path, img_size=32, patch_size=8, depth=1)
     assert "unsafely" not in one_line(err)  # numpy's advice to unpickle is not passed on
+
+
+def test_an_unknown_architecture_name_is_one_line_with_the_closest_names() -> None:
+    """``--model.backbone vit_base_patch16_22`` was timm's bare "RuntimeError: Unknown model"."""
+    from shared.backbones import ViTBackbone, build_cnn
+
+    with pytest.raises(ValueError, match=r"^ViTBackbone: 'vit_base_patch16_22' is not a timm architecture; did you "
+                                         r"mean vit_base_patch16_224, "):
+        ViTBackbone("vit_base_patch16_22")
+    with pytest.raises(ValueError, match=r"^build_cnn: 'resnet_18' is not a timm architecture; did you mean "
+                                         r"resnet18, "):
+        build_cnn("resnet_18")

@@ -23,7 +23,7 @@ from torchvision import transforms as T
 
 from shared.data import IMAGENET_MEAN, IMAGENET_STD, SHAPES, load_rgb, read_lines, render_dataset, sample_scene
 from shared.data.checks import require_num_classes, require_samples
-from shared.data.images import require_dir, require_file
+from shared.data.images import read_utf8, require_dir, require_file
 from shared.data.loaders import eval_loader, train_loader
 from shared.predict import ImageFolderDataset, scan_image_folder
 
@@ -89,8 +89,8 @@ def read_coco_instances(path: str | Path) -> tuple[list[str], list[str], torch.T
     """
     path = require_file(path, COCO_LAYOUT, "COCO annotation file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(read_utf8(path, "COCO annotation file", COCO_LAYOUT))
+    except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     cats = _field(data, "categories", "", path)
     images = _field(data, "images", "", path)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from shared.data.checks import require_labels_in_range, require_samples
-from shared.data.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb, read_lines, require_dir, require_file
+from shared.data.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb, read_lines, read_utf8, require_dir, require_file
 from shared.data.loaders import eval_loader, train_loader
 from shared.data.toyworld import COLORS, SHAPES, ToyObject, make_object, make_part, render, sample_scene
 from shared.predict import ImageFolderDataset, scan_image_folder
@@ -170,8 +170,8 @@ class INat2017Dataset(_ImageListDataset):
         path = require_file(root / ("train2017.json" if split == "train" else "val2017.json"), INAT_LAYOUT,
                             "iNat2017 annotation file")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = json.loads(read_utf8(path, "iNat2017 annotation file", INAT_LAYOUT))
+        except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}) (expected layout: {INAT_LAYOUT})") from e
         for key in ("images", "annotations"):
             if not isinstance(data.get(key), list):

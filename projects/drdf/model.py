@@ -38,6 +38,7 @@ class ImageRouter(nn.Module):
                  pretrained=None, cifar_stem: bool = False, freeze: bool = False, image_size: int = 224,
                  patch: int = 8, dim: int = 32, **timm_kwargs) -> None:
         super().__init__()
+        self.patch = patch if kind == "patch" else 0   # the smallest image side the encoder takes (0: any)
         if kind == "cnn":
             if not pretrained:
                 logger.info("image router %s: no pretrained weights given; starting from random init", backbone)
@@ -50,7 +51,6 @@ class ImageRouter(nn.Module):
             self.encoder = nn.Sequential(nn.Conv2d(3, dim, patch, stride=patch), nn.ReLU(),
                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
             self.feature_dim = dim
-            self.patch = patch
         else:
             raise ValueError(f"image_router.kind must be 'cnn' or 'patch', got {kind!r}")
         self.head = nn.Linear(self.feature_dim, num_experts)
@@ -66,7 +66,7 @@ class ImageRouter(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         size = batch["image"].shape[-2:]
-        if min(size) < getattr(self, "patch", 0):
+        if min(size) < self.patch:
             raise ValueError(f"image_router.patch={self.patch} is larger than the {size[0]}x{size[1]} images; expected "
                              f"data.image_size >= image_router.patch")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):

@@ -12,16 +12,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 
-from shared.bench import BenchCase, register, switches
+from shared.bench import BenchCase, GpuRow, PipelineRow, register, register_gpu_row, register_pipeline_row, switches
+from shared.bench.gpu import TINY_VIT
 from shared.bench.registry import device_target
 
-BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample loop (issue 18)
+BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample loop
+CONFIGS = Path(__file__).parent / "configs"
 
 
 def train_step_case(cfg: dict, batch: int, name: str, device: str = "cpu", switch: str | None = None) -> BenchCase:
@@ -165,8 +168,6 @@ def write_bench_coco(root, samples: int, files: int, size: tuple[int, int] = (64
     """A COCO 2014 folder (``annotations/instances_{train,val}2014.json`` with 1-3 boxes an image over the 80
     categories, ``{train,val}2014/COCO_<split>2014_<id>.jpg``): ``samples`` training images cycling over ``files``
     photo-like JPEGs of ``size`` (COCO's photos are about 640x480), ``val`` validation images."""
-    from pathlib import Path
-
     from shared.bench.photos import write_photos
 
     root = Path(root)
@@ -191,7 +192,7 @@ def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
     from projects.did.data import DiDData
     from shared.bench.pipeline import epoch_batches, paper_data
 
-    data = paper_data("did", "coco.yaml", "one_gpu.yaml")
+    data = paper_data(CONFIGS / "coco.yaml", CONFIGS / "one_gpu.yaml")
     size = (640, 480)
     if tiny:
         data.update(img_size=64, batch_size=2)
@@ -204,3 +205,29 @@ def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
     return dm.train_dataloader(), {"layout": "COCO 2014", "image_files": f"{size[0]}x{size[1]} JPEG q90",
                                    "distinct_files": min(files, samples), "samples": samples,
                                    "transforms": f"resize {resize} -> multi-scale crop -> {data['img_size']} + flip"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# make bench-gpu: the paper-size step, and its loader next to it
+# ----------------------------------------------------------------------------------------------------------
+def gpu_step(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
+             ) -> tuple[BenchCase, int, int]:
+    if tiny:
+        cfg = dict(num_classes=10, backbone="vit_tiny_patch16_224", img_size=32, patch_size=8, hidden_dropout=0.0,
+                   **{k: v for k, v in TINY_VIT.items() if k != "mlp_ratio"})
+        case = train_step_case(cfg, batch or 2, "tiny", device, switch)
+    else:
+        case = train_step_case(COCO_VITB_448, batch or 8, "coco.yaml ViT-B/16 448, one_gpu.yaml batch", device,
+                               switch)
+    b, n = case.details["batch"], case.details["top_n"]
+    return case, b, b if switch else (1 + n) * b  # the baseline is (1 + N) plain-ViT steps (a switch: its twin)
+
+
+GPU_STEP = register_gpu_row(GpuRow(
+    "did: train step / (1+N) ViT steps",
+    "configs/coco.yaml + one_gpu.yaml: ViT-B/16, 448x448, batch 8 per GPU, top-4 local views, SGD", gpu_step,
+    switches=("fused", "compile")))
+register_pipeline_row(PipelineRow(
+    "pipeline/did: COCO loader vs train step",
+    "configs/coco.yaml + one_gpu.yaml: 640x480 JPEG, resize 512 -> multi-scale crop -> 448 + flip, batch 8 per GPU",
+    pipeline_loader, GPU_STEP.name))

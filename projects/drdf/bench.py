@@ -11,10 +11,13 @@ MWF-Layer's share and nothing else. Target: at most 1.10 with the default router
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
-from shared.bench import BenchCase, register, switches
+from shared.bench import BenchCase, GpuRow, PipelineRow, register, register_gpu_row, register_pipeline_row, switches
+
+CONFIGS = Path(__file__).parent / "configs"
 
 
 def _train_step(model, batch: dict, optimizer: torch.optim.Optimizer, routed: bool):
@@ -141,7 +144,6 @@ def write_bench_memes(root, samples: int, files: int, size: tuple[int, int] = (6
     ``img/<id>.png``): ``samples`` training memes cycling over ``files`` photo-like PNGs of ``size``, plus a
     WordPiece ``tokenizer/`` of the captions' words and letters (stands in for bert-base-uncased: the same
     ``BertTokenizerFast``, a smaller vocabulary)."""
-    from pathlib import Path
     from string import ascii_lowercase
 
     from transformers import BertTokenizerFast
@@ -169,7 +171,7 @@ def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
     from projects.drdf.data import DRDFDataModule
     from shared.bench.pipeline import epoch_batches, paper_data
 
-    data = paper_data("drdf", "hateful_memes.yaml")
+    data = paper_data(CONFIGS / "hateful_memes.yaml")
     size = (600, 450)
     if tiny:
         data.update(image_size=32, batch_size=2)
@@ -183,3 +185,27 @@ def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
                                    "distinct_files": min(files, samples), "samples": samples,
                                    "transforms": f"resize {data['image_size']} + WordPiece tokenisation "
                                                  f"(max {data['max_length']})"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# make bench-gpu: the paper-size step, and its loader next to it
+# ----------------------------------------------------------------------------------------------------------
+def gpu_step(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
+             ) -> tuple[BenchCase, int, int]:
+    if tiny:
+        case = train_step_case(toy_model_kwargs(), batch or 2, 32, 8, 256, {"setting": "toy.yaml"}, device, switch)
+    else:
+        case = train_step_case(HATEFUL_MEMES_KWARGS, batch or 32, 224, 40, 30522,
+                               {"setting": "hateful_memes.yaml (random init)"}, device, switch)
+    return case, case.details["batch"], case.details["batch"]
+
+
+GPU_STEP = register_gpu_row(GpuRow(
+    "drdf: train step / 3 experts without routers",
+    "configs/hateful_memes.yaml: 3 VisualBERT-base experts on ResNet-152 3x3 grids, bert-base text router, "
+    "ResNet-18 image router, batch 32, 224 px, 40 tokens, AdamW", gpu_step,
+    switches=("fused", "channels_last", "compile")))
+register_pipeline_row(PipelineRow(
+    "pipeline/drdf: Hateful Memes loader vs train step",
+    "configs/hateful_memes.yaml: jsonl + 600x450 PNG, resize 224, WordPiece tokenisation (max 128), batch 32",
+    pipeline_loader, GPU_STEP.name))

@@ -12,10 +12,14 @@
 
 from __future__ import annotations
 
-from shared.bench import BenchCase, register
+from pathlib import Path
+
+from shared.bench import BenchCase, GpuRow, PipelineRow, register, register_gpu_row, register_pipeline_row
+from shared.bench.gpu import TINY_VIT
 from shared.bench.registry import device_target
 
-BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample loop (issue 18)
+BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample loop
+CONFIGS = Path(__file__).parent / "configs"
 
 
 def train_step_case(backbone: str, img_size: int, patch: int, batch: int, kwargs: dict | None,
@@ -160,8 +164,6 @@ def write_bench_cub(root, samples: int, files: int, size: tuple[int, int] = (500
     """A CUB-200-2011 folder (``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
     ``images/<class>/<name>.jpg``): ``samples`` training ids and ``test`` test ids over ``files`` photo-like JPEGs
     of ``size`` (CUB's photos are at most 500 px a side)."""
-    from pathlib import Path
-
     from shared.bench.photos import write_photos
 
     root = Path(root)
@@ -180,7 +182,7 @@ def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
     from projects.rams_trans.data import FGVCDataModule
     from shared.bench.pipeline import epoch_batches, paper_data
 
-    data = paper_data("rams_trans", "cub.yaml")
+    data = paper_data(CONFIGS / "cub.yaml")
     size = (500, 375)
     if tiny:
         data.update(resize=72, crop=64, batch_size=2)
@@ -192,3 +194,23 @@ def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
     return dm.train_dataloader(), {"layout": "CUB-200-2011", "image_files": f"{size[0]}x{size[1]} JPEG q90",
                                    "distinct_files": min(files, samples), "samples": samples,
                                    "transforms": f"resize {data['resize']} -> random crop {data['crop']} + flip"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# make bench-gpu: the paper-size step, and its loader next to it
+# ----------------------------------------------------------------------------------------------------------
+def gpu_step(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
+             ) -> tuple[BenchCase, int, int]:
+    case = (train_step_case("vit_tiny_patch16_224", 32, 8, batch or 2, TINY_VIT, device, switch) if tiny
+            else train_step_case("vit_base_patch16_224", 448, 16, batch or 16, None, device, switch))
+    b = case.details["batch"]
+    return case, b, b if switch else 2 * b        # the baseline is two plain-ViT steps (a switch: its twin)
+
+
+GPU_STEP = register_gpu_row(GpuRow(
+    "rams_trans: train step / 2 ViT steps", "configs/cub.yaml: ViT-B/16, 448x448, batch 16, 2 scales, SGD",
+    gpu_step, switches=("fused", "compile")))
+register_pipeline_row(PipelineRow(
+    "pipeline/rams_trans: CUB loader vs train step",
+    "configs/cub.yaml: 500x375 JPEG, square resize 600 -> random crop 448 + flip, batch 16", pipeline_loader,
+    GPU_STEP.name))

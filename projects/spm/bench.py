@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from projects.spm.model import Conditioning, as_conditioning
 from projects.spm.module import SPMModule, erasing_target
-from shared.bench import BenchCase, register
+from shared.bench import BenchCase, GpuRow, register, register_gpu_row
 
 
 class OfficialMembrane:
@@ -401,3 +401,41 @@ def _gamma_row() -> BenchCase:
                      details={"prompts": len(prompts), "spms": len(concepts), "strings": len(flat),
                               "note": "ours re-encodes the 20 concept strings on every call; the loop encodes them "
                                       "once (at load) and each prompt separately"})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# make bench-gpu: an SD v1.4-shaped training iteration and CFG steps with 20 SPMs + FT (SDXL-shaped last)
+# ----------------------------------------------------------------------------------------------------------
+def gpu_iteration(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+    from projects.spm.model import SD14_UNET_CONFIG
+
+    case = (iteration_case(device=device, max_denoising_steps=4) if tiny
+            else iteration_case(SD14_UNET_CONFIG, 64, device, rtol=1e-3))
+    return case, 1, 1
+
+
+def gpu_generation(prompts: int, dtype: torch.dtype = torch.float32, unet: str = "sd14"):
+    def build(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
+        case = step_case("toy" if tiny else unet, 2 if tiny else 20, prompts, device=device, dtype=dtype)
+        return case, prompts, prompts
+    return build
+
+
+register_gpu_row(GpuRow(
+    "spm: training iteration, ours / official-style loop",
+    "configs/object.yaml: SD v1.4-shaped UNet (64x64 latents = 512 px), batch 1, k ~ U{1..29} DDIM steps of 30 "
+    "(CFG 3) then the losses, 4 anchors (official), AdamW", gpu_iteration, unit="it", repeats=6, warmup=2))
+register_gpu_row(GpuRow(
+    "spm: CFG step, 20 SPMs + FT (1 prompt, merged) / no SPM",
+    "SD v1.4-shaped UNet, 64x64 latents, UNet batch 2 ([uncond; cond]), 20 SPMs with the prompt's FT gammas",
+    gpu_generation(1), unit="img-step", grad=False, build_bf16=gpu_generation(1, torch.bfloat16)))
+register_gpu_row(GpuRow(
+    "spm: CFG step, 20 SPMs + FT (4 prompts, per-sample) / no SPM",
+    "SD v1.4-shaped UNet, 64x64 latents, UNet batch 8, 20 SPMs, per-prompt FT gammas through the hooks",
+    gpu_generation(4), unit="img-step", grad=False, build_bf16=gpu_generation(4, torch.bfloat16)))
+# Last: one SDXL-sized UNet (2.6B parameters, random) built once; its bf16 pass is the fp32 case under autocast.
+register_gpu_row(GpuRow(
+    "spm: CFG step, 20 SPMs + FT on SDXL (1 prompt, merged) / no SPM",
+    "SDXL base 1.0-shaped UNet, 128x128 latents (1024 px), UNet batch 2, pooled + time-id conditioning, 20 SPMs "
+    "(722 sites each) with the prompt's FT gammas", gpu_generation(1, unet="sdxl"), unit="img-step", grad=False,
+    repeats=6, warmup=2))

@@ -4,7 +4,6 @@ input-pipeline rows (``shared/bench/pipeline.py``; ``FILTER=pipeline``: only tho
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -12,16 +11,9 @@ from pathlib import Path
 import torch
 
 from shared.bench import pipeline
-from shared.bench.registry import registered_rows, time_pair
+from shared.bench.registry import discover, pipeline_rows, registered_rows, time_pair
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def discover() -> None:
-    """Import the shared rows and every ``projects/<name>/bench.py``."""
-    importlib.import_module("shared.bench.rows")
-    for bench_file in sorted((REPO / "projects").glob("*/bench.py")):
-        importlib.import_module(f"projects.{bench_file.parent.name}.bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in registered_rows() if args.filter in r.name]
     pipes = pipeline.matching(args.filter)
     if not rows and not pipes:
-        known = [r.name for r in registered_rows()] + [r.name for r in pipeline.ROWS]
+        known = [r.name for r in registered_rows()] + [r.name for r in pipeline_rows()]
         print(f"no bench row matches {args.filter!r}; known: {known}")
         return 2
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"

@@ -1,6 +1,6 @@
-"""``make bench-gpu`` (``python -m shared.bench.gpu [FILTER]``): the paper-size rows of the four projects on one GPU.
+"""``make bench-gpu`` (``python -m shared.bench.gpu [FILTER]``): the projects' paper-size rows on one GPU.
 
-Each row is a ``make bench`` comparison built by its project's ``bench.py`` builder at the paper's size, with random
+Each row is a comparison a project registers (:class:`~shared.bench.registry.GpuRow`) at the paper's size, with random
 weights, on the CUDA device. For the method and its baseline it prints the median time of one call, the images per
 second and the peak GPU memory (``torch.cuda.max_memory_allocated`` over the first call, everything resident
 included), next to the method/baseline ratio (the alternating, synchronised timer of ``make bench``, after
@@ -34,131 +34,19 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from shared.bench import pipeline, switches
-from shared.bench.registry import BenchCase, time_pair
+from shared.bench.registry import BenchCase, GpuRow, discover, gpu_rows, pipeline_rows, time_pair
 
 REPO = Path(__file__).resolve().parents[2]
 HELPS = 0.97                    # a switch helps when its step takes under 97% of the plain step's time ...
 LOSS_RTOL = {"fp32": 1e-3, "bf16": 2e-2}   # ... and the twins' first two losses agree to this (relative)
 COMPILE_RESERVE_S = 90.0        # a compile variant starts only while this much of the budget remains
+TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)   # the dry run's ViT (--dry-run)
 NO_CUDA = "bench-gpu: no CUDA device on this machine (torch.cuda.is_available() is False); nothing measured"
-
-
-@dataclass
-class GpuRow:
-    """One paper-size row. ``build(device, tiny)`` returns the case and the images one call of the method and one
-    call of the baseline process (for images/s); ``unit`` names what those are (the three training rows' builders
-    take a batch too: the input-pipeline rows time their steps at batch 2 on a CPU). ``grad``: training steps
-    (autograd on); without it both run under ``torch.inference_mode()``. The bf16 pass runs the fp32 case under
-    bf16 autocast, or, where ``build_bf16`` is set (generation: pipelines load the weights in half precision), that
-    case. ``switches``: the speed switches ``build(device, tiny, switch=NAME)`` takes (``shared/bench/switches.py``;
-    it then returns the switched step and its plain twin)."""
-
-    name: str
-    paper: str
-    build: Callable[[str, bool], tuple[BenchCase, int, int]]
-    unit: str = "img"
-    repeats: int = 10
-    warmup: int = 3
-    grad: bool = True
-    build_bf16: Callable[[str, bool], tuple[BenchCase, int, int]] | None = None
-    switches: tuple[str, ...] = ()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The rows: each reuses its project's bench builder, at the paper's size or tiny
-# ----------------------------------------------------------------------------------------------------------
-TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
-
-
-def _rams_trans(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
-                ) -> tuple[BenchCase, int, int]:
-    from projects.rams_trans.bench import train_step_case
-
-    case = (train_step_case("vit_tiny_patch16_224", 32, 8, batch or 2, TINY_VIT, device, switch) if tiny
-            else train_step_case("vit_base_patch16_224", 448, 16, batch or 16, None, device, switch))
-    b = case.details["batch"]
-    return case, b, b if switch else 2 * b        # the baseline is two plain-ViT steps (a switch: its twin)
-
-
-def _did(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
-         ) -> tuple[BenchCase, int, int]:
-    from projects.did.bench import COCO_VITB_448, train_step_case
-
-    if tiny:
-        cfg = dict(num_classes=10, backbone="vit_tiny_patch16_224", img_size=32, patch_size=8, hidden_dropout=0.0,
-                   **{k: v for k, v in TINY_VIT.items() if k != "mlp_ratio"})
-        case = train_step_case(cfg, batch or 2, "tiny", device, switch)
-    else:
-        case = train_step_case(COCO_VITB_448, batch or 8, "coco.yaml ViT-B/16 448, one_gpu.yaml batch", device,
-                               switch)
-    b, n = case.details["batch"], case.details["top_n"]
-    return case, b, b if switch else (1 + n) * b  # the baseline is (1 + N) plain-ViT steps (a switch: its twin)
-
-
-def _drdf(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
-          ) -> tuple[BenchCase, int, int]:
-    from projects.drdf.bench import HATEFUL_MEMES_KWARGS, toy_model_kwargs, train_step_case
-
-    if tiny:
-        case = train_step_case(toy_model_kwargs(), batch or 2, 32, 8, 256, {"setting": "toy.yaml"}, device, switch)
-    else:
-        case = train_step_case(HATEFUL_MEMES_KWARGS, batch or 32, 224, 40, 30522,
-                               {"setting": "hateful_memes.yaml (random init)"}, device, switch)
-    return case, case.details["batch"], case.details["batch"]
-
-
-def _spm_iteration(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
-    from projects.spm.bench import iteration_case
-    from projects.spm.model import SD14_UNET_CONFIG
-
-    case = (iteration_case(device=device, max_denoising_steps=4) if tiny
-            else iteration_case(SD14_UNET_CONFIG, 64, device, rtol=1e-3))
-    return case, 1, 1
-
-
-def _spm_generation(prompts: int, dtype: torch.dtype = torch.float32, unet: str = "sd14"
-                    ) -> Callable[[str, bool], tuple]:
-    def build(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
-        from projects.spm.bench import step_case
-
-        case = step_case("toy" if tiny else unet, 2 if tiny else 20, prompts, device=device, dtype=dtype)
-        return case, prompts, prompts
-    return build
-
-
-ROWS = [
-    GpuRow("rams_trans: train step / 2 ViT steps",
-           "configs/cub.yaml: ViT-B/16, 448x448, batch 16, 2 scales, SGD", _rams_trans,
-           switches=("fused", "compile")),
-    GpuRow("did: train step / (1+N) ViT steps",
-           "configs/coco.yaml + one_gpu.yaml: ViT-B/16, 448x448, batch 8 per GPU, top-4 local views, SGD", _did,
-           switches=("fused", "compile")),
-    GpuRow("drdf: train step / 3 experts without routers",
-           "configs/hateful_memes.yaml: 3 VisualBERT-base experts on ResNet-152 3x3 grids, bert-base text router, "
-           "ResNet-18 image router, batch 32, 224 px, 40 tokens, AdamW", _drdf,
-           switches=("fused", "channels_last", "compile")),
-    GpuRow("spm: training iteration, ours / official-style loop",
-           "configs/object.yaml: SD v1.4-shaped UNet (64x64 latents = 512 px), batch 1, k ~ U{1..29} DDIM steps "
-           "of 30 (CFG 3) then the losses, 4 anchors (official), AdamW", _spm_iteration, unit="it", repeats=6,
-           warmup=2),
-    GpuRow("spm: CFG step, 20 SPMs + FT (1 prompt, merged) / no SPM",
-           "SD v1.4-shaped UNet, 64x64 latents, UNet batch 2 ([uncond; cond]), 20 SPMs with the prompt's FT gammas",
-           _spm_generation(1), unit="img-step", grad=False, build_bf16=_spm_generation(1, torch.bfloat16)),
-    GpuRow("spm: CFG step, 20 SPMs + FT (4 prompts, per-sample) / no SPM",
-           "SD v1.4-shaped UNet, 64x64 latents, UNet batch 8, 20 SPMs, per-prompt FT gammas through the hooks",
-           _spm_generation(4), unit="img-step", grad=False, build_bf16=_spm_generation(4, torch.bfloat16)),
-    # Last: one SDXL-sized UNet (2.6B parameters, random) built once; its bf16 pass is the fp32 case under autocast.
-    GpuRow("spm: CFG step, 20 SPMs + FT on SDXL (1 prompt, merged) / no SPM",
-           "SDXL base 1.0-shaped UNet, 128x128 latents (1024 px), UNet batch 2, pooled + time-id conditioning, "
-           "20 SPMs (722 sites each) with the prompt's FT gammas", _spm_generation(1, unet="sdxl"), unit="img-step",
-           grad=False, repeats=6, warmup=2),
-]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -324,7 +212,7 @@ def run_pipeline(filter_: str, results: list[dict], device: str, tiny: bool, sta
             rates.setdefault(r["name"], {})[r["precision"]] = r["method_per_s"]
     workers = 0 if tiny else pipeline.cores()
     records, failed = [], False
-    for row in (p for p in pipeline.ROWS if filter_ in p.name or p.gpu_row in rates):
+    for row in (p for p in pipeline_rows() if filter_ in p.name or p.gpu_row in rates):
         if time.perf_counter() - start > budget_s:
             print(f"{row.name:<62} skipped: past the {budget_s:.0f} s budget", flush=True)
             records.append({"name": row.name, "skipped": "time budget"})
@@ -358,10 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_CUDA)
         return 0
     device = "cpu" if args.dry_run else "cuda"
+    discover()
     steps_of_pipes = {p.gpu_row for p in pipeline.matching(args.filter)}      # a pipeline row needs its step
-    rows = [r for r in ROWS if args.filter in r.name or r.name in steps_of_pipes]
+    rows = [r for r in gpu_rows() if args.filter in r.name or r.name in steps_of_pipes]
     if not rows:
-        print(f"no bench-gpu row matches {args.filter!r}; known: {[r.name for r in ROWS + pipeline.ROWS]}")
+        known = [r.name for r in gpu_rows() + pipeline_rows()]
+        print(f"no bench-gpu row matches {args.filter!r}; known: {known}")
         return 2
     precisions = ["fp32", "bf16"] if args.bf16 else ["fp32"]
     name = (f"cpu ({torch.get_num_threads()} threads), tiny shapes (dry run)" if args.dry_run
@@ -381,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "rows": results, "pipeline": pipes, "switches": switched},
                                   indent=2, default=str))
     # The loaders run right after the last training row they compare with (before the long SPM rows and the budget).
-    last_step = max((i for i, r in enumerate(rows) if r.name in {p.gpu_row for p in pipeline.ROWS}), default=-1)
+    last_step = max((i for i, r in enumerate(rows) if r.name in {p.gpu_row for p in pipeline_rows()}), default=-1)
     for i, row in enumerate(rows):
         record = {"name": row.name, "paper": row.paper, "unit": row.unit}
         if time.perf_counter() - start > args.budget_s:

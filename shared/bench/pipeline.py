@@ -3,8 +3,8 @@
 For RAMS-Trans (CUB-200-2011), DiD (COCO 2014) and DRDF (Hateful Memes), each row writes a small dataset in the
 real on-disk layout (photo-size JPEG / PNG files, the real index files; ``shared/bench/photos.py``) into a
 temporary folder, builds the project's own training DataLoader through its DataModule at the paper config's
-settings (batch size, decode, augmentations, tokenisation; ``projects/<name>/bench.py: pipeline_loader``) with one
-worker per core, and measures
+settings (batch size, decode, augmentations, tokenisation; the loader of the project's registered
+:class:`~shared.bench.registry.PipelineRow`) with one worker per core, and measures
 
 * loader images/s: one epoch in which each worker builds the same number of batches (at least 3 and 64 images),
   timed after a first, warm-up epoch that starts the (persistent) workers; nothing else runs meanwhile;
@@ -20,19 +20,17 @@ worker per core, and measures
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
-from shared.bench.registry import time_one
+from shared.bench.registry import PipelineRow, discover, gpu_rows, pipeline_rows, time_one
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_FILES = 64      # distinct image files per row; more samples cycle over them (decode cost is per sample)
@@ -40,32 +38,9 @@ IMAGES_PER_WORKER = 64
 TARGET = 1.0        # loader images/s over step images/s: at least 1, or the GPU waits on the loader
 
 
-@dataclass
-class PipelineRow:
-    """One project's loader against its training step. ``project``: its ``bench.py`` has ``pipeline_loader``;
-    ``gpu_row``: the ``make bench-gpu`` row (``shared.bench.gpu.ROWS``) whose method is the paper-size step."""
-
-    name: str
-    paper: str
-    project: str
-    gpu_row: str
-
-
-ROWS = [
-    PipelineRow("pipeline/rams_trans: CUB loader vs train step",
-                "configs/cub.yaml: 500x375 JPEG, square resize 600 -> random crop 448 + flip, batch 16",
-                "rams_trans", "rams_trans: train step / 2 ViT steps"),
-    PipelineRow("pipeline/did: COCO loader vs train step",
-                "configs/coco.yaml + one_gpu.yaml: 640x480 JPEG, resize 512 -> multi-scale crop -> 448 + flip, "
-                "batch 8 per GPU", "did", "did: train step / (1+N) ViT steps"),
-    PipelineRow("pipeline/drdf: Hateful Memes loader vs train step",
-                "configs/hateful_memes.yaml: jsonl + 600x450 PNG, resize 224, WordPiece tokenisation (max 128), "
-                "batch 32", "drdf", "drdf: train step / 3 experts without routers"),
-]
-
-
 def matching(text: str) -> list[PipelineRow]:
-    return [r for r in ROWS if text in r.name]
+    discover()
+    return [r for r in pipeline_rows() if text in r.name]
 
 
 def cores() -> int:
@@ -79,12 +54,12 @@ def epoch_batches(batch: int, workers: int, tiny: bool = False) -> int:
     return 3 if tiny else max(workers, 1) * max(3, -(-IMAGES_PER_WORKER // batch))
 
 
-def paper_data(project: str, *configs: str) -> dict:
-    """The ``data:`` sections of ``projects/<project>/configs/<config>`` merged in order (later ones win), as
-    written: ``${...}`` interpolations stay strings for the caller to override (roots, num_classes)."""
+def paper_data(*configs: str | Path) -> dict:
+    """The ``data:`` sections of the config files ``configs`` merged in order (later ones win), as written:
+    ``${...}`` interpolations stay strings for the caller to override (roots, num_classes)."""
     data: dict = {}
-    for name in configs:
-        data.update(yaml.safe_load((REPO / "projects" / project / "configs" / name).read_text()).get("data") or {})
+    for path in configs:
+        data.update(yaml.safe_load(Path(path).read_text()).get("data") or {})
     return data
 
 
@@ -117,9 +92,7 @@ def measure_step(row: PipelineRow, device: str, tiny: bool) -> dict:
     """Images/s of the project's paper-size training step (method of its ``make bench-gpu`` row): the paper's
     batch on CUDA, batch 2 on a CPU (per-image rate); median of 10 steps after one (on a CPU or tiny: one step
     after one: minutes at ViT-B/16 448, and the loader is hundreds of times faster there)."""
-    from shared.bench.gpu import ROWS as GPU_ROWS
-
-    gpu_row = next(r for r in GPU_ROWS if r.name == row.gpu_row)
+    gpu_row = next(r for r in gpu_rows() if r.name == row.gpu_row)
     case, images, _ = gpu_row.build(device, tiny, None if device == "cuda" or tiny else 2)
     repeats = 10 if device == "cuda" and not tiny else 1
     seconds = time_one(case.method, repeats=repeats, warmup=1, grad=True)
@@ -132,9 +105,8 @@ def measure_row(row: PipelineRow, tiny: bool, workers: int, device: str, steps: 
                 ) -> dict:
     """One row's ``bench.json`` record: its loader on files written to a temporary folder, then its step (unless
     ``steps``, images/s by precision, were measured already)."""
-    bench = importlib.import_module(f"projects.{row.project}.bench")
-    with tempfile.TemporaryDirectory(prefix=f"bench_pipeline_{row.project}_") as root:
-        loader, details = bench.pipeline_loader(Path(root), workers=workers, files=MAX_FILES, tiny=tiny)
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as root:
+        loader, details = row.loader(Path(root), workers=workers, files=MAX_FILES, tiny=tiny)
         loading = {"workers": workers, "batch": loader.batch_size, "pin_memory": loader.pin_memory,
                    "persistent_workers": loader.persistent_workers, **measure_loader(loader)}
         loading["images_per_s_per_worker"] = loading["loader_images_per_s"] / max(workers, 1)
@@ -184,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = matching(args.filter)
     if not rows:
-        print(f"no pipeline row matches {args.filter!r}; known: {[r.name for r in ROWS]}")
+        print(f"no pipeline row matches {args.filter!r}; known: {[r.name for r in pipeline_rows()]}")
         return 2
     results = run(rows, tiny=args.tiny, workers=args.workers)
     out = Path(args.out)

@@ -1,14 +1,23 @@
-"""The row registry and the alternating timer behind ``make bench``."""
+"""The row registries and the alternating timer behind ``make bench``, ``make bench-gpu`` and the pipeline rows.
+
+Projects register their rows here; the bench entry points find them through the ``cv_papers.bench`` entry-point
+group of ``pyproject.toml`` (:func:`discover`), so nothing under ``shared/`` names a project.
+"""
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Literal
 
 import torch
+
+ENTRY_POINT_GROUP = "cv_papers.bench"
 
 
 @dataclass
@@ -39,7 +48,44 @@ class BenchRow:
     grad: bool = False
 
 
+@dataclass
+class GpuRow:
+    """One paper-size row of ``make bench-gpu``. ``build(device, tiny)`` returns the case and the images one call of
+    the method and one call of the baseline process (for images/s); ``unit`` names what those are (the training
+    rows' builders take ``batch`` too: the input-pipeline rows time their steps at batch 2 on a CPU). ``grad``:
+    training steps (autograd on); without it both run under ``torch.inference_mode()``. The bf16 pass runs the fp32
+    case under bf16 autocast, or, where ``build_bf16`` is set (generation: pipelines load the weights in half
+    precision), that case. ``switches``: the speed switches ``build(device, tiny, switch=NAME)`` takes
+    (``shared/bench/switches.py``; it then returns the switched step and its plain twin)."""
+
+    name: str
+    paper: str
+    build: Callable[..., tuple[BenchCase, int, int]]
+    unit: str = "img"
+    repeats: int = 10
+    warmup: int = 3
+    grad: bool = True
+    build_bf16: Callable[[str, bool], tuple[BenchCase, int, int]] | None = None
+    switches: tuple[str, ...] = ()
+
+
+@dataclass
+class PipelineRow:
+    """One project's training loader against its training step (``shared/bench/pipeline.py``).
+
+    ``loader(root, workers, files, tiny)`` writes a dataset in the real layout under ``root`` and returns the
+    project's training DataLoader over it with a dict of details; ``gpu_row`` names the :class:`GpuRow` whose
+    method is the paper-size step."""
+
+    name: str
+    paper: str
+    loader: Callable[..., tuple[torch.utils.data.DataLoader, dict]]
+    gpu_row: str
+
+
 _ROWS: dict[str, BenchRow] = {}
+_GPU_ROWS: dict[str, GpuRow] = {}
+_PIPELINE_ROWS: dict[str, PipelineRow] = {}
 
 
 def register(name: str, *, target: float, kind: Literal["speedup", "overhead"], repeats: int = 15,
@@ -57,9 +103,47 @@ def register(name: str, *, target: float, kind: Literal["speedup", "overhead"], 
     return decorate
 
 
+def _add(table: dict, row: GpuRow | PipelineRow) -> None:
+    if row.name in table:
+        raise ValueError(f"bench row {row.name!r} is registered twice")
+    table[row.name] = row
+
+
+def register_gpu_row(row: GpuRow) -> GpuRow:
+    """Add a ``make bench-gpu`` row (rows run in the order they are registered)."""
+    _add(_GPU_ROWS, row)
+    return row
+
+
+def register_pipeline_row(row: PipelineRow) -> PipelineRow:
+    """Add an input-pipeline row (``make bench-pipeline``)."""
+    _add(_PIPELINE_ROWS, row)
+    return row
+
+
+def gpu_rows() -> list[GpuRow]:
+    return list(_GPU_ROWS.values())
+
+
+def pipeline_rows() -> list[PipelineRow]:
+    return list(_PIPELINE_ROWS.values())
+
+
+def discover() -> None:
+    """Import the shared rows and every module of the ``cv_papers.bench`` entry-point group (each project's
+    ``bench.py``), which register their rows on import. Idempotent."""
+    importlib.import_module("shared.bench.rows")
+    found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    if not found:
+        raise RuntimeError(f"no '{ENTRY_POINT_GROUP}' entry points: the repository is not installed "
+                           f"(run `make install` in {Path(__file__).resolve().parents[2]})")
+    for ep in found:
+        ep.load()
+
+
 def device_target(gpu: float, cpu: float) -> float:
-    """A row's target on the machine it runs on: the box steps are built for accelerators (issue 18: >= 10x a
-    per-sample loop on a GPU, >= 1x on CPU, where they label with scipy's C code like the loop)."""
+    """A row's target on the machine it runs on: the box steps are built for accelerators (>= 10x a per-sample
+    loop on a GPU, >= 1x on CPU, where they label with scipy's C code like the loop)."""
     return gpu if torch.cuda.is_available() else cpu
 
 

@@ -1,4 +1,4 @@
-"""Pretrain the toy world's ViT: ``python -m shared.pretrain [--threads 2] [--steps N]``.
+"""Pretrain the toy world's ViT: ``python -m shared.pretrain [--threads 2] [--steps N] [--patch-size 4]``.
 
 Renders the corpus once (``data/pretrain/``), trains in ``--work`` (resumable: run the same command again),
 then writes ``<out>.safetensors`` (the timm ViT without head, loadable with ``--model.pretrained``) and
@@ -23,9 +23,13 @@ DEFAULT_OUT = Path(__file__).parent / "toy_vit"
 def main(argv: list[str] | None = None) -> None:
     defaults = Recipe()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path("logs/pretrain/toy_vit"), help="checkpoints and history")
+    p.add_argument("--patch-size", type=int, default=defaults.patch_size,
+                   help="ViT patch in pixels: 8 is the 8x8-grid toy ViT, 4 the 16x16-grid one (same 64 px images)")
+    p.add_argument("--work", type=Path, default=None, help="checkpoints and history (default logs/pretrain/<out name>)")
     p.add_argument("--data", type=Path, default=Path("data/pretrain"), help="corpus cache")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="weights + card prefix (.safetensors / .json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="weights + card prefix (.safetensors / .json); default shared/pretrain/toy_vit for patch 8, "
+                        "toy_vit_p<patch> otherwise")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                    help="torch threads (results are reproducible for a given count)")
     for name in ("steps", "batch_size", "n_train", "n_val", "seed", "warmup_steps"):
@@ -33,9 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--eval-every", type=int, default=1000)
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = DEFAULT_OUT if args.patch_size == 8 else DEFAULT_OUT.with_name(f"toy_vit_p{args.patch_size}")
+    if args.work is None:
+        args.work = Path("logs/pretrain") / args.out.name
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     recipe = Recipe(steps=args.steps, batch_size=args.batch_size, n_train=args.n_train, n_val=args.n_val,
-                    seed=args.seed, warmup_steps=args.warmup_steps, lr=args.lr)
+                    seed=args.seed, warmup_steps=args.warmup_steps, lr=args.lr, patch_size=args.patch_size)
     net, card = train(recipe, args.work, args.data, args.threads, eval_every=args.eval_every)
 
     from safetensors.torch import save_file

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from shared.bench import gpu, pipeline
+from shared.bench import gpu
+from shared.bench.registry import gpu_rows, pipeline_rows
 
 
 def test_without_cuda_it_says_so_in_one_line_and_exits_0(monkeypatch, capsys, tmp_path) -> None:
@@ -24,8 +25,8 @@ def test_dry_run_measures_every_row_and_switch_and_writes_the_json(capsys, tmp_p
     report = json.loads(out.read_text())
     assert set(report) == {"device", "torch", "dry_run", "precisions", "total_s", "rows", "pipeline", "switches"}
     assert report["dry_run"] is True and report["precisions"] == ["fp32"]
-    assert [r["name"] for r in report["rows"]] == [row.name for row in gpu.ROWS]
-    assert len(gpu.ROWS) == 7  # RAMS-Trans, DiD, DRDF steps; SPM iteration, CFG steps (SD v1.4 x 2, SDXL)
+    assert [r["name"] for r in report["rows"]] == [row.name for row in gpu_rows()]
+    assert len(gpu_rows()) == 7  # DiD, DRDF, RAMS-Trans steps; SPM iteration, CFG steps (SD v1.4 x 2, SDXL)
     for r in report["rows"]:
         assert "error" not in r, r
         assert r["name"] in printed and r["precision"] == "fp32" and r["paper"] and r["details"]
@@ -40,13 +41,13 @@ def test_dry_run_measures_every_row_and_switch_and_writes_the_json(capsys, tmp_p
         assert "error" not in p, p
         d = p["details"]
         assert p["name"] in printed and d["tiny"] and d["workers"] == 0 and d["loader_images_per_s"] > 0
-        gpu_row = next(row.gpu_row for row in pipeline.ROWS if row.name == p["name"])
+        gpu_row = next(row.gpu_row for row in pipeline_rows() if row.name == p["name"])
         assert d["steps"] == {"fp32": steps[gpu_row]} and d["bottleneck"] in ("loader", "step")
     # The switches: cheap ones first, each timed against its plain twin with the same losses; compile skipped.
     switched = report["switches"]
     assert [(r["row"].split(":")[0], r["switch"]) for r in switched] == [
-        ("rams_trans", "fused"), ("did", "fused"), ("drdf", "fused"), ("drdf", "channels_last"),
-        ("rams_trans", "compile"), ("did", "compile"), ("drdf", "compile")]
+        ("did", "fused"), ("drdf", "fused"), ("rams_trans", "fused"), ("drdf", "channels_last"),
+        ("did", "compile"), ("drdf", "compile"), ("rams_trans", "compile")]
     for r in switched:
         line = next(line for line in printed.splitlines() if line.startswith(r["name"]))
         if r["switch"] == "compile":

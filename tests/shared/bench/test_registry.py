@@ -49,3 +49,15 @@ def test_time_pair_grad_flag_switches_autograd() -> None:
     time_pair(record, record, repeats=1, warmup=0)
     time_pair(record, record, repeats=1, warmup=0, grad=True)
     assert seen[:2] == [(False, True)] * 2 and seen[2:] == [(True, False)] * 2
+
+
+def test_shared_names_no_project_the_projects_register_their_rows() -> None:
+    """The bench entry points find every project's rows through the ``cv_papers.bench`` entry points."""
+    from shared.bench import discover
+    from shared.bench.registry import gpu_rows, pipeline_rows
+
+    discover()
+    projects = {r.name.split(":")[0] for r in registered_rows()}
+    assert {"rams_trans", "did", "drdf", "spm", "shared/vit"} <= projects
+    assert {r.name.split(":")[0] for r in gpu_rows()} == {"rams_trans", "did", "drdf", "spm"}
+    assert {r.gpu_row for r in pipeline_rows()} <= {r.name for r in gpu_rows()}

@@ -16,16 +16,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from shared.data import IMAGENET_MEAN, IMAGENET_STD, SHAPES, load_rgb, read_lines, render_dataset, sample_scene
 from shared.data.checks import require_num_classes, require_samples
+from shared.data.datamodule import Split, SplitDataModule, predict_folder
 from shared.data.images import read_utf8, require_dir, require_file
-from shared.data.loaders import eval_loader, train_loader
-from shared.predict import ImageFolderDataset, scan_image_folder
+from shared.predict import ImageFolderDataset
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -335,7 +334,7 @@ DEFAULT_SPLITS = {"toy": ("train", "val"), "coco2014": ("train", "val"), "voc200
                   "voc2012": ("train", "val"), "nuswide": ("train", "test")}
 
 
-class DiDData(LightningDataModule):
+class DiDData(SplitDataModule):
     """Train / validation data for DiD on any of the supported datasets (toy by default).
 
     ``num_classes`` must match the dataset (checked in ``setup``): configs interpolate it into the model.
@@ -343,7 +342,7 @@ class DiDData(LightningDataModule):
     """
 
     def __init__(self, dataset: DatasetName = "toy", root: str = "data/did/toy", num_classes: int = 10,
-                 img_size: int = 448, batch_size: int = 32, val_batch_size: int | None = None, num_workers: int = 4,
+                 img_size: int = 448, batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 4,
                  train_split: str | None = None, val_split: str | None = None, train_resize: int | None = None,
                  scales: list[float] | None = None, max_distort: int = 2, hflip: bool = True,
                  toy_train: int = 2048, toy_val: int = 512, toy_seed: int = 0,
@@ -402,25 +401,8 @@ class DiDData(LightningDataModule):
                 require_samples(len(ds), split, ds.source)
         if stage == "predict":  # the validation set above gave the class names (COCO categories, VOC names)
             hp = self.hparams
-            if hp.predict_dir is None:
-                raise ValueError("predict reads a folder of images: pass --data.predict_dir <folder>")
-            self.predict_set = ImageFolderDataset(hp.predict_dir, scan_image_folder(hp.predict_dir, hp.skip_bad_files),
-                                                  T.Resize((hp.img_size, hp.img_size)))  # the test geometry
+            self.predict_set = predict_folder(hp.predict_dir, hp.skip_bad_files,
+                                              T.Resize((hp.img_size, hp.img_size)))  # the test geometry
 
-    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
-        hp = self.hparams
-        bs = hp.batch_size if train else (hp.val_batch_size or hp.batch_size)
-        make = train_loader if train else eval_loader
-        return make(self, ds, bs, hp.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, False)
+    def dataset(self, split: Split) -> Dataset:
+        return {"train": self.train_set, "predict": self.predict_set}.get(split, self.val_set)

@@ -22,13 +22,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
 from shared.data.checks import require_labels_in_range, require_num_classes, require_samples
+from shared.data.datamodule import Split, SplitDataModule
 from shared.data.images import load_rgb, read_lines, read_utf8, require_dir, require_file
-from shared.data.loaders import eval_loader, train_loader
 from shared.data.toyworld import Scene, make_object, render
 
 logger = logging.getLogger(__name__)
@@ -379,7 +378,7 @@ class Collate:
         return batch
 
 
-class DRDFDataModule(LightningDataModule):
+class DRDFDataModule(SplitDataModule):
     """Hateful Memes (real or toy), CIFAR-10/100 or TinyImageNet for DRDF.
 
     ``dataset``: hateful_memes | toy_memes | cifar10 | cifar100 | tiny_imagenet. ``toy_memes`` writes the toy
@@ -484,21 +483,8 @@ class DRDFDataModule(LightningDataModule):
         else:
             require_labels_in_range([r["label"] for r in ds.records], n or 2, ds.source, "label")
 
-    def _loader(self, stage: str) -> DataLoader:
-        h = self.hparams
-        bs = h.batch_size if stage == "train" else (h.eval_batch_size or h.batch_size)
-        make = train_loader if stage == "train" else eval_loader
-        return make(self, self._split(stage), bs, h.num_workers, collate_fn=Collate(self.tokenizer, h.max_length))
+    def dataset(self, split: Split) -> Dataset:
+        return self._split(split)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
-
+    def collate_fn(self) -> Collate:
+        return Collate(self.tokenizer, self.hparams.max_length)

@@ -9,17 +9,17 @@ import math
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from shared.data.checks import require_labels_in_range, require_samples
+from shared.data.datamodule import SplitDataModule, predict_folder
+from shared.data.datamodule import Split as LoaderSplit
 from shared.data.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb, read_lines, read_utf8, require_dir, require_file
-from shared.data.loaders import eval_loader, train_loader
 from shared.data.toyworld import COLORS, SHAPES, ToyObject, make_object, make_part, render, sample_scene
-from shared.predict import ImageFolderDataset, scan_image_folder
+from shared.predict import ImageFolderDataset
 
 CUB_LAYOUT = ("CUB_200_2011/ with images.txt ('<id> <relpath>'), image_class_labels.txt ('<id> <class 1..C>'), "
               "train_test_split.txt ('<id> <1=train|0=test>') and images/<relpath>")
@@ -318,7 +318,7 @@ def write_toy_cub(root: str | Path, num_train: int = 1200, num_test: int = 400, 
 DATASETS = {"cub": CUBDataset, "toy": CUBDataset, "dogs": StanfordDogsDataset, "inat2017": INat2017Dataset}
 
 
-class FGVCDataModule(L.LightningDataModule):
+class FGVCDataModule(SplitDataModule):
     """One datamodule for CUB / Dogs / iNat2017 and the toy CUB-format set (``dataset: toy`` writes it first).
 
     The test split doubles as validation (FGVC practice, spec 5). ``batch_size`` is per process.
@@ -366,32 +366,14 @@ class FGVCDataModule(L.LightningDataModule):
             size = json.loads((Path(h.root) / "toy_args.json").read_text())["size"]
             self.test_part_boxes = toy_part_boxes(self.test_set, Path(h.root), h.resize, h.crop, size)
 
-    def _loader(self, ds, train: bool) -> DataLoader:
-        h = self.hparams
-        bs = h.batch_size if train else (h.eval_batch_size or h.batch_size)
-        make = train_loader if train else eval_loader
-        return make(self, ds, bs, h.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
+    def dataset(self, split: LoaderSplit) -> Dataset:
+        return self.predict_set if split == "predict" else self.train_set if split == "train" else self.test_set
 
     def _setup_predict(self) -> None:
         h = self.hparams
-        if h.predict_dir is None:
-            raise ValueError("predict reads a folder of images: pass --data.predict_dir <folder>")
         view = T.Compose([T.Resize((h.resize, h.resize), interpolation=T.InterpolationMode.BILINEAR),
-                          T.CenterCrop(h.crop)])                                   # the test geometry (spec 5)
-        self.predict_set = ImageFolderDataset(h.predict_dir, scan_image_folder(h.predict_dir, h.skip_bad_files),
-                                              view)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, False)
+                          T.CenterCrop(h.crop)])                                   # the test geometry
+        self.predict_set = predict_folder(h.predict_dir, h.skip_bad_files, view)
 
 
 def read_class_names(root: Path, num_classes: int) -> list[str]:

@@ -29,6 +29,7 @@ A LightningModule tells the launcher what to monitor with two class attributes::
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import sys
@@ -45,11 +46,20 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
+from shared.backbones.weights import torch_load
+from shared.hparams import HPARAMS_FORMAT
 from shared.predict import PredictionWriter
 from shared.resume import RandomStates
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOGS_DIR = Path(os.environ.get("CV_PAPERS_LOGS", REPO_ROOT / "logs"))
+
+
+def logs_dir() -> Path:
+    """Where runs live: ``$CV_PAPERS_LOGS``, else ``<repo>/logs`` (read at each call, so a test or a notebook can
+    point runs elsewhere without a new process)."""
+    return Path(os.environ.get("CV_PAPERS_LOGS", REPO_ROOT / "logs"))
+
+
 # ``${data.x}`` written in a config means the run's ``data.x``, wherever the subcommand nests the config.
 set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
 
@@ -226,7 +236,8 @@ class ProjectCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse; a bad key or value ends the run with one line naming it (no usage dump)."""
-        self._config_files = config_files(sys.argv[1:] if args is None else args)
+        self._args = sys.argv[1:] if args is None else args
+        self._config_files = config_files(self._args)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
@@ -254,20 +265,20 @@ class ProjectCLI(LightningCLI):
             sys.stderr.write(f"warning: --ckpt_path: the checkpoint's hyper-parameters replace {len(replaced)} "
                              f"model value(s) of the config / command line: {'; '.join(replaced)}\n")
 
-    @staticmethod
-    def _requested_subcommand() -> str:
-        return next((a for a in sys.argv[1:] if a in LightningCLI.subcommands()), "fit")
+    def _requested_subcommand(self) -> str:
+        args = self._args if isinstance(self._args, list | tuple) else []
+        return next((a for a in args if a in LightningCLI.subcommands()), "fit")
 
     def _check_ckpt_path(self) -> None:
-        """A ``--ckpt_path`` file Lightning could not load (a refused pickle, truncated, not a Lightning checkpoint)
-        ends the run with one line naming it, before Lightning reads it (its hyper-parameters, then the states)
-        and fails with a traceback."""
-        from shared.backbones.weights import torch_load
-
+        """A ``--ckpt_path`` file Lightning could not load (a refused pickle, truncated, not a Lightning checkpoint,
+        written by an earlier version's flat module arguments) ends the run with one line naming it, before
+        Lightning reads it (its hyper-parameters, then the states) and fails with a traceback."""
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt is None or str(ckpt) in ("last", "best", "hpc") or str(ckpt).startswith("registry") \
-                or "://" in str(ckpt):
+        if str(ckpt) == "last":   # this run folder's last.ckpt, when it has one (a resume)
+            last = logs_dir() / self.project / self._run_name() / "checkpoints" / "last.ckpt"
+            ckpt = last if last.is_file() else None
+        if ckpt is None or str(ckpt) in ("best", "hpc") or str(ckpt).startswith("registry") or "://" in str(ckpt):
             return
         path = Path(ckpt).expanduser()
         if path.is_dir():
@@ -285,10 +296,18 @@ class ProjectCLI(LightningCLI):
             found = list(keys)[:5] if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"--ckpt_path {path}: not a Lightning checkpoint to {subcommand} from (no "
                              f"{', '.join(missing)}; found {found}); expected a .ckpt written by `fit`")
+        hparams = keys.get("hyper_parameters") or {}
+        if "net" in inspect.signature(self.model_class).parameters and hparams and "net" not in hparams:
+            raise ValueError(f"--ckpt_path {path}: written by an earlier version of this repository (module "
+                             f"hyper-parameters format 1: flat arguments such as {sorted(hparams)[:3]}); this version "
+                             f"(format {HPARAMS_FORMAT}) takes the model as `model.net` and groups the rest (see "
+                             f"`--print_config`). Train again, or use the checkpoint from a checkout before "
+                             f"shared/hparams.py was added (`git log --diff-filter=A -- shared/hparams.py`)")
 
     # ---------------------------------------------------------------- run folder and defaults
     def _run_name(self) -> str:
-        name = self._get(self.config, "run_name")
+        subcommand = self.config.get("subcommand")
+        name = (self.config[subcommand] if subcommand else self.config).get("run_name")
         if name:
             return name
         # omegaconf+ drops the parsed ``config`` list when it resolves, so the names come from the arguments
@@ -296,7 +315,7 @@ class ProjectCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         run_name = self._run_name()
-        run_dir = LOGS_DIR / self.project / run_name
+        run_dir = logs_dir() / self.project / run_name
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = build_logger(self._get(self.config, "logger"), self.project, run_name, run_dir)

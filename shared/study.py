@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.cli import instantiate_module
+
 from shared.backbones.weights import torch_load
-from shared.cli import LOGS_DIR, REPO_ROOT
+from shared.cli import REPO_ROOT, logs_dir
 
 
 def run_fit(project: str, config: str, name: str, seed: int, overrides: Sequence[str] = (),
@@ -29,7 +31,7 @@ def run_fit(project: str, config: str, name: str, seed: int, overrides: Sequence
     """
     cmd = [sys.executable, "-m", f"projects.{project}", "fit", "--config", config, "--seed_everything", str(seed),
            "--run_name", name, "--logger", "csv", *overrides]
-    run_dir = LOGS_DIR / project / name
+    run_dir = logs_dir() / project / name
     stamp = run_dir / "study_command.json"
     if stamp.is_file() and json.loads(stamp.read_text())["args"] == cmd[1:] and (run_dir / "summary.json").is_file():
         print("reusing", run_dir, flush=True)
@@ -60,10 +62,11 @@ def write_results(project: str, study: str, payload: dict) -> Path:
 def rebuild_toy_run(ckpt: str | Path, module_cls: type, data_cls: type, what: str) -> tuple[Any, Any, dict]:
     """A toy run's module (weights loaded) and data module from its Lightning checkpoint, for a measurement.
 
-    Our own checkpoint, read with ``weights_only=True``; the hyper-parameters are filtered to what each class's
-    ``__init__`` takes (the CLI also stores ``_instantiator``); ``pretrained`` is off (the state dict holds the
-    weights); a relative data root is taken from the repository root. ``what`` names the measurement in the
-    error raised for a run on a real dataset. Returns ``(module, datamodule, datamodule hyper-parameters)``.
+    Our own checkpoint, read with ``weights_only=True``; the module is built from its hyper-parameters as
+    ``--ckpt_path`` would (the injected ``net`` from its ``class_path`` / ``init_args``) with ``pretrained`` off
+    (the state dict holds the weights); a relative data root is taken from the repository root. ``what`` names
+    the measurement in the error raised for a run on a real dataset. Returns ``(module, datamodule, datamodule
+    hyper-parameters)``.
     """
     state = torch_load(ckpt)
     hp, dm = state.get("hyper_parameters"), state.get("datamodule_hyper_parameters")
@@ -72,7 +75,13 @@ def rebuild_toy_run(ckpt: str | Path, module_cls: type, data_cls: type, what: st
                          "of this repository's CLI)")
     if dm.get("dataset") != "toy":
         raise ValueError(f"{ckpt}: {what} needs the toy dataset's ground truth; this run used {dm.get('dataset')!r}")
-    module = module_cls(**{**_init_args(module_cls, hp), "pretrained": False})
+    if "net" in hp:
+        hp = {k: v for k, v in hp.items() if k != "_instantiator"}
+        net = hp["net"]
+        hp["net"] = {**net, "init_args": {**net.get("init_args", {}), "pretrained": False}}
+        module = instantiate_module(module_cls, hp)
+    else:  # flat arguments (a module not yet grouped)
+        module = module_cls(**{**_init_args(module_cls, hp), "pretrained": False})
     module.load_state_dict(state["state_dict"])
     root = Path(dm["root"])
     if not root.is_absolute() and not root.exists():

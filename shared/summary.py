@@ -11,13 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from shared.cli import LOGS_DIR
+from shared.cli import logs_dir
 
 
 def collect(projects: list[str], run: str) -> list[dict]:
     rows = []
     for project in projects:
-        path = LOGS_DIR / project / run / "summary.json"
+        path = logs_dir() / project / run / "summary.json"
         if not path.is_file():
             rows.append({"project": project, "run_name": run, "error": f"no summary at {path}"})
             continue
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--projects", nargs="*", default=[])
     parser.add_argument("--run", default="toy", help="run folder name to collect (default: toy)")
-    parser.add_argument("--out", default=str(LOGS_DIR / "train_summary.json"))
+    parser.add_argument("--out", default=None, help="default: logs/train_summary.json")
     args = parser.parse_args(argv)
     rows = collect(args.projects, args.run)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else logs_dir() / "train_summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))
     print(format_table(rows) if rows else "no project has been trained yet.")

@@ -14,86 +14,91 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.bench import BenchCase, GpuRow, PipelineRow, register, register_gpu_row, register_pipeline_row
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+import torch.nn.functional as F
+
+from projects.rams_trans.data import FGVCDataModule
+from projects.rams_trans.model import RAMSTrans, dppm_boxes, patch_scores
+from projects.rams_trans.module import Optimization, RAMSTransModule
+from shared.attention import crop_and_resize
+from shared.bench import BenchCase, GpuRow, PipelineRow, register, register_gpu_row, register_pipeline_row, switches
 from shared.bench.gpu import TINY_VIT
+from shared.bench.photos import write_photos
+from shared.bench.pipeline import epoch_batches, paper_data
 from shared.bench.registry import device_target
+from shared.bench.steps import paper_config, train_step
 
 BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample loop
 CONFIGS = Path(__file__).parent / "configs"
 
 
-def train_step_case(backbone: str, img_size: int, patch: int, batch: int, kwargs: dict | None,
-                    device: str = "cpu", switch: str | None = None) -> BenchCase:
-    """RAMS-Trans step (2 scales) vs two plain-ViT steps with the same weights, ``batch`` images of ``img_size``.
+def train_step_case(config: str | Path, batch: int, device: str = "cpu", switch: str | None = None,
+                    **net: object) -> BenchCase:
+    """The training step of ``config`` (its RAMS-Trans, 2 scales, its loss, optimizer and gradient clip; random
+    weights; ``net`` overrides model arguments) vs two steps of the same module with one scale (the plain ViT,
+    same weights), ``batch`` random images. Both run ``RAMSTransModule.training_step`` (``shared.bench.steps``).
 
     ``switch`` (``shared/bench/switches.py``: ``fused`` or ``compile``): instead the RAMS-Trans step with that
     switch vs the same step without it (twins with the same weights, no dropout). Each step returns its loss."""
-
-    import torch
-    import torch.nn.functional as F
-
-    from projects.rams_trans.model import RAMSTrans
-    from shared.bench import switches
-
     switches.check(switch, ("fused", "compile"))
+    cfg = paper_config(config)
+    m, clip = cfg["model"], cfg["trainer"].get("gradient_clip_val")
+    net_args = {**m["net"]["init_args"], "pretrained": False, **net}
+    optim = Optimization(**m.get("optim", {}))
     torch.manual_seed(0)
-    rams = RAMSTrans(10, backbone, img_size, patch, num_scales=2, eta=1.2, backbone_kwargs=kwargs)
+
+    def module(num_scales: int) -> RAMSTransModule:
+        return RAMSTransModule(RAMSTrans(**{**net_args, "num_scales": num_scales}),
+                               m.get("local_loss_weight", 1.0), m.get("report", "local"), optim)
+
+    rams = module(2)
     if switch is None:
-        base = RAMSTrans(10, backbone, img_size, patch, num_scales=1, backbone_kwargs=kwargs)
-        base.load_state_dict({k: (v[:1] if k in ("cls_tokens", "cls_pos") else v)
+        base = module(1)
+        base.load_state_dict({k: (v[:1] if k.endswith(("cls_tokens", "cls_pos")) else v)
                              for k, v in rams.state_dict().items()})
     else:
         base = switches.plain_twin(rams)
     rams, base = rams.to(device), base.to(device)
     if switch == "compile":
-        switches.compile_method(rams.vit, "encode")
+        switches.compile_method(rams.net.vit, "encode")
     # At random init the mask is often empty (whole-image fallback); the crop costs the same either way.
-    x = torch.randn(batch, 3, img_size, img_size).to(device)
-    y = torch.randint(0, 10, (batch,)).to(device)
-    opts = {m: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
-                               **switches.optimizer_kwargs(switch if m is rams else None))
-            for m in (rams, base)}
-
-    def step(model) -> torch.Tensor:
-        with torch.inference_mode(False), torch.enable_grad():
-            out = model(x)
-            loss = sum(F.cross_entropy(z, y) for z in out["logits"])
-            opts[model].zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opts[model].step()
-        return loss.detach()
+    size, classes = net_args["img_size"], net_args["num_classes"]
+    x = torch.randn(batch, 3, size, size).to(device)
+    y = torch.randint(0, classes, (batch,)).to(device)
+    steps = {}
+    for which in (rams, base):
+        opt = optim.build([p for p in which.parameters() if p.requires_grad],
+                          **switches.optimizer_kwargs(switch if which is rams else None))
+        steps[which] = train_step(which, (x, y), opt, clip)
 
     def two_vit_steps() -> None:
-        step(base)
-        step(base)
+        steps[base]()
+        steps[base]()
 
-    return BenchCase(method=lambda: step(rams), baseline=two_vit_steps if switch is None else lambda: step(base),
-                     details={"backbone": backbone, "img_size": img_size, "patch": patch, "batch": batch,
-                              "tokens": (img_size // patch) ** 2 + 1, "device": device,
+    patch = rams.net.vit.patch_size
+    return BenchCase(method=steps[rams], baseline=two_vit_steps if switch is None else steps[base],
+                     details={"config": Path(config).name, "backbone": net_args["backbone"], "img_size": size,
+                              "patch": patch, "batch": batch, "tokens": (size // patch) ** 2 + 1,
+                              "optimizer": optim.name, "gradient_clip": clip, "device": device,
                               "threads": torch.get_num_threads(), **({"switch": switch} if switch else {})})
 
 
 @register("rams_trans: train step / 2 ViT steps (ViT-B/16 448, batch 2, CPU)", target=1.10, kind="overhead",
           repeats=3, warmup=1)
 def _vitb_row() -> BenchCase:
-    return train_step_case("vit_base_patch16_224", 448, 16, 2, None)
+    return train_step_case(CONFIGS / "cub.yaml", 2)
 
 
 @register("rams_trans: train step / 2 ViT steps (toy: 64 px, patch 8, 4x64, batch 32)", target=1.10,
           kind="overhead", repeats=10, warmup=2)
 def _toy_row() -> BenchCase:
-    return train_step_case("vit_tiny_patch16_224", 64, 8, 32,
-                           {"embed_dim": 64, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0})
+    return train_step_case(CONFIGS / "toy.yaml", 32)
 
 
 def official_style_dppm(attentions, images, grid: int, patch: int, eta: float, num_prefix: int):
-    """Per-sample loop in the manner of the official ``get_coordi_attention`` + crop (spec 2-3)."""
-    import numpy as np
-    import scipy.ndimage as ndi
-    import torch
-    import torch.nn.functional as F
-
+    """Per-sample loop in the manner of the official ``get_coordi_attention`` + crop (notes §2-3)."""
     crops = []
     s = images.shape[-1]
     for i in range(images.shape[0]):
@@ -120,11 +125,6 @@ def official_style_dppm(attentions, images, grid: int, patch: int, eta: float, n
 
 
 def _dppm_case(img_size: int, patch: int, batch: int, layers: int) -> BenchCase:
-    import torch
-
-    from projects.rams_trans.model import dppm_boxes, patch_scores
-    from shared.attention import crop_and_resize
-
     grid = img_size // patch
     t = grid * grid + 1
     gen = torch.Generator().manual_seed(0)
@@ -164,8 +164,6 @@ def write_bench_cub(root, samples: int, files: int, size: tuple[int, int] = (500
     """A CUB-200-2011 folder (``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
     ``images/<class>/<name>.jpg``): ``samples`` training ids and ``test`` test ids over ``files`` photo-like JPEGs
     of ``size`` (CUB's photos are at most 500 px a side)."""
-    from shared.bench.photos import write_photos
-
     root = Path(root)
     names = [f"{k % num_classes + 1:03d}.Bird_{k % num_classes + 1}/Bird_{k:04d}.jpg" for k in range(files)]
     write_photos(root / "images", names, size)
@@ -179,9 +177,6 @@ def write_bench_cub(root, samples: int, files: int, size: tuple[int, int] = (500
 def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
     """configs/cub.yaml's training DataLoader (square resize 600 -> random crop 448 + flip, batch 16) over a CUB
     folder of 500x375 JPEGs written under ``root`` (one timed epoch's worth); ``tiny``: 64x48, 72 -> 64, batch 2."""
-    from projects.rams_trans.data import FGVCDataModule
-    from shared.bench.pipeline import epoch_batches, paper_data
-
     data = paper_data(CONFIGS / "cub.yaml")
     size = (500, 375)
     if tiny:
@@ -201,8 +196,9 @@ def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
 # ----------------------------------------------------------------------------------------------------------
 def gpu_step(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
              ) -> tuple[BenchCase, int, int]:
-    case = (train_step_case("vit_tiny_patch16_224", 32, 8, batch or 2, TINY_VIT, device, switch) if tiny
-            else train_step_case("vit_base_patch16_224", 448, 16, batch or 16, None, device, switch))
+    case = (train_step_case(CONFIGS / "cub.yaml", batch or 2, device, switch, backbone="vit_tiny_patch16_224",
+                            img_size=32, patch_size=8, backbone_kwargs=TINY_VIT) if tiny
+            else train_step_case(CONFIGS / "cub.yaml", batch or 16, device, switch))
     b = case.details["batch"]
     return case, b, b if switch else 2 * b        # the baseline is two plain-ViT steps (a switch: its twin)
 

@@ -1,5 +1,5 @@
-"""Fine-grained datasets in their real on-disk formats (CUB-200-2011, Stanford Dogs, iNat2017), the spec's
-transforms (rams_trans.md 5-6), and the toy CUB-format dataset whose classes differ only by a small part.
+"""Fine-grained datasets in their real on-disk formats (CUB-200-2011, Stanford Dogs, iNat2017), the official
+transforms (docs/papers/rams_trans.md §5-6), and the toy CUB-format dataset whose classes differ only by a small part.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from shared.data.checks import require_labels_in_range, require_samples
-from shared.data.datamodule import SplitDataModule, predict_folder
 from shared.data.datamodule import Split as LoaderSplit
+from shared.data.datamodule import SplitDataModule, predict_folder
 from shared.data.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb, read_lines, read_utf8, require_dir, require_file
 from shared.data.toyworld import COLORS, SHAPES, ToyObject, make_object, make_part, render, sample_scene
 from shared.predict import ImageFolderDataset
@@ -321,7 +321,7 @@ DATASETS = {"cub": CUBDataset, "toy": CUBDataset, "dogs": StanfordDogsDataset, "
 class FGVCDataModule(SplitDataModule):
     """One datamodule for CUB / Dogs / iNat2017 and the toy CUB-format set (``dataset: toy`` writes it first).
 
-    The test split doubles as validation (FGVC practice, spec 5). ``batch_size`` is per process.
+    The test split doubles as validation (FGVC practice, §5). ``batch_size`` is per process.
     """
 
     def __init__(self, dataset: Literal["cub", "dogs", "inat2017", "toy"] = "toy", root: str = "data/rams_trans_toy",

@@ -1,4 +1,4 @@
-"""Does the DPPM box contain the discriminative part? The mechanism measure of the toy task (issue 14.3).
+"""Does the DPPM box contain the discriminative part? The mechanism measure of the toy task.
 
 The toy CUB writer records every image's part box (``part_boxes.txt``, CUB ``bounding_boxes.txt`` form). On
 the test split, through the test transform (square resize, centre crop), this compares it with the scale-1
@@ -21,6 +21,7 @@ import torch
 
 from projects.rams_trans.data import CUBDataset, FGVCDataModule, build_transforms, toy_part_boxes
 from projects.rams_trans.model import RAMSTrans
+from projects.rams_trans.module import RAMSTransModule
 from shared.cli import run_with_clear_errors
 from shared.study import rebuild_toy_run
 
@@ -49,13 +50,11 @@ def part_coverage(model: RAMSTrans, ds: CUBDataset, part: torch.Tensor, batch_si
 
 def measure_checkpoint(ckpt: str | Path) -> dict[str, float]:
     """Rebuild a toy run's model and test split from its Lightning checkpoint (our own file: weights only)."""
-    from projects.rams_trans.module import RAMSTransModule
-
     module, _, dm = rebuild_toy_run(ckpt, RAMSTransModule, FGVCDataModule, "the DPPM part-coverage measure")
     root = Path(dm["root"])
     size = json.loads((root / "toy_args.json").read_text())["size"]
     ds = CUBDataset(root, "test", build_transforms(False, dm["resize"], dm["crop"]))
-    return part_coverage(module.model, ds, toy_part_boxes(ds, root, dm["resize"], dm["crop"], size))
+    return part_coverage(module.net, ds, toy_part_boxes(ds, root, dm["resize"], dm["crop"], size))
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Scale 1 sees the (augmented, normalised) input; the Dynamic Patch Proposal Module (DPPM) turns that pass's
 attention into a box; the box is cropped from the same input tensor, amplified back to the input size and
-detached; scale 2 runs the *same* ViT on it with its own CLS token (rams_trans.md sections 1-3, Fig. 2).
+detached; scale 2 runs the *same* ViT on it with its own CLS token (docs/papers/rams_trans.md §1-3, Fig. 2).
 Everything except the per-scale CLS tokens (and their position-embedding slots) is shared, classifier included.
 """
 
@@ -31,7 +31,7 @@ __all__ = ["RAMSTrans", "dppm_boxes", "patch_scores", "rollout_patch_scores"]
 
 def patch_scores(attentions: Sequence[Tensor], num_prefix: int, mode: PatchScore = "column_mean",
                  cls_index: int = 0) -> Tensor:
-    """Rollout patch importance ``s [B, N]`` (rams_trans.md 2.3-2.5) without forming the T x T rollout.
+    """Rollout patch importance ``s [B, N]`` (docs/papers/rams_trans.md §2.3-2.5) without forming the T x T rollout.
 
     ``J = Â_L ... Â_1`` with ``Â = (A + I) / rowsum`` (shared :func:`attention_rollout`); ``column_mean``
     (official code) is ``s_j = mean_i J[i, j]``, ``cls_row`` (paper reading / commented code) is
@@ -59,11 +59,11 @@ def rollout_patch_scores(attentions: Sequence[Tensor], num_prefix: int, mode: Pa
 
 def dppm_boxes(scores: Tensor, grid: tuple[int, int], patch_size: int, eta: float,
                official_shift: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """DPPM (rams_trans.md 3.1-3.3, 3.8): patch scores ``[B, N]`` -> inclusive pixel boxes ``[B, 4]``.
+    """DPPM (docs/papers/rams_trans.md §3.1-3.3, §3.8): patch scores ``[B, N]`` -> inclusive pixel boxes ``[B, 4]``.
 
     ``g = s / max(s)``; mask ``g > eta * mean(g)`` (strict); largest 8-connected component; its cell box times
     the patch size. ``official_shift`` moves x0/y0 one pixel up-left (clamped at 0) as the official code does.
-    An empty mask (flat or NaN map) falls back to the whole image (the official code crashes, issue #3).
+    An empty mask (flat or NaN map) falls back to the whole image (the official code crashes: its issue #3).
     Returns ``(boxes (x0, y0, x1, y1) inclusive pixels, found [B] bool, normalised map g [B, gh, gw])``.
     """
     gh, gw = grid
@@ -79,13 +79,14 @@ def dppm_boxes(scores: Tensor, grid: tuple[int, int], patch_size: int, eta: floa
 class RAMSTrans(nn.Module):
     """Shared ViT over ``num_scales`` recurrent scales; returns per-scale logits, boxes, crops and score maps.
 
-    Flags for the paper-vs-official differences (rams_trans.md 9; defaults = paper / fixed spec choice):
+    Flags for the paper-vs-official differences (docs/papers/rams_trans.md §10; defaults = the paper, or the
+    official code where the paper is silent):
 
     * ``patch_score``: ``column_mean`` (official code and the summaries, default) or ``cls_row``;
     * ``cls_layout``: ``per_scale`` (paper: each sequence holds only its scale's CLS, default) or ``all``
       (official: ``[cls_1, ..., cls_S, patches]`` at every scale, scale k reads token k);
     * ``eta``: one threshold per scale transition (1.2 official; 1.3 for the commented third scale);
-    * ``official_box_shift``: the -1 pixel shift of the box corner (default on, as the spec asks).
+    * ``official_box_shift``: the -1 pixel shift of the box corner (default on, as the official code).
 
     The final LayerNorm comes from the pretrained weights (ViTBackbone loads it; the official bug is not copied).
     """
@@ -114,7 +115,7 @@ class RAMSTrans(nn.Module):
         self.patch_score, self.cls_layout, self.official_box_shift = patch_score, cls_layout, official_box_shift
         self.img_size = img_size
         # ViT-pytorch's "hidden dropout" (embeddings + MLP) = timm pos_drop + proj_drop; its attention output
-        # projection uses the attention dropout rate, as in the official code (rams_trans.md 1).
+        # projection uses the attention dropout rate, as in the official code (§1).
         self.vit = ViTBackbone(backbone, img_size=img_size, patch_size=patch_size, pretrained=pretrained,
                                drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
                                pos_drop_rate=hidden_dropout, proj_drop_rate=hidden_dropout,
@@ -122,7 +123,7 @@ class RAMSTrans(nn.Module):
         m = self.vit.model
         if m.cls_token is None or m.reg_token is not None or m.no_embed_class:
             raise ValueError(f"RAMSTrans: backbone {backbone!r} must have one CLS token with a position slot")
-        # Per-scale CLS tokens and their position slots, all copies of the (pretrained) CLS (spec 1).
+        # Per-scale CLS tokens and their position slots, all copies of the (pretrained) CLS (§1).
         self.cls_tokens = nn.Parameter(m.cls_token.detach().clone().repeat(num_scales, 1, 1))      # [S, 1, D]
         self.cls_pos = nn.Parameter(m.pos_embed.detach()[:, :1].clone().repeat(num_scales, 1, 1))  # [S, 1, D]
         m.cls_token.requires_grad_(False)  # replaced by cls_tokens (kept for state-dict compatibility)
@@ -159,7 +160,7 @@ class RAMSTrans(nn.Module):
             out["inputs"].append(x)
             if last:
                 break
-            with torch.no_grad():  # DPPM is a hard, non-differentiable selection (spec 3.7)
+            with torch.no_grad():  # DPPM is a hard, non-differentiable selection (§3.7)
                 scores = patch_scores(attn, n_prefix, self.patch_score,
                                       cls_index=k if self.cls_layout == "all" else 0)
                 boxes, found, g = dppm_boxes(scores, self.grid, self.vit.patch_size, self.etas[k],

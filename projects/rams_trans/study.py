@@ -3,7 +3,7 @@ scratch, over seeds at the same step budget, with the DPPM mechanism measured on
 
     python -m projects.rams_trans.study [--seeds 0 1 2] [--steps 600] [--inits pretrained scratch] [-- overrides]
 
-Each run is the normal CLI on ``configs/toy.yaml`` (``--model.num_scales 1`` for the baseline; ``scratch`` is
+Each run is the normal CLI on ``configs/toy.yaml`` (``--model.net.num_scales 1`` for the baseline; ``scratch`` is
 the earlier from-scratch setting: random init, AdamW 1e-3, weight decay 0.05), one at a time; final validation
 top-1 comes from its ``summary.json``, the part coverage of the scale-1 DPPM box from ``mechanism.py`` on its
 ``last.ckpt``. Prints a markdown table (mean ± std over seeds) and writes it with every run's numbers to
@@ -21,10 +21,10 @@ from shared.stats import cell
 from shared.study import run_fit, write_results
 
 CONFIG = "projects/rams_trans/configs/toy.yaml"
-VARIANTS = {"vit": ["--model.num_scales", "1", "--model.eta", "[]"], "rams": []}
+VARIANTS = {"vit": ["--model.net.num_scales", "1", "--model.net.eta", "[]"], "rams": []}
 INITS = {"pretrained": [],
-         "scratch": ["--model.pretrained", "false", "--model.optimizer", "adamw", "--model.lr", "0.001",
-                     "--model.weight_decay", "0.05"]}
+         "scratch": ["--model.net.pretrained", "false", "--model.optim.name", "adamw", "--model.optim.lr", "0.001",
+                     "--model.optim.weight_decay", "0.05"]}
 HEADS = ("global", "local", "fused")
 MECHANISM = ("part_in_box", "centre_in_box", "box_area")
 

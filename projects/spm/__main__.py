@@ -3,24 +3,29 @@ the shared Lightning CLI). SPM's prediction is generation: ``predict`` says so a
 
 import sys
 
-if __name__ == "__main__":
-    command = sys.argv[1] if len(sys.argv) > 1 else ""
+
+def run(args: list[str] | None = None):
+    args = sys.argv[1:] if args is None else args
+    command = args[0] if args else ""
     if command == "generate":
         from projects.spm.generate import main as generate_main
 
-        generate_main(sys.argv[2:])
-    elif command == "evaluate":
+        return generate_main(args[1:])
+    if command == "evaluate":
         from projects.spm.evaluate import main as evaluate_main
 
-        evaluate_main(sys.argv[2:])
-    elif command == "predict":
+        return evaluate_main(args[1:])
+    if command == "predict":
         sys.stderr.write("SPM predicts images from prompts: use `python -m projects.spm generate --base_model <folder> "
                          "--spm <file.safetensors> --prompts ... --out <folder>` (see projects/spm/README.md, "
                          "Generation)\n")
         sys.exit(2)
-    else:
-        from projects.spm.data import SPMStepData
-        from projects.spm.module import SPMModule
-        from shared.cli import main
+    from projects.spm.data import SPMStepData
+    from projects.spm.module import SPMModule
+    from shared.cli import main
 
-        main(SPMModule, SPMStepData, project="spm")
+    return main(SPMModule, SPMStepData, project="spm", args=args)
+
+
+if __name__ == "__main__":
+    run()

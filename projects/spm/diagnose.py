@@ -36,7 +36,7 @@ from diffusers.models.attention_processor import AttnProcessor
 from projects.spm.data import TOY_COLORS, TOY_SHAPES, render_toy_scenes
 from projects.spm.model import DiffusionModel
 from projects.spm.network import SPMNetwork, adapted_layers
-from shared.cli import LOGS_DIR
+from shared.cli import logs_dir
 
 TOY_MODEL = Path(__file__).resolve().parent / "toy_model"
 WORD = "circle"
@@ -293,7 +293,8 @@ def spm_drift(model: DiffusionModel, spm_path: Path, x: torch.Tensor, t: torch.T
     return rows
 
 
-def find_spm_files(root: Path = LOGS_DIR / "spm") -> list[Path]:
+def find_spm_files(root: Path | None = None) -> list[Path]:
+    root = logs_dir() / "spm" if root is None else root
     return sorted(root.glob("**/*_last.safetensors")) if root.is_dir() else []
 
 
@@ -407,8 +408,8 @@ def diagnose(base: Path = TOY_MODEL, spm: Path | None = None, per_timestep: int 
     lines += ["", "### 5. SPM drift (membrane on, gamma 1 on both CFG rows, vs off)", ""]
     if not spm_files:
         found = result["spm_files_found"]
-        lines.append("No --spm given; " + (f"found {len(found)} under {LOGS_DIR / 'spm'}: {found}" if found else
-                                           f"no *_last.safetensors under {LOGS_DIR / 'spm'} (train one with "
+        lines.append("No --spm given; " + (f"found {len(found)} under {logs_dir() / 'spm'}: {found}" if found else
+                                           f"no *_last.safetensors under {logs_dir() / 'spm'} (train one with "
                                            "`make train-spm`, then pass --spm)."))
     else:
         drift_prompts = ["", WORD, *PHRASES, "a red square"]
@@ -430,10 +431,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--base", type=Path, default=TOY_MODEL, help="toy base model folder")
     p.add_argument("--spm", type=Path, help="a toy SPM file (kohya safetensors) for the drift measure")
     p.add_argument("--per-timestep", type=int, default=12, help="x_t (toy renders) per timestep")
-    p.add_argument("--out", type=Path, default=LOGS_DIR / "spm" / "diagnose.json")
+    p.add_argument("--out", type=Path, default=None, help="default: logs/spm/diagnose.json")
     args = p.parse_args(argv)
     result = diagnose(args.base, args.spm, args.per_timestep)
     print(result["report"])
+    args.out = args.out or logs_dir() / "spm" / "diagnose.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     return result

@@ -21,11 +21,11 @@ import sys
 from pathlib import Path
 
 from projects.spm.data import TOY_COLORS, TOY_SHAPES, toy_caption
-from shared.cli import LOGS_DIR
+from shared.cli import logs_dir
 
 TOY_MODEL = Path(__file__).resolve().parent / "toy_model"
 CLASSIFIER = TOY_MODEL / "classifier.safetensors"
-STUDY = LOGS_DIR / "spm" / "study"
+STUDY = logs_dir() / "spm" / "study"   # the study is a script: its folder is fixed at start
 CONCEPTS = ("circle", "star", "triangle")  # erased cumulatively: 1, 2, 3 SPMs
 SEEDS = [str(s) for s in range(10)]         # 36 prompts x 10 seeds = 360 images per setting
 PROMPTS = [toy_caption(s, c) for s in TOY_SHAPES for c in TOY_COLORS]
@@ -35,7 +35,7 @@ BARE_SEEDS = [str(s) for s in range(50)]    # the 6 bare shape words x 50 seeds 
 def train_spm(concept: str, anchoring: str = "paper", tag: str = "", overrides: tuple[str, ...] = ()) -> dict:
     """One toy SPM through the CLI (skipped when its run folder already holds the file); returns its summary."""
     name = f"study_{concept}_{tag or anchoring}"
-    run = LOGS_DIR / "spm" / name
+    run = logs_dir() / "spm" / name
     spm_file = run / f"{name}_last.safetensors"
     if not spm_file.is_file():
         cmd = [sys.executable, "-m", "projects.spm", "fit", "--config", "projects/spm/configs/toy.yaml",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from projects.rams_trans.module import boxes_in_input_frame
+from projects.rams_trans.viz import boxes_in_input_frame
 from shared.predict import draw_boxes, scan_image_folder
 
 

@@ -50,8 +50,8 @@ def project_args(name: str, tmp: Path) -> tuple[list[str], int, int]:
     cfg = ["--config", f"projects/{name}/configs/toy.yaml"]
     if name == "rams_trans":   # 16 images, batch 4: 4 steps an epoch; validation (and last.ckpt) every 3 steps
         return [*cfg, "--data.root", str(tmp / "toy"), "--data.toy_num_train", "16", "--data.toy_num_test", "6",
-                "--data.batch_size", "4", "--data.eval_batch_size", "4", "--model.pretrained", "false",
-                "--model.backbone_kwargs", "{embed_dim: 32, depth: 2, num_heads: 2}", "--model.num_panels", "0",
+                "--data.batch_size", "4", "--data.eval_batch_size", "4", "--model.net.pretrained", "false",
+                "--model.net.backbone_kwargs", "{embed_dim: 32, depth: 2, num_heads: 2}", "--model.num_panels", "0",
                 "--trainer.max_steps", "9", "--trainer.val_check_interval", "3"], 9, 7
     if name == "did":
         return [*cfg, "--data.root", str(tmp / "toy"), "--data.toy_train", "16", "--data.toy_val", "6",
@@ -94,7 +94,7 @@ def fit(name: str, tmp: Path, run: str, *, stop: int | None = None, resume: bool
         "--logger", "none", "--run_name", run])
     if stop is not None:
         project.trainer.callbacks.append(StopAtStep(stop))
-    ckpt = str(cli.LOGS_DIR / name / run / "checkpoints" / "last.ckpt") if resume else None
+    ckpt = str(cli.logs_dir() / name / run / "checkpoints" / "last.ckpt") if resume else None
     try:
         project.trainer.fit(project.model, datamodule=project.datamodule, ckpt_path=ckpt)
     except Stop:
@@ -105,7 +105,7 @@ def fit(name: str, tmp: Path, run: str, *, stop: int | None = None, resume: bool
 @pytest.fixture(autouse=True)
 def _logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(cli, "LOGS_DIR", tmp_path / "logs")
+    monkeypatch.setenv("CV_PAPERS_LOGS", str(tmp_path / "logs"))
     monkeypatch.setenv("PROGRESS_REFRESH", "0")
 
 
@@ -114,7 +114,7 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(name:
     _, steps, stop = project_args(name, tmp_path)
     full = fit(name, tmp_path, "full")
     assert fit(name, tmp_path, "part", stop=stop) is None
-    saved = torch.load(cli.LOGS_DIR / name / "part" / "checkpoints" / "last.ckpt", weights_only=True)
+    saved = torch.load(cli.logs_dir() / name / "part" / "checkpoints" / "last.ckpt", weights_only=True)
     assert 0 < saved["global_step"] < stop            # the resume starts from an earlier checkpoint ...
     resumed = fit(name, tmp_path, "part", resume=True)
     assert resumed.trainer.global_step == full.trainer.global_step == steps
@@ -122,7 +122,8 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(name:
     assert expected.keys() == got.keys()
     for key, value in expected.items():                # ... and ends where the uninterrupted run ended
         torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=f"{name}: {key}")
-    metrics = [json.loads((cli.LOGS_DIR / name / r / "summary.json").read_text())["metrics"] for r in ("full", "part")]
+    metrics = [json.loads((cli.logs_dir() / name / r / "summary.json").read_text())["metrics"]
+               for r in ("full", "part")]
     val = {k for k in metrics[0] if k.startswith("val/")}
     assert val and val == {k for k in metrics[1] if k.startswith("val/")}
     assert {k: metrics[1][k] for k in val} == {k: metrics[0][k] for k in val}
@@ -133,7 +134,7 @@ def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_pat
     """The write is cut off half-way (as a kill would leave it): last.ckpt is still the previous, loadable file."""
     name = "did"
     assert fit(name, tmp_path, "cut", stop=4) is None            # last.ckpt of step 3
-    ckpt = cli.LOGS_DIR / name / "cut" / "checkpoints" / "last.ckpt"
+    ckpt = cli.logs_dir() / name / "cut" / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
     real_save = torch.save
 

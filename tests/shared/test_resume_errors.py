@@ -27,7 +27,7 @@ ARGS = ["--data.num_features", "6", "--model.num_features", "6", "--trainer.acce
 
 @pytest.fixture(autouse=True)
 def _logs_and_no_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "LOGS_DIR", tmp_path / "logs")
+    monkeypatch.setenv("CV_PAPERS_LOGS", str(tmp_path / "logs"))
     monkeypatch.setenv("PROGRESS_REFRESH", "0")
 
 

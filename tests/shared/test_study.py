@@ -11,7 +11,7 @@ from shared.stats import cell, mean_std
 
 
 def test_a_run_that_finished_the_same_command_is_reused(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "LOGS_DIR", tmp_path)
+    monkeypatch.setenv("CV_PAPERS_LOGS", str(tmp_path))
     calls = []
 
     def fake_run(cmd, **kwargs):

@@ -4,7 +4,7 @@ from shared import summary
 
 
 def test_collect_and_table(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(summary, "LOGS_DIR", tmp_path)
+    monkeypatch.setenv("CV_PAPERS_LOGS", str(tmp_path))
     run = tmp_path / "alpha" / "toy"
     run.mkdir(parents=True)
     run.joinpath("summary.json").write_text(json.dumps(

@@ -132,7 +132,7 @@ def test_cli_prints_one_error_line_and_exits_2(memes: Path, tmp_path: Path, monk
     import shared.cli
     from projects.drdf.module import DRDFModule
 
-    monkeypatch.setattr(shared.cli, "LOGS_DIR", tmp_path / "logs")
+    monkeypatch.setenv("CV_PAPERS_LOGS", str(tmp_path / "logs"))
     monkeypatch.delenv("CV_PAPERS_DEBUG", raising=False)
     args = ["fit", "--config", str(REPO / "projects/drdf/configs/toy.yaml"), "--data.dataset", "hateful_memes",
             "--data.data_dir", str(memes), "--data.tokenizer", str(memes / "tokenizer"), "--logger", "none",

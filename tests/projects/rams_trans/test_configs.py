@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 from projects.rams_trans.data import FGVCDataModule
+from projects.rams_trans.model import RAMSTrans
 from projects.rams_trans.module import RAMSTransModule
 
 CONFIGS = sorted((Path(__file__).resolve().parents[3] / "projects" / "rams_trans" / "configs").glob("*.yaml"))
@@ -24,27 +26,34 @@ def load(path: Path) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def build(cfg: dict) -> RAMSTransModule:
+    """The module a config describes, as the CLI builds it (the ``net`` group is RAMSTrans' arguments)."""
+    net = cfg["model"]["net"]
+    assert net["class_path"] == "projects.rams_trans.model.RAMSTrans"
+    return RAMSTransModule(RAMSTrans(**net["init_args"]), **{k: v for k, v in cfg["model"].items() if k != "net"})
+
+
 def build_and_forward(path: Path, depth: int | None) -> None:
     cfg = load(path)
-    model_cfg = dict(cfg["model"])
+    net = cfg["model"]["net"]["init_args"]
     if depth is not None:
-        model_cfg["backbone_kwargs"] = {**(model_cfg.get("backbone_kwargs") or {}), "depth": depth}
-    module = RAMSTransModule(**model_cfg)
+        net["backbone_kwargs"] = {**(net.get("backbone_kwargs") or {}), "depth": depth}
+    module = build(cfg)
     FGVCDataModule(**cfg["data"])   # the data section is valid for the datamodule (no files read here)
     s = cfg["data"]["crop"]
-    assert module.model.img_size == s
-    assert module.model.grid == (s // module.model.vit.patch_size,) * 2
+    assert module.net.img_size == s
+    assert module.net.grid == (s // module.net.vit.patch_size,) * 2
     module.eval()
     with torch.no_grad():
         out = module(torch.randn(1, 3, s, s))
-    assert len(out["logits"]) == cfg["model"]["num_scales"]
+    assert len(out["logits"]) == net["num_scales"]
     assert out["logits"][-1].shape == (1, cfg["data"]["num_classes"])
     assert module.monitor == f"val/{cfg['model']['report']}_top1"
 
 
 def test_paper_configs_exist() -> None:
     assert {c.stem for c in CONFIGS} >= {"cub", "cub_official", "dogs", "inat2017", "vit_baseline_cub", "toy"}
-    grids = {c.stem: load(c)["data"]["crop"] // load(c)["model"]["patch_size"] for c in PAPER}
+    grids = {c.stem: load(c)["data"]["crop"] // load(c)["model"]["net"]["init_args"]["patch_size"] for c in PAPER}
     assert grids == {"cub": 28, "cub_official": 14, "dogs": 14, "inat2017": 19, "vit_baseline_cub": 28}
 
 
@@ -66,15 +75,13 @@ def test_toy_config_model(tmp_path: Path) -> None:
 
 
 def test_toy_config_starts_from_the_committed_pretrained_vit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from safetensors.torch import load_file
-
     monkeypatch.chdir(CONFIGS[0].parents[3])          # the config's path is relative to the repository root
     cfg = load(CONFIGS[[c.stem for c in CONFIGS].index("toy")])
-    module = RAMSTransModule(**cfg["model"])
-    state = load_file(cfg["model"]["pretrained"])
-    own = module.model.vit.model.state_dict()
+    module = build(cfg)
+    state = load_file(cfg["model"]["net"]["init_args"]["pretrained"])
+    own = module.net.vit.model.state_dict()
     assert set(own) == set(state)
     for k, v in own.items():
         assert torch.equal(v, state[k]), k
-    for k in range(cfg["model"]["num_scales"]):      # every scale's CLS starts as the pretrained CLS (spec 1)
-        assert torch.equal(module.model.cls_tokens[k], state["cls_token"][0])
+    for k in range(cfg["model"]["net"]["init_args"]["num_scales"]):  # each scale's CLS starts as the pretrained CLS
+        assert torch.equal(module.net.cls_tokens[k], state["cls_token"][0])

@@ -17,7 +17,7 @@ from projects.rams_trans.data import (
     write_toy_cub,
 )
 from projects.rams_trans.mechanism import part_coverage
-from projects.rams_trans.module import CYAN, GREEN, dppm_panels
+from projects.rams_trans.viz import CYAN, GREEN, dppm_panels
 from shared.data.toyworld import COLORS
 from shared.panels import denormalize
 

@@ -47,7 +47,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from shared.backbones.weights import torch_load
-from shared.hparams import HPARAMS_FORMAT
+from shared.hparams import HPARAMS_FORMAT, HPARAMS_FORMAT_KEY, HparamsFormat
 from shared.predict import PredictionWriter
 from shared.resume import RandomStates
 
@@ -297,12 +297,14 @@ class ProjectCLI(LightningCLI):
             raise ValueError(f"--ckpt_path {path}: not a Lightning checkpoint to {subcommand} from (no "
                              f"{', '.join(missing)}; found {found}); expected a .ckpt written by `fit`")
         hparams = keys.get("hyper_parameters") or {}
-        if "net" in inspect.signature(self.model_class).parameters and hparams and "net" not in hparams:
+        accepted = inspect.signature(self.model_class).parameters
+        unknown = sorted(k for k in hparams if k not in accepted and not k.startswith("_"))
+        if unknown and HPARAMS_FORMAT_KEY not in keys:
             raise ValueError(f"--ckpt_path {path}: written by an earlier version of this repository (module "
-                             f"hyper-parameters format 1: flat arguments such as {sorted(hparams)[:3]}); this version "
-                             f"(format {HPARAMS_FORMAT}) takes the model as `model.net` and groups the rest (see "
-                             f"`--print_config`). Train again, or use the checkpoint from a checkout before "
-                             f"shared/hparams.py was added (`git log --diff-filter=A -- shared/hparams.py`)")
+                             f"hyper-parameters format 1: flat arguments such as {unknown[:3]}); this version "
+                             f"(format {HPARAMS_FORMAT}) groups them (see `--print_config`). Train again, or use the "
+                             f"checkpoint from a checkout before shared/hparams.py was added (`git log "
+                             f"--diff-filter=A -- shared/hparams.py`)")
 
     # ---------------------------------------------------------------- run folder and defaults
     def _run_name(self) -> str:
@@ -333,6 +335,7 @@ class ProjectCLI(LightningCLI):
             RunSummary(self.project, run_name, run_dir, getattr(self.model, "headline_metric", monitor)),
             PredictionWriter(run_dir, bool(self._get(self.config, "write_overlays"))),
             RandomStates(),
+            HparamsFormat(),
         ]
         if has_logger:
             callbacks.append(LearningRateMonitor(logging_interval="step"))

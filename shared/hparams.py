@@ -16,13 +16,24 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import asdict, is_dataclass
+from typing import Any
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 HPARAMS_FORMAT = 2
-"""Version of the module arguments a checkpoint was written with: 1 = flat arguments (before the groups), 2 = an
-injected ``net`` and dataclass groups. :class:`~shared.cli.ProjectCLI` names it when a checkpoint does not fit."""
+"""Version of the module arguments a checkpoint was written with: 1 = flat arguments (before the groups; those
+checkpoints have no ``HPARAMS_FORMAT_KEY``), 2 = an injected model and dataclass groups.
+:class:`~shared.cli.ProjectCLI` names the version when a checkpoint does not fit."""
+HPARAMS_FORMAT_KEY = "cv_papers_hparams_format"
+
+
+class HparamsFormat(Callback):
+    """Stamps every checkpoint with :data:`HPARAMS_FORMAT`."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[HPARAMS_FORMAT_KEY] = HPARAMS_FORMAT
 
 
 def save_hparams(module: LightningModule, injected: tuple[str, ...] = ("net",)) -> None:

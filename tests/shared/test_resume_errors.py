@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import shared.cli as cli
+from shared.hparams import HPARAMS_FORMAT, HPARAMS_FORMAT_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny_project.py")
@@ -90,8 +91,8 @@ def test_the_command_exits_2_with_one_error_line(tmp_path: Path) -> None:
 def test_another_projects_checkpoint_is_one_line(tmp_path: Path) -> None:
     """Hyper-parameters this model does not take (a RAMS-Trans checkpoint given to DiD) were an argparse traceback."""
     foreign = tmp_path / "other.ckpt"
-    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {}, "hyper_parameters": {"embed_dim": 32}},
-               foreign)
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {}, "hyper_parameters": {"embed_dim": 32},
+                HPARAMS_FORMAT_KEY: HPARAMS_FORMAT}, foreign)   # a checkpoint of this version (its stamp)
     with pytest.raises(ValueError, match=r"--ckpt_path .*other.ckpt: its hyper-parameters do not fit this model "
                                          r"\(.*embed_dim.*\); expected a checkpoint written by `python -m "
                                          r"projects.tiny fit`"):

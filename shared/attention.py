@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -169,8 +170,6 @@ def _mask_to_box_opencv(mask: Tensor, measure: RegionMeasure) -> tuple[Tensor, T
     runs fastest). ``pixels``: ``connectedComponentsWithStats`` (8-connected areas and boxes in one pass); equal
     areas go to the component whose first pixel comes first in raster order. ``contour_area``: DiD's official rule
     itself, ``max(findContours(RETR_TREE), key=contourArea)`` and its bounding rectangle (did.md 5.4)."""
-    import cv2
-
     b, h, w = mask.shape
     maps = mask.numpy().astype(np.uint8)
     boxes = np.tile(np.array([0, 0, w, h], dtype=np.int64), (b, 1))

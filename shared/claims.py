@@ -91,7 +91,7 @@ def aim_status(m: dict) -> str:
 
 
 def plot(claim: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # heavy, and only the report draws: the verdicts (imported by the studies) need none of it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -39,6 +39,7 @@ from typing import Any, Literal
 from weakref import proxy
 
 import torch
+import yaml
 from jsonargparse import ArgumentError, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -92,8 +93,6 @@ class LoggedConfigCallback(SaveConfigCallback):
         if trainer.logger is None:
             return
         config = self.parser.dump(self.config, skip_none=False, format="yaml")
-        import yaml
-
         config_dict = yaml.safe_load(config)
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.experiment.config.update(config_dict, allow_val_change=True)

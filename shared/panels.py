@@ -93,7 +93,7 @@ def log_bar_chart(module: LightningModule, key: str, labels: Sequence[str], valu
     rows = [[str(label), float(value)] for label, value in zip(labels, values, strict=True)]
     logger = _wandb(module)
     if logger is not None:
-        import wandb
+        import wandb  # only with a wandb logger: wandb is slow to import and the CSV fallback needs none of it
 
         table = wandb.Table(columns=["label", "value"], data=rows)
         logger.experiment.log({key: wandb.plot.bar(table, "label", "value", title=key)}, step=module.global_step)

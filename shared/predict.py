@@ -22,6 +22,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
+from torchvision import transforms as T
 
 from shared.data.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb, require_dir
 
@@ -65,8 +66,6 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, root: str | Path, files: list[Path], view: Callable, to_input: Callable | None = None) -> None:
         if to_input is None:  # the ViT projects' input: a tensor normalised with the ImageNet statistics
-            from torchvision import transforms as T
-
             to_input = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         self.root, self.files, self._view, self.to_input = Path(root), files, view, to_input
 

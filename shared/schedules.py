@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """LR factor: linear 0 -> 1 over ``warmup`` steps, then cosine to 0 at ``total`` (0 after it).
@@ -22,8 +24,6 @@ def warmup_cosine_schedule(optimizer, trainer, warmup: int, total: int | None = 
     The length is ``total`` or the Trainer's ``estimated_stepping_batches`` (max_steps or epochs x batches,
     divided by gradient accumulation, so the cosine ends where training does); ``warmup`` is clamped below it.
     """
-    import torch
-
     total = max(1, int(total if total is not None else trainer.estimated_stepping_batches))
     warmup = min(warmup, total - 1)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))

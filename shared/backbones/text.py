@@ -8,6 +8,7 @@ initialised model is built, with the folder's tokenizer (see :func:`build_wordpi
 
 from __future__ import annotations
 
+import json
 import logging
 import string
 from collections.abc import Iterable, Mapping
@@ -99,6 +100,7 @@ def _has_tokenizer(folder: Path | None) -> bool:
 
 
 def _model_class(kind: Kind):
+    # transformers takes seconds to import: the image-only runs (RAMS-Trans, DiD, DRDF on CIFAR) never pay it
     from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
 
     if kind == "bert":
@@ -222,7 +224,5 @@ def build_clip_tokenizer(texts: Iterable[str], out_dir: str | Path | None, vocab
 
 
 def _bpe_merges(tok) -> list[tuple[str, str]]:
-    import json
-
     merges = json.loads(tok.to_str())["model"]["merges"]
     return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]

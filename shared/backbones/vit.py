@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention, resample_abs_pos_embed, resample_patch_embed
+from timm.models._manipulate import checkpoint_seq
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -117,8 +118,6 @@ class ViTBackbone(nn.Module):
         x = m.norm_pre(m.patch_drop(m.pos_drop(tokens)))  # as in timm's _pos_embed / forward_features
         if not return_attention:
             if m.grad_checkpointing and torch.is_grad_enabled():
-                from timm.models._manipulate import checkpoint_seq
-
                 x = checkpoint_seq(m.blocks, x)
             else:
                 x = m.blocks(x)

@@ -22,6 +22,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import snapshot_download, try_to_load_from_cache
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -74,8 +78,6 @@ def find_cached_weights(*, timm_name: str | None = None, hf_repo: str | None = N
         if found is not None:
             return found
     if hf_repo is not None:
-        from huggingface_hub import snapshot_download
-
         try:
             folder = Path(snapshot_download(hf_repo, local_files_only=True))
         except Exception:  # not cached (or not a valid repo id): the caller falls back to random init
@@ -85,9 +87,6 @@ def find_cached_weights(*, timm_name: str | None = None, hf_repo: str | None = N
 
 
 def _find_timm_cache(name: str) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models import get_pretrained_cfg
-
     try:
         cfg = get_pretrained_cfg(name, allow_unregistered=False)
     except Exception:
@@ -126,9 +125,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors / .pth / .pt / .bin (never unpickling arbitrary objects)."""
     path = weights_file_in(path) if path.is_dir() else path
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             state = load_file(str(path), device="cpu")
         except SafetensorError as err:

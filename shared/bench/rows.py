@@ -1,15 +1,20 @@
 """Bench rows of the shared core (``python -m shared.bench [FILTER]``).
 
-Each section below belongs to one shared module; keep imports local to the setup functions so that importing
-this file stays cheap and one section's dependencies never break another's.
+Each section below belongs to one shared module.
 """
 
 from __future__ import annotations
 
-from shared.bench import BenchCase, register
-from shared.bench.registry import device_target
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+import torch.nn.functional as F
 
-BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample loop (issue 18)
+from shared.attention import mask_to_box
+from shared.backbones.vit import ViTBackbone
+from shared.bench.registry import BenchCase, device_target, register
+
+BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample loop
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -18,13 +23,6 @@ BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample 
 def _mask_to_box_case(batch: int, size: int) -> BenchCase:
     """``batch`` smooth 28x28 maps (rollout-like), bilinearly upsampled to ``size`` when larger (DiD's full-resolution
     boxes: the official threshold at 448), thresholded at 1.2 x their mean (RAMS-Trans' DPPM rule)."""
-    import numpy as np
-    import scipy.ndimage as ndi
-    import torch
-    import torch.nn.functional as F
-
-    from shared.attention import mask_to_box
-
     gen = torch.Generator().manual_seed(0)
     maps = F.avg_pool2d(torch.rand(batch, 1, 28, 28, generator=gen), 3, 1, 1, count_include_pad=False)
     if size != 28:
@@ -71,10 +69,6 @@ def _mask_to_box_448_row() -> BenchCase:
 # ----------------------------------------------------------------------------------------------------------
 def _vit_capture_case(name: str, img_size: int, batch: int = 2) -> BenchCase:
     """method: ViTBackbone with attention capture; baseline: the same weights' timm forward_features (SDPA)."""
-    import torch
-
-    from shared.backbones.vit import ViTBackbone
-
     torch.manual_seed(0)
     backbone = ViTBackbone(name, img_size=img_size).eval()
     x = torch.randn(batch, 3, img_size, img_size)

@@ -21,12 +21,15 @@ low-frequency texture on the background. Objects are therefore never hidden by c
 from __future__ import annotations
 
 import math
+import multiprocessing
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 RGB = tuple[int, int, int]
 Box = tuple[int, int, int, int]
@@ -550,9 +553,6 @@ def render_dataset(scenes: Sequence[Scene], out_dir: str | Path,
     name_fn = name_fn or (lambda i, _s: f"{i:06d}.{fmt}")
     jobs = [(s, out / name_fn(i, s), fmt, quality) for i, s in enumerate(scenes)]
     if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         # spawn, not fork: forking a process whose torch/OpenMP threads are running can deadlock the children.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             it = pool.map(_write, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
@@ -562,9 +562,5 @@ def render_dataset(scenes: Sequence[Scene], out_dir: str | Path,
 
 def _progress(it: Iterable[Path], total: int, enabled: bool) -> Iterable[Path]:
     if not enabled:
-        return it
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional
         return it
     return tqdm(it, total=total, desc="render", unit="img")

@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from shared.pretrain.train import Recipe, train
 
 DEFAULT_OUT = Path(__file__).parent / "toy_vit"
@@ -45,8 +47,6 @@ def main(argv: list[str] | None = None) -> None:
     recipe = Recipe(steps=args.steps, batch_size=args.batch_size, n_train=args.n_train, n_val=args.n_val,
                     seed=args.seed, warmup_steps=args.warmup_steps, lr=args.lr, patch_size=args.patch_size)
     net, card = train(recipe, args.work, args.data, args.threads, eval_every=args.eval_every)
-
-    from safetensors.torch import save_file
 
     weights = args.out.with_suffix(".safetensors")
     weights.parent.mkdir(parents=True, exist_ok=True)

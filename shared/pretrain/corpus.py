@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from shared.data.toyworld import COLORS, PRETRAIN_SHAPES, render, sample_scene
 
@@ -110,8 +112,6 @@ def build_split(spec: CorpusSpec, stream: int, n: int, folder: Path, workers: in
 def _pool(workers: int):
     if workers <= 1:
         return contextlib.nullcontext(None)
-    import multiprocessing
-
     # spawn, not fork: forking a process whose torch/OpenMP threads run can deadlock the children.
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
@@ -119,6 +119,4 @@ def _pool(workers: int):
 def _progress(it, total: int, enabled: bool, desc: str):
     if not enabled:
         return it
-    from tqdm import tqdm
-
     return tqdm(it, total=total, desc=desc, unit="chunk")

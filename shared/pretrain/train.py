@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from shared.backbones.vit import ViTBackbone
 from shared.backbones.weights import torch_load
@@ -142,8 +143,6 @@ def train(r: Recipe, work: Path, data: Path, threads: int, eval_every: int = 100
 
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=r.steps, initial=start, desc="pretrain", unit="step")
     net.train()
     done = start

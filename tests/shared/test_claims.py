@@ -49,13 +49,20 @@ def test_a_margin_makes_the_comparison_a_non_inferiority_test():
 
 
 def test_render_writes_the_table_the_plot_and_a_pointer_for_missing_studies(tmp_path):
+    for project in ("rams_trans", "did", "drdf", "spm"):
+        (tmp_path / "projects" / project).mkdir(parents=True)
+        (tmp_path / "projects" / project / "__main__.py").write_text("")
     res = tmp_path / "projects" / "rams_trans" / "results"
     res.mkdir(parents=True)
     mech = {"box holds part": {"values": [85, 90, 88], "unit": "%", "aim": 80}}
     (res / "study.json").write_text(json.dumps({"command": "python -m x", "claim": claim([80, 81, 82], [70, 71, 72],
                                                                                            mech)}))
+    second = {**claim([60, 61, 62], [70, 71, 72]), "setting": "16x16 grid"}   # a second study of the same claim
+    (res / "study_grid16.json").write_text(json.dumps({"command": "python -m x --grid 16", "claim": second}))
     doc, table = render(tmp_path)
     assert "**Verdict: supported.**" in doc and "81.0 ± 1.0" in doc and "aim >= 80: met" in doc
-    assert (res / "study.png").stat().st_size > 1000
-    assert "No result file with a claim yet" in doc  # did, drdf, spm have none in this tree
-    assert table.count("\n") == 5 and "**supported**" in table
+    assert "## P: 16x16 grid" in doc and "**Verdict: not supported.**" in doc
+    assert (res / "study.png").stat().st_size > 1000 and (res / "study_grid16.png").stat().st_size > 1000
+    assert doc.count("No result file with a claim yet") == 3  # did, drdf, spm have none in this tree
+    rows = table.splitlines()[2:]
+    assert len(rows) == 5 and "**supported**" in rows[2] and "| 16x16 grid |" in rows[3]

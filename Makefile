@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help install train test test-slow bench bench-pipeline bench-gpu lint clean claims pretrain
+.PHONY: help install train test test-slow coverage bench bench-pipeline bench-gpu lint clean claims pretrain
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -46,6 +46,13 @@ train-%: $(STAMP)
 
 test: $(STAMP) ## Run the test suite (fast tests; `slow` ones excluded)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+coverage: $(STAMP) ## Line coverage of shared/ and projects/ by the fast suite (subprocesses included); logs/coverage/
+	$(PY) -m coverage erase
+	$(PY) -m coverage run -m pytest -m "not slow" -p no:xdist $(PYTEST_ARGS)
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report | tail -n 1
+	$(PY) -m coverage json -q -o logs/coverage/coverage.json
 
 test-slow: $(STAMP) ## Run only the slow tests (longer training runs)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

@@ -6,8 +6,9 @@
 * ``threads(n)``: run this test with ``n`` torch threads. The suite's own count is ``CV_PAPERS_TEST_THREADS``, else
   one per core a worker gets (2 alone, 1 under ``pytest -n 2``).
 * ``run_cli(project, *args)``: ``python -m projects.<project> ...`` in this process (the project's
-  ``__main__.run``), returning the exit code, what it printed and the CLI object; a non-zero exit fails the test
-  unless ``check=False``. Subprocesses are kept for what needs one: a SIGKILL, two-process DDP.
+  ``__main__.run``, or ``entry``), returning the exit code, what it printed (an uncaught exception: code 1 and its
+  traceback) and the CLI object; a non-zero exit fails the test unless ``check=False``. Subprocesses are kept for
+  what needs one: a SIGKILL, two-process DDP, a wandb run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 import io
 import json
 import os
+import traceback
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -86,15 +88,19 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., CL
     """``run_cli("did", "fit", "--config", ..., check=True)``; runs from the repository root."""
     monkeypatch.chdir(REPO)
 
-    def run(project: str, *args: object, check: bool = True) -> CLIRun:
-        entry = importlib.import_module(f"projects.{project}.__main__")
+    def run(project: str, *args: object, check: bool = True,
+            entry: Callable[[list[str]], Any] | None = None) -> CLIRun:
+        entry = entry or importlib.import_module(f"projects.{project}.__main__").run
         out, err = io.StringIO(), io.StringIO()
         code, cli = 0, None
         with redirect_stdout(out), redirect_stderr(err):
             try:
-                cli = entry.run([str(a) for a in args])
+                cli = entry([str(a) for a in args])
             except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
+                code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
+            except Exception:  # noqa: BLE001 -- what `python -m` would print before exiting 1
+                code = 1
+                traceback.print_exc()
         result = CLIRun(project, code, out.getvalue(), err.getvalue(), cli, Path(os.environ["CV_PAPERS_LOGS"]))
         if check and code != 0:
             raise AssertionError(f"python -m projects.{project} {' '.join(map(str, args))} exited {code}:\n"

@@ -1,5 +1,5 @@
-"""The shared launcher, end to end, through a tiny project run as a subprocess (``--print_config`` checks run it in
-this process: the same CLI, without a Python start and imports per call)."""
+"""The shared launcher, end to end, through a tiny project run in this process (``run_cli``); as a subprocess only
+where one is needed: two-process DDP, and the default wandb logger (a wandb run is process-wide state)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny_project.py")
+_spec = importlib.util.spec_from_file_location("tiny_project", TINY)
+tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny)
 PRESETS = sorted((REPO / "shared" / "configs").glob("*.yaml"))
 
 TINY_CONFIG = {
@@ -41,11 +44,12 @@ def run_tiny(workdir: Path, *args: str, env: dict | None = None, check: bool = T
     return proc
 
 
+def tiny_main(args: list[str]):
+    return tiny.main(tiny.TinyModule, tiny.TinyData, project="tiny", args=args)
+
+
 def print_config_in_process(workdir: Path, monkeypatch, capsys, *args: str, env: dict | None = None) -> dict:
     """``tiny_project.py fit ... --print_config`` through ``shared.cli.main`` in this process; the printed config."""
-    spec = importlib.util.spec_from_file_location("tiny_project", TINY)
-    tiny = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny)
     for key, value in {"CV_PAPERS_LOGS": str(workdir / "logs"), **(env or {})}.items():
         monkeypatch.setenv(key, value)
     capsys.readouterr()
@@ -92,19 +96,19 @@ def test_every_trainer_preset_combines_with_a_project_config(workdir: Path, pres
     assert config["model"]["num_features"] == 6
 
 
-def test_unknown_key_fails_with_one_line_naming_it(workdir: Path) -> None:
+def test_unknown_key_fails_with_one_line_naming_it(workdir: Path, run_cli) -> None:
     (workdir / "bad.yaml").write_text("model:\n  num_featurs: 3\n")
-    proc = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--config", str(workdir / "bad.yaml"),
-                    check=False)
-    assert proc.returncode == 2
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    run = run_cli("tiny", "fit", "--config", workdir / "tiny.yaml", "--config", workdir / "bad.yaml", check=False,
+                  entry=tiny_main)
+    assert run.code == 2
+    error_lines = [line for line in run.err.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "model.num_featurs" in error_lines[0]
-    assert "usage:" not in proc.stderr
+    assert "usage:" not in run.err
 
 
-def test_fit_writes_checkpoints_config_and_summary(workdir: Path) -> None:
-    run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--logger", "csv")
-    run_dir = workdir / "logs" / "tiny" / "tiny"  # run name = config stem
+def test_fit_writes_checkpoints_config_and_summary(workdir: Path, run_cli) -> None:
+    run = run_cli("tiny", "fit", "--config", workdir / "tiny.yaml", "--logger", "csv", entry=tiny_main)
+    run_dir = run.run_dir("tiny")  # run name = config stem
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
     assert list(run_dir.glob("csv/version_*/config.yaml"))
@@ -124,12 +128,13 @@ def test_default_logger_is_wandb_offline(workdir: Path) -> None:
     assert list(offline_runs[0].glob("*.wandb"))
 
 
-def test_resume_from_last_equals_an_uninterrupted_run(workdir: Path) -> None:
+def test_resume_from_last_equals_an_uninterrupted_run(workdir: Path, run_cli, caplog) -> None:
     cfg = ["--config", str(workdir / "tiny.yaml"), "--logger", "none"]
-    run_tiny(workdir, "fit", *cfg, "--run_name", "full", "--trainer.max_epochs", "4")
-    run_tiny(workdir, "fit", *cfg, "--run_name", "part", "--trainer.max_epochs", "2")
-    resumed = run_tiny(workdir, "fit", *cfg, "--run_name", "part", "--trainer.max_epochs", "4", "--ckpt_path", "last")
-    assert "Restored all states" in resumed.stdout + resumed.stderr
+    run_cli("tiny", "fit", *cfg, "--run_name", "full", "--trainer.max_epochs", "4", entry=tiny_main)
+    run_cli("tiny", "fit", *cfg, "--run_name", "part", "--trainer.max_epochs", "2", entry=tiny_main)
+    resumed = run_cli("tiny", "fit", *cfg, "--run_name", "part", "--trainer.max_epochs", "4", "--ckpt_path", "last",
+                      entry=tiny_main)
+    assert "Restored all states" in resumed.out + resumed.err + caplog.text
     full, part = last_weights(workdir, "full"), last_weights(workdir, "part")
     for key in full:
         torch.testing.assert_close(part[key], full[key], rtol=0, atol=0)
@@ -154,13 +159,14 @@ def test_two_process_cpu_ddp_matches_one_process(workdir: Path) -> None:
     assert two_s["headline"] == pytest.approx(one_s["headline"], rel=1e-5)
 
 
-def test_missing_data_folder_fails_with_one_line_naming_it(workdir: Path) -> None:
-    proc = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--logger", "none",
-                    "--data.data_dir", str(workdir / "no_such_dataset"), check=False)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+def test_missing_data_folder_fails_with_one_line_naming_it(workdir: Path, run_cli, monkeypatch) -> None:
+    missing = workdir / "no_such_dataset"
+    args = ["fit", "--config", workdir / "tiny.yaml", "--logger", "none", "--data.data_dir", missing]
+    run = run_cli("tiny", *args, check=False, entry=tiny_main)
+    assert run.code == 2
+    assert "Traceback" not in run.err
+    error_lines = [line for line in run.err.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and str(workdir / "no_such_dataset") in error_lines[0]
-    debug = run_tiny(workdir, "fit", "--config", str(workdir / "tiny.yaml"), "--logger", "none",
-                     "--data.data_dir", str(workdir / "no_such_dataset"), env={"CV_PAPERS_DEBUG": "1"}, check=False)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    monkeypatch.setenv("CV_PAPERS_DEBUG", "1")
+    debug = run_cli("tiny", *args, check=False, entry=tiny_main)
+    assert debug.code != 0 and "Traceback" in debug.err

@@ -18,7 +18,7 @@ from projects.rams_trans.model import RAMSTrans
 from projects.rams_trans.module import RAMSTransModule
 
 CONFIGS = sorted((Path(__file__).resolve().parents[3] / "projects" / "rams_trans" / "configs").glob("*.yaml"))
-PAPER = [c for c in CONFIGS if c.stem != "toy"]
+PAPER = [c for c in CONFIGS if not c.stem.startswith("toy")]
 
 
 def load(path: Path) -> dict:
@@ -68,6 +68,17 @@ def test_config_builds_its_full_width_model_one_block(path: Path) -> None:
 def test_config_builds_its_full_size_model(path: Path) -> None:
     torch.manual_seed(0)
     build_and_forward(path, depth=None)
+
+
+def test_the_16x16_grid_toy_config_changes_only_the_geometry() -> None:
+    """toy_grid16.yaml is toy.yaml with 4 px patches (a 16x16 grid on the same 64 px images) and its pretrained ViT."""
+    toy, grid16 = (load(CONFIGS[[c.stem for c in CONFIGS].index(s)]) for s in ("toy", "toy_grid16"))
+    net, net16 = toy["model"]["net"]["init_args"], grid16["model"]["net"]["init_args"]
+    assert (net["patch_size"], net16["patch_size"]) == (8, 4) and net16["img_size"] == net["img_size"] == 64
+    assert net16["pretrained"] == "shared/pretrain/toy_vit_p4.safetensors"
+    for key in ("patch_size", "pretrained"):
+        del net[key], net16[key]
+    assert grid16 == toy
 
 
 def test_toy_config_model(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """Datasets for DRDF in their real on-disk formats, the datamodule, and the toy Hateful-Memes-format writer.
 
-* Hateful Memes (drdf.md 7.1): ``<root>/{train,dev_seen,test_seen,dev_unseen,test_unseen}.jsonl`` (phase 1:
+* Hateful Memes (docs/papers/drdf.md §7.1): ``<root>/{train,dev_seen,test_seen,dev_unseen,test_unseen}.jsonl`` (phase 1:
   ``dev.jsonl`` / ``test.jsonl``) with ``id``, ``img`` ("img/XXXXX.png"), ``text`` and optional ``label``.
-* CIFAR-10 / CIFAR-100 python pickles (7.2 / 7.3), read with :class:`RestrictedCifarUnpickler` (no arbitrary
+* CIFAR-10 / CIFAR-100 python pickles (§7.2 / §7.3), read with :class:`RestrictedCifarUnpickler` (no arbitrary
   globals are ever resolved or executed).
-* TinyImageNet (7.4): ``wnids.txt``, ``train/<wnid>/images/*.JPEG``, ``val/val_annotations.txt``.
+* TinyImageNet (§7.4): ``wnids.txt``, ``train/<wnid>/images/*.JPEG``, ``val/val_annotations.txt``.
 
 Never imports the model.
 """
@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
+from shared.backbones.text import build_wordpiece_tokenizer
 from shared.data.checks import require_labels_in_range, require_num_classes, require_samples
 from shared.data.datamodule import Split, SplitDataModule
 from shared.data.images import load_rgb, read_lines, read_utf8, require_dir, require_file
@@ -327,8 +328,6 @@ def write_toy_memes(root: str | Path, sizes: dict[str, int] | None = None, image
     Extra jsonl fields, for analysis only: ``decided_by`` (text / image) and ``aspect`` (verdict / colour /
     shape). ``test_unseen`` is written without labels (like the real unlabeled test files). Returns ``root``.
     """
-    from shared.backbones.text import build_wordpiece_tokenizer
-
     root = Path(root)
     sizes = dict(sizes or TOY_SIZES)
     (root / "DONE").unlink(missing_ok=True)
@@ -414,7 +413,7 @@ class DRDFDataModule(SplitDataModule):
             write_toy_memes(h.data_dir, h.toy_sizes, image_size=h.image_size, seed=h.toy_seed)
 
     def _load_tokenizer(self):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # transformers loads in seconds: only the meme datasets need it
 
         path = self.hparams.tokenizer or str(Path(self.hparams.data_dir) / "tokenizer")
         require_dir(path, "a transformers tokenizer folder (vocab.txt / tokenizer.json), e.g. bert-base-uncased",

@@ -1,13 +1,13 @@
 """The expert registry: every backbone DRDF can wrap, each usable as an expert and as a single-model baseline.
 
-An expert is a whole backbone plus its classification head (drdf.md section 4). Every expert has the same
+An expert is a whole backbone plus its classification head (docs/papers/drdf.md §4). Every expert has the same
 interface: ``forward(batch) -> (logits [B, C], features [B, feature_dim])`` where ``batch`` is a dict with
 ``image`` [B, 3, H, W] and, for the multimodal experts, ``input_ids`` / ``attention_mask`` [B, L]. The features
 are the input of the head (used by the shared-head fusion variant F3).
 
 Image experts (timm, CIFAR stems where the input is 32 px): resnet18, resnet50, vgg16_bn, mobilenetv2,
 efficientnet_b0, densenet121, vit_s16. Multimodal experts for Hateful Memes, after the MMF baselines
-(drdf.md 4): text_bert, image_grid, late_fusion, concat_bert, mmbt_grid, visual_bert (transformers
+(§4): text_bert, image_grid, late_fusion, concat_bert, mmbt_grid, visual_bert (transformers
 VisualBERT on grid features), vilt (transformers ViLT).
 
 ``size="full"`` builds the paper-size architecture, ``size="tiny"`` a reduced width/depth for tests and the toy
@@ -331,7 +331,7 @@ class VisualBertExpert(Expert):
                  image_pretrained=None, image_size: int = 224, grid: int = 3, dropout: float = 0.1,
                  text_overrides: dict | None = None, image_overrides: dict | None = None, **_) -> None:
         super().__init__()
-        from transformers import VisualBertConfig, VisualBertModel
+        from transformers import VisualBertConfig, VisualBertModel  # seconds to load: only this expert needs it
 
         self.image = GridEncoder(size, image_pretrained, grid=grid, image_size=image_size, **(image_overrides or {}))
         fields = {**BERT_SIZES[size], **(text_overrides or {})}
@@ -362,7 +362,7 @@ class ViltExpert(Expert):
     def __init__(self, num_classes: int, size: str = "full", vilt_model: str | None = None, image_size: int = 224,
                  dropout: float = 0.1, text_overrides: dict | None = None, **_) -> None:
         super().__init__()
-        from transformers import ViltConfig, ViltModel
+        from transformers import ViltConfig, ViltModel  # seconds to load: only this expert needs it
 
         fields = {**self.VILT_SIZES[size], **(text_overrides or {})}
         self.vl = _local_or_random(ViltModel, vilt_model, "vilt", "ViLT",

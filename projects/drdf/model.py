@@ -1,17 +1,16 @@
-"""DRDF: Dual-Router + MWF-Layer + K experts + expert fusion unit (drdf.md sections 1-5). Pure nn.Modules.
+"""DRDF: Dual-Router + MWF-Layer + K experts + expert fusion unit (docs/papers/drdf.md §1-§5). Pure nn.Modules.
 
-Data flow (drdf.md 1): text router -> (h_t, r_t); image router -> (h_v, r_v); MWF-Layer -> modality importance
+Data flow (§1): text router -> (h_t, r_t); image router -> (h_v, r_v); MWF-Layer -> modality importance
 a = (a_t, a_v) and expert weights w [B, K]; experts -> logits z_k [B, C]; fusion unit -> y [B, C].
-Everything below the abstract's four-part structure is INFERRED (see the README's table of flags).
+Everything below the abstract's four-part structure is INFERRED (§9; the switches: §11.1).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from projects.drdf.experts import BERT_SIZES, Batch, Expert, build_expert, build_text_encoder, feature_dim
@@ -23,6 +22,7 @@ Gate = Literal["softmax", "sigmoid", "fixed", "concat", "text", "image"]
 Mix = Literal["prob", "logit"]
 Fusion = Literal["logits", "probs", "features"]
 TextSlot = Literal["text", "image", "none", "constant"]
+Kwargs = dict[str, Any]  # a part's settings; typed values, so `--model.net.mwf.top_k 2` is the int 2
 
 
 # ------------------------------------------------------------------------------------------------ routers
@@ -75,7 +75,7 @@ class ImageRouter(nn.Module):
 
 
 class TextRouter(nn.Module):
-    """BERT-style encoder, [CLS] output -> h_t, r_t = Linear(h_t) (drdf.md 2). ``kind="bow"`` is the cheap
+    """BERT-style encoder, [CLS] output -> h_t, r_t = Linear(h_t) (§2). ``kind="bow"`` is the cheap
     bag-of-embeddings option (mean of word embeddings over the attention mask)."""
 
     def __init__(self, num_experts: int, kind: Literal["bert", "bow"] = "bert", text_model: str | None = None,
@@ -104,7 +104,7 @@ class TextRouter(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         if "input_ids" not in batch:
             raise ValueError("text router: batch has no 'input_ids' (image-only data): set "
-                             "unimodal_text_mode to image, none or constant")
+                             "model.net.text_slot to image, none or constant")
         ids = batch["input_ids"]
         mask = batch.get("attention_mask", torch.ones_like(ids))
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
@@ -131,7 +131,7 @@ class ConstantRouter(nn.Module):
 
 # ------------------------------------------------------------------------------------------------ MWF-Layer
 class MWFLayer(nn.Module):
-    """Modality Weight Fusion layer (name expansion INFERRED, drdf.md 3).
+    """Modality Weight Fusion layer (name expansion INFERRED, §3).
 
     Default: u = [LN(h_t); LN(h_v)], a = softmax(W u + b) [B, 2], w = a_t softmax(r_t/T) + a_v softmax(r_v/T).
     ``gate``: softmax (default) | sigmoid (M3, GMU-style g, a = (g, 1-g)) | fixed (M0, a = (0.5, 0.5)) |
@@ -191,7 +191,7 @@ class MWFLayer(nn.Module):
 # ------------------------------------------------------------------------------------------------ fusion unit
 def fuse(expert_logits: torch.Tensor, weights: torch.Tensor, mode: Fusion = "logits",
          expert_features: torch.Tensor | None = None, shared_head: nn.Module | None = None) -> torch.Tensor:
-    """Expert fusion unit (drdf.md 5). ``expert_logits`` [K, B, C], ``weights`` [B, K].
+    """Expert fusion unit (§5). ``expert_logits`` [K, B, C], ``weights`` [B, K].
 
     logits (default): y = sum_k w_k z_k.  probs (F2): returns log(sum_k w_k softmax(z_k)), so cross-entropy on
     it is the NLL of the mixture.  features (F3): shared_head(sum_k w_k f_k) with ``expert_features`` [K, B, F].
@@ -216,13 +216,14 @@ def expert_specs(expert: str | None, num_experts: int | None, experts: list | No
     shared = dict(expert_kwargs or {})
     if experts is None:
         if not expert or not num_experts or num_experts < 1:
-            raise ValueError(f"give model.experts (a list) or model.expert and model.num_experts >= 1; got "
+            raise ValueError(f"give model.net.experts (a list) or model.net.expert and model.net.num_experts >= 1; got "
                              f"expert={expert!r}, num_experts={num_experts!r}")
         return [(expert, shared) for _ in range(num_experts)]
     if not isinstance(experts, list | tuple) or not experts:
-        raise ValueError(f"model.experts must be a non-empty list of expert names or dicts, got {experts!r}")
+        raise ValueError(f"model.net.experts must be a non-empty list of expert names or dicts, got {experts!r}")
     if num_experts is not None and num_experts != len(experts):
-        raise ValueError(f"model.num_experts={num_experts} disagrees with the {len(experts)} entries of model.experts")
+        raise ValueError(f"model.net.num_experts={num_experts} disagrees with the {len(experts)} entries of "
+                         "model.net.experts")
     specs = []
     for i, item in enumerate(experts):
         if isinstance(item, str):
@@ -230,7 +231,7 @@ def expert_specs(expert: str | None, num_experts: int | None, experts: list | No
         elif isinstance(item, dict) and "name" in item:
             specs.append((item["name"], {**shared, **{k: v for k, v in item.items() if k != "name"}}))
         else:
-            raise ValueError(f"model.experts[{i}]: expected a registered name or a dict with 'name', got {item!r}")
+            raise ValueError(f"model.net.experts[{i}]: expected a registered name or a dict with 'name', got {item!r}")
     return specs
 
 
@@ -242,22 +243,28 @@ class DRDF(nn.Module):
     setting). ``routing="drdf"`` (the method) or ``"uniform"`` (w = 1/K, no routers: the static-ensemble
     control; with one expert it is the single-backbone baseline). ``text_slot`` says what the text router sees:
     ``text`` (multimodal data), or on image-only data ``image`` (U1, a second image router, default), ``none``
-    (U2: no text router, a_v = 1) or ``constant`` (U3: a learned constant). Never the class name.
+    (U2: no text router, a_v = 1) or ``constant`` (U3: a learned constant). Never the class name (§2).
+
+    The other arguments are the parts' own settings: ``expert_kwargs`` go to every expert's builder
+    (``experts.build_expert``), ``text_router`` / ``image_router`` / ``text_slot_image_router`` to the routers,
+    ``mwf`` to :class:`MWFLayer`; ``fusion`` picks the fusion unit (:func:`fuse`); ``freeze_experts`` trains only
+    the routers and the MWF-Layer. These arguments are the configs' ``model.net.init_args`` (their switches: §11.1).
+    ``temperature`` (T of the routers' softmaxes) is an attribute the LightningModule sets at each step.
     """
 
     def __init__(self, num_classes: int, expert: str | None = "late_fusion", num_experts: int | None = 3,
-                 expert_kwargs: dict | None = None, routing: Literal["drdf", "uniform"] = "drdf",
-                 text_slot: TextSlot = "text", text_router: dict | None = None, image_router: dict | None = None,
-                 text_slot_image_router: dict | None = None, mwf: dict | None = None, fusion: Fusion = "logits",
-                 freeze_experts: bool = False, experts: list | None = None) -> None:
+                 expert_kwargs: Kwargs | None = None, routing: Literal["drdf", "uniform"] = "drdf",
+                 text_slot: TextSlot = "text", text_router: Kwargs | None = None, image_router: Kwargs | None = None,
+                 text_slot_image_router: Kwargs | None = None, mwf: Kwargs | None = None, fusion: Fusion = "logits",
+                 freeze_experts: bool = False, experts: list[str | Kwargs] | None = None) -> None:
         super().__init__()
         if routing not in ("drdf", "uniform"):
-            raise ValueError(f"routing must be 'drdf' or 'uniform', got {routing!r}")
+            raise ValueError(f"model.net.routing must be 'drdf' or 'uniform', got {routing!r}")
         if text_slot not in ("text", "image", "none", "constant"):
-            raise ValueError(f"unimodal_text_mode / text_slot must be text, image, none or constant; got {text_slot!r}")
+            raise ValueError(f"model.net.text_slot must be text, image, none or constant; got {text_slot!r}")
         specs = expert_specs(expert, num_experts, experts, expert_kwargs)
-        self.num_experts, self.routing, self.fusion, self.text_slot = len(specs), routing, fusion, text_slot
-        num_experts = self.num_experts
+        self.num_classes, self.num_experts = num_classes, len(specs)
+        self.routing, self.fusion, self.text_slot = routing, fusion, text_slot
         self.temperature = 1.0
         # Built one after the other from the running RNG: every expert (and head) gets its own init.
         built: list[Expert] = [build_expert(name, num_classes, **kw) for name, kw in specs]
@@ -274,18 +281,19 @@ class DRDF(nn.Module):
         self.shared_head = nn.Linear(built[0].feature_dim, num_classes) if fusion == "features" else None
         self.text_router = self.image_router = self.mwf = None
         if routing == "drdf":
-            self.image_router = ImageRouter(num_experts, **(image_router or {}))
+            K = self.num_experts
+            self.image_router = ImageRouter(K, **(image_router or {}))
             mwf_cfg = dict(mwf or {})
             if text_slot == "text":
-                self.text_router = TextRouter(num_experts, **(text_router or {}))
+                self.text_router = TextRouter(K, **(text_router or {}))
             elif text_slot == "image":
-                self.text_router = ImageRouter(num_experts, **(text_slot_image_router or image_router or {}))
+                self.text_router = ImageRouter(K, **(text_slot_image_router or image_router or {}))
             elif text_slot == "constant":
-                self.text_router = ConstantRouter(num_experts)
+                self.text_router = ConstantRouter(K)
             else:  # "none": only the image router routes
                 mwf_cfg["gate"] = "image"
             t_dim = self.text_router.feature_dim if self.text_router is not None else 1
-            self.mwf = MWFLayer(t_dim, self.image_router.feature_dim, num_experts, **mwf_cfg)
+            self.mwf = MWFLayer(t_dim, self.image_router.feature_dim, K, **mwf_cfg)
 
     def router_parameters(self) -> list[nn.Parameter]:
         mods = [m for m in (self.text_router, self.image_router, self.mwf) if m is not None]
@@ -319,24 +327,3 @@ class DRDF(nn.Module):
         logits = fuse(expert_logits, weights, self.fusion, feats, self.shared_head)
         return {"logits": logits, "expert_logits": expert_logits, "weights": weights, "modality": modality}
 
-
-def temperature_at(step: int, total_steps: int, start: float = 30.0, end: float = 1.0, fraction: float = 0.1) -> float:
-    """Dynamic-Convolution-style annealing: T linear from ``start`` to ``end`` over the first ``fraction`` of steps."""
-    ramp = max(1, int(fraction * total_steps))
-    if step >= ramp:
-        return end
-    return start + (end - start) * step / ramp
-
-
-def load_balance_loss(weights: torch.Tensor) -> torch.Tensor:
-    """Shazeer et al. 2017 importance loss: CV(sum over the batch of w)^2."""
-    importance = weights.sum(0)
-    if importance.numel() < 2:
-        return importance.new_zeros(())
-    return importance.var(unbiased=False) / importance.mean().pow(2).clamp_min(1e-12)
-
-
-def expert_cross_entropy(expert_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """mean_k CE(z_k, y) for expert_logits [K, B, C] in one batched call."""
-    K, B, C = expert_logits.shape
-    return F.cross_entropy(expert_logits.reshape(K * B, C), labels.repeat(K))

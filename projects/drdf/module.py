@@ -1,64 +1,136 @@
-"""LightningModule for DRDF: losses, the MMF / SGD recipes, metrics and the routing panels (drdf.md 6, 8)."""
+"""LightningModule for DRDF: the loss (``losses.py``, docs/papers/drdf.md §6), the MMF / SGD recipes, the routers'
+temperature, the metrics and the routing report (``viz.py``, §8)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
-from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from projects.drdf.model import DRDF, expert_cross_entropy, load_balance_loss, temperature_at
+from projects.drdf.losses import drdf_loss
+from projects.drdf.model import DRDF
+from projects.drdf.viz import log_routing_panels, toy_routing_metrics
+from shared.hparams import group, save_hparams
 from shared.metrics import binary_metrics, topk_accuracy
-from shared.panels import log_bar_chart, log_histogram, log_table
+
+Task = Literal["binary", "multiclass"]
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Weights of the per-expert cross-entropy (``lambda_aux``, §6: 0.5; 0 is the ablation) and of the load-balance
+    term (``lambda_bal``: off; 0.01 when on) in :func:`~projects.drdf.losses.drdf_loss`."""
+
+    lambda_aux: float = 0.5
+    lambda_bal: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lambda_aux < 0 or self.lambda_bal < 0:
+            raise ValueError(f"model.loss.lambda_aux and lambda_bal must be >= 0, got {self.lambda_aux}, "
+                             f"{self.lambda_bal}")
+
+
+@dataclass(frozen=True)
+class Temperature:
+    """T of the routers' softmaxes (§3): ``value`` at evaluation, and in training unless ``schedule``. With
+    ``schedule`` (§8.5, after Dynamic Convolution), T goes linearly from ``start`` down to ``value`` over the first
+    ``fraction`` of the training steps, then stays at ``value``."""
+
+    value: float = 1.0
+    schedule: bool = False
+    start: float = 30.0
+    fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.value <= 0 or self.start <= 0:
+            raise ValueError(f"model.temperature.value and start must be > 0, got {self.value}, {self.start}")
+
+    def annealed(self, step: int, total_steps: int) -> float:
+        """T at training step ``step`` of ``total_steps`` on the schedule."""
+        ramp = max(1, int(self.fraction * total_steps))
+        if step >= ramp:
+            return self.value
+        return self.start + (self.value - self.start) * step / ramp
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """The recipe (§6). Hateful Memes (MMF): ``adamw``, lr 5e-5, eps 1e-8, no weight decay, ``warmup_steps`` 2000
+    then ``linear`` decay to 0 over 22k updates; CIFAR / TinyImageNet: ``sgd`` with Nesterov momentum 0.9, lr 0.1,
+    weight decay 5e-4, ``cosine``. The routers and the MWF-Layer learn at ``router_lr_mult`` x ``lr`` (inferred:
+    10 on Hateful Memes). The schedule spans ``max_steps``, else the Trainer's optimizer steps; ``none``: constant."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 5e-5
+    router_lr_mult: float = 10.0
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: Literal["linear", "cosine", "none"] = "linear"
+    warmup_steps: int = 2000
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adamw", "sgd"):
+            raise ValueError(f"model.optim.name must be adamw or sgd, got {self.name!r}")
+        if self.schedule not in ("linear", "cosine", "none"):
+            raise ValueError(f"model.optim.schedule must be linear, cosine or none, got {self.schedule!r}")
+
+    def build(self, net: DRDF, **kwargs) -> torch.optim.Optimizer:
+        """The optimizer over ``net``'s trainable parameters in two groups, ``experts`` (with the shared head of
+        fusion F3) at ``lr`` and ``routers`` (routers + MWF-Layer; none under uniform routing) at
+        ``router_lr_mult * lr``; ``kwargs`` go to torch's optimizer."""
+        groups = [{"params": net.expert_parameters(), "lr": self.lr, "name": "experts"}]
+        router = net.router_parameters()
+        if router:
+            groups.append({"params": router, "lr": self.lr * self.router_lr_mult, "name": "routers"})
+        if self.name == "adamw":
+            return torch.optim.AdamW(groups, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, **kwargs)
+        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+                               weight_decay=self.weight_decay, **kwargs)
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """The lr multiplier at optimizer step ``step``: linear warm-up to 1, then ``linear`` / ``cosine`` to 0."""
+        warmup = min(self.warmup_steps, max(0, total_steps - 1))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 1.0 - progress if self.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class DRDFModule(LightningModule):
-    """DRDF (or its single-expert / uniform-ensemble controls) trained with
+    """Trains :class:`DRDF` (``net``) with ``L = CE(y) + lambda_aux mean_k CE(z_k) [+ lambda_bal CV(I)^2]`` (§6).
 
-    L = CE(y, label) + lambda_aux * mean_k CE(z_k, label) [+ lambda_bal * CV(sum_batch w)^2]  (drdf.md 6).
-
-    Experts: ``num_experts`` copies of ``expert``, or a heterogeneous list ``experts`` (which then wins).
-    ``task="binary"`` (Hateful Memes: val/auroc, val/acc on P(hateful) = softmax(y)[:, 1]) or ``"multiclass"``
-    (CIFAR / TinyImageNet: val/top1, val/top5). ``multimodal=False`` puts ``unimodal_text_mode`` in the text slot.
-    Optimiser: ``adamw`` (MMF HM recipe: linear warm-up then linear decay to 0) or ``sgd`` (Nesterov momentum,
-    cosine); routers + MWF at ``router_lr_mult`` x the expert lr. ``cpu_threads``: torch intra-op threads on CPU.
+    ``net.routing: uniform`` is the static ensemble (K experts, w = 1/K) and, with one expert, the single-backbone
+    baseline: the same code path. ``task``: ``binary`` (Hateful Memes: val/auroc, val/acc on P(hateful) =
+    softmax(y)[:, 1]; needs 2 classes) or ``multiclass`` (CIFAR / TinyImageNet: val/top1, val/top5).
+    ``panel_rows``: rows of each kind in the table of extreme a_t samples. ``cpu_threads`` is not a paper knob:
+    torch's intra-op threads on CPU, set at setup (1 for the toy runs on a shared machine).
     """
 
-    def __init__(self, num_classes: int = 2, task: Literal["binary", "multiclass"] = "binary",
-                 expert: str | None = "late_fusion", num_experts: int | None = 3,
-                 expert_kwargs: dict[str, Any] | None = None,
-                 routing: Literal["drdf", "uniform"] = "drdf", multimodal: bool = True,
-                 unimodal_text_mode: Literal["image", "none", "constant"] = "image",
-                 text_router: dict[str, Any] | None = None, image_router: dict[str, Any] | None = None,
-                 text_slot_image_router: dict[str, Any] | None = None, mwf: dict[str, Any] | None = None,
-                 fusion: Literal["logits", "probs", "features"] = "logits", freeze_experts: bool = False,
-                 temperature: float = 1.0, temperature_schedule: bool = False, temperature_start: float = 30.0,
-                 temperature_fraction: float = 0.1, lambda_aux: float = 0.5, lambda_bal: float = 0.0,
-                 optimizer: Literal["adamw", "sgd"] = "adamw", lr: float = 5e-5, router_lr_mult: float = 10.0,
-                 weight_decay: float = 0.0, eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = True,
-                 schedule: Literal["linear", "cosine", "none"] = "linear", warmup_steps: int = 2000,
-                 max_steps: int | None = None, panel_rows: int = 8, cpu_threads: int | None = None,
-                 experts: list | None = None) -> None:
+    monitor_mode = "max"
+
+    def __init__(self, net: DRDF, task: Task = "binary", loss: Loss = Loss(), temperature: Temperature = Temperature(),
+                 optim: Optimization = Optimization(), panel_rows: int = 8, cpu_threads: int | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
         if task not in ("binary", "multiclass"):
             raise ValueError(f"model.task must be binary or multiclass, got {task!r}")
-        if task == "binary" and num_classes != 2:
-            raise ValueError(f"model.task=binary needs num_classes=2, got {num_classes}")
-        self.model = DRDF(num_classes, expert, num_experts, expert_kwargs, routing,
-                          text_slot="text" if multimodal else unimodal_text_mode, text_router=text_router,
-                          image_router=image_router, text_slot_image_router=text_slot_image_router, mwf=mwf,
-                          fusion=fusion, freeze_experts=freeze_experts, experts=experts)
-        self.monitor = "val/auroc" if task == "binary" else "val/top1"
-        self.monitor_mode = "max"
-        self.headline_metric = self.monitor
+        if task == "binary" and net.num_classes != 2:
+            raise ValueError(f"model.task=binary needs model.net.num_classes=2, got {net.num_classes}")
+        save_hparams(self)
+        self.net = net
+        self.loss, self.temperature = group(Loss, loss), group(Temperature, temperature)
+        self.optim = group(Optimization, optim)
+        self.monitor = self.headline_metric = "val/auroc" if task == "binary" else "val/top1"
         make = (lambda p: binary_metrics(prefix=p)) if task == "binary" else (
-            lambda p: topk_accuracy(num_classes, ks=(1, 5), prefix=p))
+            lambda p: topk_accuracy(net.num_classes, ks=(1, 5), prefix=p))
         self.metrics = nn.ModuleDict({"val": make("val/"), "test": make("test/")})
         self._records: list[dict[str, Any]] = []
         self._vocab_checked = False
@@ -70,7 +142,7 @@ class DRDFModule(LightningModule):
 
     # ---------------------------------------------------------------------------------------------- steps
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.model(batch)
+        return self.net(batch)
 
     def _check_batch(self, batch: dict) -> None:
         if (batch["label"] < 0).any():
@@ -79,7 +151,7 @@ class DRDFModule(LightningModule):
         if self._vocab_checked or "input_ids" not in batch:
             return
         max_id = int(batch["input_ids"].max())
-        for name, mod in self.model.named_modules():
+        for name, mod in self.net.named_modules():
             if isinstance(mod, nn.Embedding | nn.EmbeddingBag) and name.endswith(("word_embeddings", "encoder")):
                 if max_id >= mod.num_embeddings:
                     raise ValueError(f"token id {max_id} >= vocab size {mod.num_embeddings} of {name}: the data "
@@ -92,36 +164,26 @@ class DRDFModule(LightningModule):
         return logits[:, 1] - logits[:, 0] if self.hparams.task == "binary" else logits
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        h = self.hparams
-        if h.temperature_schedule:
-            self.model.temperature = temperature_at(self.global_step, self._total_steps(), h.temperature_start,
-                                                    h.temperature, h.temperature_fraction)
-        else:
-            self.model.temperature = h.temperature
+        t = self.temperature
+        self.net.temperature = t.annealed(self.global_step, self._total_steps()) if t.schedule else t.value
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self._check_batch(batch)
         out = self(batch)
         labels = batch["label"]
-        ce = F.cross_entropy(out["logits"], labels)
-        loss = ce
-        if self.hparams.lambda_aux > 0 and self.model.num_experts > 1:
-            aux = expert_cross_entropy(out["expert_logits"], labels)
-            loss = loss + self.hparams.lambda_aux * aux
-            self.log("train/aux_ce", aux)
-        if self.hparams.lambda_bal > 0:
-            bal = load_balance_loss(out["weights"])
-            loss = loss + self.hparams.lambda_bal * bal
-            self.log("train/balance", bal)
+        loss, parts = drdf_loss(out, labels, self.loss.lambda_aux, self.loss.lambda_bal)
+        for name in ("aux_ce", "balance"):
+            if name in parts:
+                self.log(f"train/{name}", parts[name])
         B = labels.shape[0]
-        self.log_dict({"train/loss": loss, "train/ce": ce, "train/a_t": out["modality"][:, 0].mean(),
-                       "train/temperature": float(self.model.temperature)}, batch_size=B, prog_bar=False)
+        self.log_dict({"train/loss": loss, "train/ce": parts["ce"], "train/a_t": out["modality"][:, 0].mean(),
+                       "train/temperature": float(self.net.temperature)}, batch_size=B, prog_bar=False)
         self.log("train/acc", (out["logits"].argmax(-1) == labels).float().mean(), batch_size=B, prog_bar=True)
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         self._check_batch(batch)
-        self.model.temperature = self.hparams.temperature
+        self.net.temperature = self.temperature.value
         out = self(batch)
         self.metrics[stage].update(self._scores(out["logits"]), batch["label"])
         self.log(f"{stage}/loss", F.cross_entropy(out["logits"], batch["label"]), batch_size=batch["label"].shape[0],
@@ -158,66 +220,13 @@ class DRDFModule(LightningModule):
         a_t = gathered["a_t"]
         self.log_dict({"val/a_t_mean": a_t.mean(), "val/a_t_std": a_t.std() if a_t.numel() > 1 else a_t.sum() * 0,
                        "val/w_max_mean": gathered["weights"].max(-1).values.mean()})
-        self._log_toy_analysis(gathered)
+        self.log_dict(toy_routing_metrics(gathered, self.net.routing != "uniform", self.net.text_only))
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self._log_panels(gathered)
-
-    def _log_toy_analysis(self, g: dict[str, torch.Tensor]) -> None:
-        """On the toy set (known ``decided_by`` / ``aspect``): accuracy per group, how well a_t and the weight on
-        the text-only experts separate the text-decided (positive) from the image-decided memes (AUROC), and the
-        mean weight of each expert per aspect (verdict / colour / shape)."""
-        split = g["decided_by"]
-        known = split >= 0
-        if not (known.any() and (split[known] == 0).any() and (split[known] == 1).any()):
-            return
-        is_text = (split[known] == 0).long()
-        correct = g["correct"][known].float()
-        self.log_dict({"val/acc_text_decided": correct[is_text == 1].mean(),
-                       "val/acc_image_decided": correct[is_text == 0].mean()})
-        if self.model.routing == "uniform":
-            return  # constant weights: nothing to separate
-        self.log("val/a_t_auroc_text_decided", binary_auroc(g["a_t"][known], is_text))
-        w = g["weights"].float()
-        if self.model.text_only:
-            w_text = w[:, self.model.text_only].sum(-1)
-            self.log("val/w_text_auroc_text_decided", binary_auroc(w_text[known], is_text))
-        for code, name in enumerate(("verdict", "colour", "shape")):
-            rows = g["aspect"] == code
-            if rows.any():
-                for k, mean_w in enumerate(w[rows].mean(0).tolist()):
-                    self.log(f"val/w{k}_{name}", mean_w)
+            log_routing_panels(self, gathered, self._records, self.hparams.panel_rows)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.metrics["test"].compute(), sync_dist=True)
         self.metrics["test"].reset()
-
-    def _log_panels(self, gathered: dict[str, torch.Tensor]) -> None:
-        """Histogram of a_t, mean expert weights per class, and the most text- / image-heavy samples."""
-        log_histogram(self, "val/a_t_hist", gathered["a_t"])
-        w, labels = gathered["weights"].float(), gathered["label"]
-        K = w.shape[1]
-        names, values = [], []
-        for c in labels.unique().tolist():
-            mean_w = w[labels == c].mean(0)
-            names += [f"class {c} / expert {k}" for k in range(K)]
-            values += mean_w.tolist()
-        log_bar_chart(self, "val/expert_weights_per_class", names, values)
-        # The table uses this rank's samples only (texts are not gathered across processes).
-        a_t = torch.cat([r["a_t"] for r in self._records]).float().cpu()
-        texts = [t for r in self._records for t in r["text"]]
-        ids = torch.cat([r["id"] for r in self._records]).tolist()
-        lab = torch.cat([r["label"] for r in self._records]).tolist()
-        dec = torch.cat([r["decided_by"] for r in self._records]).tolist()
-        prob = torch.cat([r["prob"] for r in self._records]).float().cpu()
-        n = min(self.hparams.panel_rows, a_t.numel())
-        order = a_t.argsort(descending=True)
-        rows = []
-        for kind, idx in (("text-heavy", order[:n]), ("image-heavy", order.flip(0)[:n])):
-            for i in idx.tolist():
-                rows.append([kind, ids[i], round(float(a_t[i]), 4), lab[i], round(float(prob[i].max()), 4),
-                             int(prob[i].argmax()), {0: "text", 1: "image"}.get(dec[i], "?"), texts[i]])
-        log_table(self, "val/extreme_modality_samples",
-                  ["kind", "id", "a_t", "label", "p_max", "pred", "decided_by", "text"], rows)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """One record per meme of ``data.predict_dir`` (its images + one .jsonl naming them with their text) or
@@ -233,35 +242,17 @@ class DRDFModule(LightningModule):
 
     # ---------------------------------------------------------------------------------------------- optimisation
     def _total_steps(self) -> int:
-        if self.hparams.max_steps:
-            return int(self.hparams.max_steps)
+        if self.optim.max_steps:
+            return int(self.optim.max_steps)
         try:
             return max(1, int(self.trainer.estimated_stepping_batches))
         except Exception:  # no trainer attached (e.g. a bare module in a test)
             return 1
 
     def configure_optimizers(self):
-        h = self.hparams
-        groups = [{"params": self.model.expert_parameters(), "lr": h.lr, "name": "experts"}]
-        router = self.model.router_parameters()
-        if router:
-            groups.append({"params": router, "lr": h.lr * h.router_lr_mult, "name": "routers"})
-        if h.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=h.lr, eps=h.eps, weight_decay=h.weight_decay)
-        elif h.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov,
-                                  weight_decay=h.weight_decay)
-        else:
-            raise ValueError(f"model.optimizer must be adamw or sgd, got {h.optimizer!r}")
-        if h.schedule == "none":
+        opt = self.optim.build(self.net)
+        if self.optim.schedule == "none":
             return opt
-        total, warmup = self._total_steps(), min(h.warmup_steps, max(0, self._total_steps() - 1))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 1.0 - progress if h.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        total = self._total_steps()
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.optim.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

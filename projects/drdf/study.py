@@ -1,8 +1,9 @@
 """The README's toy study: each unimodal expert alone vs their uniform ensemble vs DRDF, over seeds.
 
 ``python -m projects.drdf.study [--seeds 0 1 2] [--configs toy_single_text toy_single_image toy_ensemble toy]
-[-- extra CLI args]``. Each run is ``python -m projects.drdf fit --config projects/drdf/configs/<config>.yaml
---seed_everything <s>`` (CSV logger, 1 CPU thread); the numbers are the last epoch's dev_seen metrics (no
+[-- extra CLI args]`` (e.g. ``-- --model.loss.lambda_aux 0.5`` or ``-- --model.net.mwf.gate sigmoid``).
+Each run is ``python -m projects.drdf fit --config projects/drdf/configs/<config>.yaml --seed_everything <s>``
+(CSV logger, 1 CPU thread); the numbers are the last epoch's dev_seen metrics (no
 checkpoint selection, so dev_seen is a held-out set here). Runs go one at a time. Writes
 ``logs/drdf/study.json`` as it goes, then ``projects/drdf/results/study.json`` (rows, table and the claim
 block ``make claims`` renders) and prints a markdown table of mean ± std.

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from projects.drdf.data import CIFARDataset, Collate, DRDFDataModule, TinyImageNetDataset, load_cifar_batch
-
-REPO = Path(__file__).resolve().parents[3]
+from projects.drdf.experts import GridEncoder
+from projects.drdf.model import ImageRouter
+from shared.backbones.text import build_wordpiece_tokenizer
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -24,8 +26,6 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 @pytest.fixture
 def memes(tmp_path: Path) -> Path:
     """Hateful Memes layout with three memes of different sizes and modes, a tokenizer and an empty dev split."""
-    from shared.backbones.text import build_wordpiece_tokenizer
-
     (tmp_path / "img").mkdir()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "img/00001.png")
     Image.new("L", (25, 60), 90).save(tmp_path / "img/00002.png")
@@ -128,32 +128,19 @@ def test_tiny_imagenet_class_without_training_images(tmp_path: Path) -> None:
     one_line(err)
 
 
-def test_cli_prints_one_error_line_and_exits_2(memes: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    import shared.cli
-    from projects.drdf.module import DRDFModule
-
-    monkeypatch.setenv("CV_PAPERS_LOGS", str(tmp_path / "logs"))
-    monkeypatch.delenv("CV_PAPERS_DEBUG", raising=False)
-    args = ["fit", "--config", str(REPO / "projects/drdf/configs/toy.yaml"), "--data.dataset", "hateful_memes",
-            "--data.data_dir", str(memes), "--data.tokenizer", str(memes / "tokenizer"), "--logger", "none",
-            "--trainer.fast_dev_run", "1"]
-    with pytest.raises(SystemExit) as exited:
-        shared.cli.main(DRDFModule, DRDFDataModule, "drdf", args=args)
-    stderr = capsys.readouterr().err
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert exited.value.code == 2, stderr[-3000:]
-    assert len(errors) == 1 and "dev_seen.jsonl: the 'val' split has no samples" in errors[0], stderr[-3000:]
-    assert "Traceback" not in stderr
+def test_cli_prints_one_error_line_and_exits_2(run_cli, memes: Path) -> None:
+    run = run_cli("drdf", "fit", "--config", "projects/drdf/configs/toy.yaml", "--data.dataset", "hateful_memes",
+                  "--data.data_dir", memes, "--data.tokenizer", memes / "tokenizer", "--logger", "none",
+                  "--trainer.fast_dev_run", "1", check=False)
+    errors = [line for line in run.err.splitlines() if line.startswith("error:")]
+    assert run.code == 2, run.err[-3000:]
+    assert len(errors) == 1 and "dev_seen.jsonl: the 'val' split has no samples" in errors[0], run.err[-3000:]
+    assert "Traceback" not in run.err
 
 
 def test_an_image_size_the_networks_cannot_take_is_named() -> None:
     """data.image_size 0 / below the patch router's patch: were convolution errors ("Kernel size can't be greater
     than actual input size") at model build or at the first step."""
-    import torch
-
-    from projects.drdf.experts import GridEncoder
-    from projects.drdf.model import ImageRouter
-
     with pytest.raises(ValueError, match=r"^data.image_size must be >= 1; got 0$"):
         DRDFDataModule(image_size=0)
     with pytest.raises(ValueError, match=r"^grid encoder resnet18: data.image_size 0 is too small for it \(.*"

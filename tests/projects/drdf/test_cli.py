@@ -1,54 +1,35 @@
-"""The CLI end to end on the toy config: fast_dev_run fit (1 process and 2-process CPU DDP), predict, bad input."""
+"""`python -m projects.drdf` on the toy config, in process: fit + predict (split and folder), bad input, the
+printed config's groups, a checkpoint of the flat arguments; and 2-process CPU DDP validation against 1 process
+(a subprocess: DDP needs its own processes)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+
+from tests.projects.drdf.conftest import TOY_SIZES
 
 REPO = Path(__file__).resolve().parents[3]
 TOY = "projects/drdf/configs/toy.yaml"
-SMALL_TOY = ["--data.toy_sizes", "{train: 16, dev_seen: 9, test_seen: 8, test_unseen: 4}", "--data.batch_size", "4",
-             "--data.eval_batch_size", "4"]
+SMALL_TOY = ["--data.toy_sizes", json.dumps(TOY_SIZES), "--data.batch_size", "4", "--data.eval_batch_size", "4"]
 
 
-def drdf(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
-    env.update(CV_PAPERS_LOGS=str(tmp_path / "logs"), PROGRESS_REFRESH="0")
-    proc = subprocess.run([sys.executable, "-m", "projects.drdf", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"drdf CLI failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory) -> Path:
-    from projects.drdf.data import write_toy_memes
-
-    root = tmp_path_factory.mktemp("toy")
-    return write_toy_memes(root, {"train": 16, "dev_seen": 9, "test_seen": 8, "test_unseen": 4})
-
-
-def test_fit_fast_dev_run_on_the_toy_config(tmp_path: Path, toy_dir: Path) -> None:
-    drdf(tmp_path, "fit", "--config", TOY, "--data.data_dir", str(toy_dir), *SMALL_TOY, "--logger", "csv",
-         "--trainer.fast_dev_run", "2")
-    assert (tmp_path / "logs" / "drdf" / "toy").is_dir()
-
-
-def test_fit_then_predict_unlabeled_split(tmp_path: Path, toy_dir: Path) -> None:
-    cfg = ["--config", TOY, "--data.data_dir", str(toy_dir), *SMALL_TOY, "--logger", "csv"]
-    drdf(tmp_path, "fit", *cfg, "--trainer.max_epochs", "1")
-    run = tmp_path / "logs" / "drdf" / "toy"
+def test_fit_then_predict_unlabeled_split(run_cli, toy_memes: Path, tmp_path: Path) -> None:
+    cfg = ["--config", TOY, "--data.data_dir", toy_memes, *SMALL_TOY, "--logger", "csv"]
+    fit = run_cli("drdf", "fit", *cfg, "--trainer.max_epochs", "1")
+    run = fit.run_dir("toy")
     assert (run / "summary.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     panels = {p.name.split("_step")[0] for p in (run / "panels").iterdir()}
     assert {"val_a_t_hist", "val_expert_weights_per_class", "val_extreme_modality_samples"} <= panels
-    drdf(tmp_path, "predict", *cfg, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
-    import json
-
+    run_cli("drdf", "predict", *cfg, "--ckpt_path", run / "checkpoints" / "last.ckpt")
     records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert records and len({r["id"] for r in records}) == len(records)
     for r in records:
@@ -56,50 +37,63 @@ def test_fit_then_predict_unlabeled_split(tmp_path: Path, toy_dir: Path) -> None
         assert len(r["expert_weights"]) >= 2 and abs(sum(r["expert_weights"]) - 1) < 1e-2
     assert (run / "predictions.csv").read_text().startswith("id,hateful_prob,a_t,a_v,expert_weights")
     # a folder of memes: their images and one .jsonl naming them
-    import shutil
-
     folder = tmp_path / "memes"
     (folder / "img").mkdir(parents=True)
-    lines = (toy_dir / "test_unseen.jsonl").read_text().splitlines()[:3]
+    lines = (toy_memes / "test_unseen.jsonl").read_text().splitlines()[:3]
     (folder / "mine.jsonl").write_text("\n".join(lines) + "\n")
     for rec in map(json.loads, lines):
-        shutil.copy(toy_dir / rec["img"], folder / rec["img"])
-    drdf(tmp_path, "predict", *cfg, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-         "--data.predict_dir", str(folder))
+        shutil.copy(toy_memes / rec["img"], folder / rec["img"])
+    run_cli("drdf", "predict", *cfg, "--ckpt_path", run / "checkpoints" / "last.ckpt", "--data.predict_dir", folder)
     got = [json.loads(line)["id"] for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert got == [json.loads(line)["id"] for line in lines]
     (folder / "other.jsonl").write_text("")
-    proc = drdf(tmp_path, "predict", *cfg, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-                "--data.predict_dir", str(folder), check=False)
-    assert proc.returncode == 2 and "expected exactly one .jsonl of memes" in proc.stderr
+    bad = run_cli("drdf", "predict", *cfg, "--ckpt_path", run / "checkpoints" / "last.ckpt", "--data.predict_dir",
+                  folder, check=False)
+    assert bad.code == 2 and "expected exactly one .jsonl of memes" in bad.err
 
 
-def test_two_process_cpu_ddp_validation_equals_one_process(tmp_path: Path, toy_dir: Path) -> None:
+def test_two_process_cpu_ddp_validation_equals_one_process(run_cli, toy_memes: Path, tmp_path: Path) -> None:
     """The 9 dev memes split 5 + 4 over 2 processes, none repeated: AUROC and accuracy equal the 1-process ones."""
-    import json
-
-    common = ["validate", "--config", TOY, "--data.data_dir", str(toy_dir), *SMALL_TOY, "--logger", "none",
+    common = ["validate", "--config", TOY, "--data.data_dir", str(toy_memes), *SMALL_TOY, "--logger", "none",
               "--trainer.accelerator", "cpu"]
-    drdf(tmp_path, *common, "--run_name", "one")
-    drdf(tmp_path, *common, "--run_name", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp")
-    one_m, two_m = (json.loads((tmp_path / "logs" / "drdf" / r / "summary.json").read_text())["metrics"]
-                    for r in ("one", "two"))
+    one = run_cli("drdf", *common, "--run_name", "one")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    proc = subprocess.run([sys.executable, "-m", "projects.drdf", *common, "--run_name", "two", "--trainer.devices",
+                           "2", "--trainer.strategy", "ddp"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    one_m, two_m = one.summary("one")["metrics"], one.summary("two")["metrics"]
     for key in ("val/auroc", "val/acc", "val/a_t_mean", "val/w_max_mean"):
         assert two_m[key] == pytest.approx(one_m[key], abs=1e-6), key
 
 
-def test_missing_data_folder_is_named(tmp_path: Path) -> None:
-    proc = drdf(tmp_path, "fit", "--config", TOY, "--data.dataset", "hateful_memes", "--data.data_dir",
-                str(tmp_path / "nowhere"), "--data.tokenizer", str(tmp_path / "nowhere"), "--logger", "none",
-                "--trainer.fast_dev_run", "1", check=False)
-    assert proc.returncode != 0 and "nowhere" in proc.stderr
+def test_missing_data_folder_is_named(run_cli, tmp_path: Path) -> None:
+    run = run_cli("drdf", "fit", "--config", TOY, "--data.dataset", "hateful_memes", "--data.data_dir",
+                  tmp_path / "nowhere", "--data.tokenizer", tmp_path / "nowhere", "--logger", "none",
+                  "--trainer.fast_dev_run", "1", check=False)
+    assert run.code != 0 and "nowhere" in run.err
 
 
-def test_nested_overrides_keep_their_types(tmp_path: Path) -> None:
-    import yaml
+def test_nested_overrides_keep_their_types_and_the_groups_are_printed(run_cli) -> None:
+    out = run_cli("drdf", "fit", "--config", "projects/drdf/configs/hateful_memes.yaml", "--data.image_size", "160",
+                  "--model.net.mwf.top_k", "2", "--model.loss.lambda_aux", "1", "--print_config").out
+    model = yaml.safe_load(out)["model"]
+    net = model["net"]["init_args"]
+    assert net["mwf"]["top_k"] == 2  # an int, not the string "2"
+    assert net["expert_kwargs"]["image_size"] == 160  # ${data.image_size} after the override
+    assert model["loss"] == {"lambda_aux": 1.0, "lambda_bal": 0.0}
+    assert model["optim"]["name"] == "adamw" and model["optim"]["max_steps"] == 22000
+    assert model["temperature"] == {"value": 1.0, "schedule": False, "start": 30.0, "fraction": 0.1}
 
-    out = drdf(tmp_path, "fit", "--config", "projects/drdf/configs/hateful_memes.yaml", "--data.image_size", "160",
-               "--model.mwf.top_k", "2", "--print_config").stdout
-    config = yaml.safe_load(out)
-    assert config["model"]["mwf"]["top_k"] == 2  # an int, not the string "2"
-    assert config["model"]["expert_kwargs"]["image_size"] == 160  # ${data.image_size} after the override
+
+def test_a_checkpoint_of_the_flat_arguments_is_one_line_naming_its_format(run_cli, toy_memes: Path,
+                                                                         tmp_path: Path) -> None:
+    """A checkpoint written before the module's arguments were grouped (flat ``model.expert``, ``model.lr``...)."""
+    old = tmp_path / "old.ckpt"
+    torch.save({"pytorch-lightning_version": "2.6.6", "state_dict": {}, "optimizer_states": [],
+                "hyper_parameters": {"num_classes": 2, "expert": "late_fusion", "lr": 5e-5}}, old)
+    run = run_cli("drdf", "validate", "--config", TOY, "--logger", "none", "--data.data_dir", toy_memes, *SMALL_TOY,
+                  "--ckpt_path", old, check=False)
+    assert run.code == 2
+    assert "written by an earlier version of this repository (module hyper-parameters format 1" in run.last_line
+    assert str(old) in run.last_line and "\n" not in run.last_line

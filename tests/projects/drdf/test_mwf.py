@@ -1,11 +1,13 @@
-"""MWF-Layer, fusion unit and router invariants (drdf.md 3, 5)."""
+"""MWF-Layer, fusion unit, router temperature and loss invariants (docs/papers/drdf.md §3, §5, §6)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from projects.drdf.model import MWFLayer, expert_cross_entropy, fuse, load_balance_loss, temperature_at
+from projects.drdf.losses import drdf_loss, expert_cross_entropy, load_balance_loss
+from projects.drdf.model import MWFLayer, fuse
+from projects.drdf.module import Temperature
 
 B, K, DT, DV = 6, 3, 5, 7
 
@@ -55,8 +57,9 @@ def test_temperature_flattens_the_weights_and_the_schedule_anneals() -> None:
     w1, _ = mwf(*_inputs(3), temperature=1.0)
     w30, _ = mwf(*_inputs(3), temperature=30.0)
     assert (w30.max(-1).values < w1.max(-1).values).all()
-    assert temperature_at(0, 1000) == 30.0 and temperature_at(100, 1000) == 1.0
-    assert 1.0 < temperature_at(50, 1000) < 30.0
+    schedule = Temperature(schedule=True)
+    assert schedule.annealed(0, 1000) == 30.0 and schedule.annealed(100, 1000) == 1.0
+    assert 1.0 < schedule.annealed(50, 1000) < 30.0
 
 
 def test_bad_flags_are_refused_with_the_value() -> None:
@@ -93,3 +96,10 @@ def test_losses() -> None:
     y = torch.randint(0, 3, (5,))
     expected = torch.stack([torch.nn.functional.cross_entropy(z[k], y) for k in range(K)]).mean()
     torch.testing.assert_close(expert_cross_entropy(z, y), expected)
+    out = {"logits": torch.randn(5, 3), "expert_logits": z, "weights": collapsed[:5]}
+    ce = torch.nn.functional.cross_entropy(out["logits"], y)
+    loss, parts = drdf_loss(out, y, lambda_aux=0.5, lambda_bal=0.01)
+    torch.testing.assert_close(loss, ce + 0.5 * expected + 0.01 * load_balance_loss(collapsed[:5]))
+    assert set(parts) == {"ce", "aux_ce", "balance"}
+    loss, parts = drdf_loss({**out, "expert_logits": z[:1]}, y, lambda_aux=0.5)  # K = 1: no per-expert term
+    assert set(parts) == {"ce"} and torch.equal(loss, ce)

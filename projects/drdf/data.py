@@ -263,7 +263,7 @@ class TinyImageNetDataset(Dataset):
 
 
 # ------------------------------------------------------------------------------------------------ toy memes
-TOY_VERSION = 2                        # bump when the toy's rules change: an old data_dir is then rewritten
+TOY_VERSION = 3   # bump when the toy changes (3: the deterministic tokenizer); an old data_dir is then rewritten
 TOY_NOUNS = ("cat", "dog", "car", "tree", "house", "party", "song", "movie", "city", "game")
 TOY_WORDS = ("good", "bad")            # verdict rule: "good" -> 0, "bad" -> 1
 TOY_KEY_COLORS = ("blue", "red")       # colour rule: the key object is blue -> 0, red -> 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import string
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
@@ -177,20 +178,23 @@ def _load_tokenizer(folder: Path | None, kind: Kind, what: str):
 
 def build_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path | None, vocab_size: int = 1000,
                               lowercase: bool = True):
-    """Train a BERT-style WordPiece tokenizer on ``texts``; save it (if ``out_dir``) as a BertTokenizerFast folder.
+    """A BERT-style WordPiece tokenizer for ``texts``; saved (if ``out_dir``) as a BertTokenizerFast folder.
 
-    Special tokens get ids 0-4 ([PAD], [UNK], [CLS], [SEP], [MASK]); the vocabulary may stay below
-    ``vocab_size`` for small corpora (every character and word piece seen is kept).
+    The vocabulary is a pure function of ``texts``: the special tokens (ids 0-4: [PAD], [UNK], [CLS], [SEP],
+    [MASK]), every character seen with its ``##`` continuation (so any word of those characters can be spelt),
+    then whole words by frequency, ties in alphabetical order, up to ``vocab_size`` (BERT's normaliser and
+    pre-tokeniser). The ``tokenizers`` WordPiece trainer was not used: it breaks frequency ties in hash-map order,
+    so two writes of the same captions got different vocabularies, and a toy run different numbers.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import normalizers, pre_tokenizers
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, min_frequency=1)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    tokenizer = BertTokenizerFast(vocab=tok.get_vocab(), do_lower_case=lowercase)
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=lowercase), pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for text in texts for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = [*BERT_SPECIALS, *chars, *(f"##{c}" for c in chars)]
+    vocab += [w for w in sorted(words, key=lambda w: (-words[w], w)) if len(w) > 1][:max(0, vocab_size - len(vocab))]
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=lowercase)
     if out_dir is not None:
         tokenizer.save_pretrained(out_dir)
     return tokenizer

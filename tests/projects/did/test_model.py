@@ -10,8 +10,6 @@ import torch.nn.functional as F
 from projects.did.model import DiD, cls_rollout, instance_boxes, instance_maps, threshold_maps
 from shared.attention import attention_rollout, crop_and_resize
 
-torch.set_num_threads(2)
-
 
 def tiny_did(**kw) -> DiD:
     torch.manual_seed(0)

@@ -27,6 +27,10 @@ from shared.backbones.vit import ViTBackbone
 Reconstraint = Literal["product", "sum"]
 EmptyBox = Literal["full", "official"]
 
+CPU_HEAP_MAX_BYTES = 32 * 2**20
+"""glibc's mmap threshold ceiling on 64-bit: a larger CPU tensor is a fresh ``mmap`` whose every 4 KiB page faults
+(and is zeroed by the kernel) on first write, each time it is allocated."""
+
 
 # ----------------------------------------------------------------------------------------------------------
 # SRM: class-agnostic rollout map (CLS row only)
@@ -173,6 +177,18 @@ class DiD(nn.Module):
         """GAP over the patch tokens then the classifier (= the mean of the class maps), ``[B, C]``."""
         return self.classifier(tokens[:, self.backbone.num_prefix_tokens:].mean(1))
 
+    def views_per_call(self, views: Tensor, batch: int) -> int:
+        """How many of the ``N * B`` local views ``[N * B, 3, H, W]`` one backbone call takes: all of them, except on
+        a CPU when the widest activation of that call (the MLP's hidden tokens) would pass
+        :data:`CPU_HEAP_MAX_BYTES`; then ``batch`` (= B, each call shaped like the global pass). At ViT-B/16 448
+        the one call's [N * B, 785, 3072] activations cost about a million page faults per training step, the DiD
+        step's whole extra CPU time over (1 + N) plain-ViT steps; small inputs (the toy task) stay one call."""
+        if views.device.type != "cpu":
+            return len(views)
+        tokens = self.backbone.num_prefix_tokens + self.backbone.num_patches
+        hidden = self.backbone.model.blocks[0].mlp.fc1.out_features
+        return len(views) if len(views) * tokens * hidden * views.element_size() <= CPU_HEAP_MAX_BYTES else batch
+
     @torch.no_grad()
     def discover(self, x: Tensor, s: Tensor, global_logits: Tensor, attentions: Sequence[Tensor]
                  ) -> dict[str, Tensor]:
@@ -202,7 +218,12 @@ class DiD(nn.Module):
             return {"global": global_logits, "local": None, "fused": global_logits, "class_maps": s}
         out = self.discover(x, s, global_logits.detach(), attentions)
         b, n = out["top_classes"].shape
-        local_tokens, _ = self.backbone(out["views"].flatten(0, 1))       # one call on the N*B views
+        views = out["views"].flatten(0, 1)
+        per_call = self.views_per_call(views, b)
+        if per_call >= len(views):
+            local_tokens, _ = self.backbone(views)                        # one call on the N*B views
+        else:
+            local_tokens = torch.cat([self.backbone(v)[0] for v in views.split(per_call)])
         local_logits = self.pooled_logits(local_tokens).view(b, n, -1).amax(1)
         fused = torch.maximum(global_logits, local_logits)
         return {"global": global_logits, "local": local_logits, "fused": fused, "class_maps": s, **out}

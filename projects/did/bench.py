@@ -19,57 +19,64 @@ import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 
+from projects.did.data import DiDData
+from projects.did.model import DiD
+from projects.did.module import DiDModule, Loss, Optimization
 from shared.bench import BenchCase, GpuRow, PipelineRow, register, register_gpu_row, register_pipeline_row, switches
 from shared.bench.gpu import TINY_VIT
+from shared.bench.photos import write_photos
+from shared.bench.pipeline import epoch_batches, paper_data
 from shared.bench.registry import device_target
+from shared.bench.steps import paper_config, train_step
 
 BOX_TARGET = device_target(gpu=10.0, cpu=1.0)   # the box steps vs a per-sample loop
 CONFIGS = Path(__file__).parent / "configs"
 
 
-def train_step_case(cfg: dict, batch: int, name: str, device: str = "cpu", switch: str | None = None) -> BenchCase:
-    """One DiD step (global + top-N local views) vs (1 + N) ViT-baseline steps with the same weights.
+def train_step_case(config: str | Path, batch: int, device: str = "cpu", switch: str | None = None,
+                    **net: object) -> BenchCase:
+    """The training step of ``config`` (its DiD with N local views, its loss, optimizer and gradient clip; random
+    weights; ``net`` overrides model arguments) vs (1 + N) steps of the same module with ``local_views: false`` (the
+    ViT baseline, same weights; the N local views are N extra images), ``batch`` random images with random
+    labels. Both run ``DiDModule.training_step`` (``shared.bench.steps``).
 
     ``switch`` (``shared/bench/switches.py``: ``fused`` or ``compile``): instead the DiD step with that switch vs
     the same step without it (twins with the same weights, no dropout). Each step returns its loss."""
-    from projects.did.model import DiD
-
     switches.check(switch, ("fused", "compile"))
+    cfg = paper_config(config)
+    m, clip = cfg["model"], cfg["trainer"].get("gradient_clip_val")
+    net_args = {**m["net"]["init_args"], "pretrained": False, **net}
+    loss, optim = Loss(**m.get("loss", {})), Optimization(**m.get("optim", {}))
     torch.manual_seed(0)
-    did = DiD(**cfg, local_views=True)
+
+    def module(local_views: bool) -> DiDModule:
+        return DiDModule(DiD(**{**net_args, "local_views": local_views}), loss, optim)
+
+    did = module(True)
     if switch is None:
-        base = DiD(**cfg, local_views=False)
+        base = module(False)
         base.load_state_dict(did.state_dict())
     else:
         base = switches.plain_twin(did)
     did, base = did.to(device), base.to(device)
     if switch == "compile":
-        switches.compile_method(did.backbone, "encode")
-    n = did.top_n
-    size = cfg["img_size"]
+        switches.compile_method(did.net.backbone, "encode")
+    size, classes, n = net_args["img_size"], net_args["num_classes"], did.net.top_n
     x = torch.randn(batch, 3, size, size).to(device)
-    y = (torch.rand(batch, cfg["num_classes"]) < 0.3).float().to(device)
-    opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9,
-                               **switches.optimizer_kwargs(switch if m is did else None)) for m in (did, base)}
+    t = (torch.rand(batch, classes) < 0.3).float().to(device)
+    steps = {which: train_step(which, (x, t), optim.build(which.parameters(), **switches.optimizer_kwargs(
+        switch if which is did else None)), clip) for which in (did, base)}
 
-    def step(model: DiD) -> torch.Tensor:
-        with torch.inference_mode(False), torch.enable_grad():   # the bench timer runs under inference_mode
-            out = model(x)
-            loss = F.binary_cross_entropy_with_logits(out["global"], y)
-            if out["local"] is not None:
-                loss = loss + F.binary_cross_entropy_with_logits(out["local"], y)
-            opts[model].zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opts[model].step()
-        return loss.detach()
-
-    def baseline() -> None:
+    def vit_steps() -> None:
         for _ in range(1 + n):
-            step(base)
+            steps[base]()
 
-    return BenchCase(method=lambda: step(did), baseline=baseline if switch is None else lambda: step(base),
-                     details={"setting": name, "batch": batch, "top_n": n, "img_size": size,
+    return BenchCase(method=steps[did], baseline=vit_steps if switch is None else steps[base],
+                     details={"config": Path(config).name, "backbone": net_args["backbone"], "img_size": size,
+                              "batch": batch, "top_n": n, "box_resolution": net_args.get("box_resolution"),
+                              "region_measure": net_args.get("region_measure", "contour_area"),
+                              "optimizer": optim.name, "gradient_clip": clip, "device": device,
+                              "threads": torch.get_num_threads(),
                               "ratio_meaning": "DiD step / (1 + N) ViT-baseline steps" if switch is None
                               else f"DiD step with / without {switch}", **({"switch": switch} if switch else {})})
 
@@ -77,19 +84,13 @@ def train_step_case(cfg: dict, batch: int, name: str, device: str = "cpu", switc
 @register("did: train step / (1+N) ViT steps (toy, 64px, B=16)", target=1.10, kind="overhead", repeats=7,
           warmup=2)
 def _toy_step() -> BenchCase:
-    cfg = dict(num_classes=10, backbone="vit_tiny_patch16_224", img_size=64, patch_size=8, embed_dim=64, depth=4,
-               num_heads=2, hidden_dropout=0.0)
-    return train_step_case(cfg, 16, "toy")
-
-
-COCO_VITB_448 = dict(num_classes=80, backbone="vit_base_patch16_224", img_size=448, hidden_dropout=0.1)
-"""configs/coco.yaml's model (random init): ViT-B/16 at 448, 80 classes, top-4 local views."""
+    return train_step_case(CONFIGS / "toy.yaml", 16)
 
 
 @register("did: train step / (1+N) ViT steps (ViT-B/16 448, B=1)", target=1.10, kind="overhead", repeats=3,
           warmup=1)
 def _vitb_step() -> BenchCase:
-    return train_step_case(COCO_VITB_448, 1, "ViT-B/16 448")
+    return train_step_case(CONFIGS / "coco.yaml", 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def _vitb_step() -> BenchCase:
 def official_style_discover(x: torch.Tensor, attentions: list[torch.Tensor], s: torch.Tensor, logits: torch.Tensor,
                             top_n: int, threshold: float = 0.6) -> torch.Tensor:
     """Per image: full rollout (T x T products), then per top class: resize, min-max, uint8 threshold,
-    largest 8-connected region (scipy, in place of cv2 contours), box, crop + resize (did.md 3, 5)."""
+    largest 8-connected region (scipy, in place of cv2 contours), box, crop + resize (§3, §5)."""
     b, _, h_img, w_img = x.shape
     gh, gw = s.shape[-2:]
     views = []
@@ -128,8 +129,6 @@ def official_style_discover(x: torch.Tensor, attentions: list[torch.Tensor], s: 
 
 
 def _discover_case(batch: int, box_resolution: int | None) -> BenchCase:
-    from projects.did.model import DiD
-
     torch.manual_seed(0)
     model = DiD(80, "vit_tiny_patch16_224", img_size=448, patch_size=16, embed_dim=32, depth=12, num_heads=2,
                 box_resolution=box_resolution).eval()
@@ -168,8 +167,6 @@ def write_bench_coco(root, samples: int, files: int, size: tuple[int, int] = (64
     """A COCO 2014 folder (``annotations/instances_{train,val}2014.json`` with 1-3 boxes an image over the 80
     categories, ``{train,val}2014/COCO_<split>2014_<id>.jpg``): ``samples`` training images cycling over ``files``
     photo-like JPEGs of ``size`` (COCO's photos are about 640x480), ``val`` validation images."""
-    from shared.bench.photos import write_photos
-
     root = Path(root)
     w, h = size
     categories = [{"id": c, "name": f"category_{c}", "supercategory": "thing"} for c in COCO_CATEGORY_IDS]
@@ -189,9 +186,6 @@ def write_bench_coco(root, samples: int, files: int, size: tuple[int, int] = (64
 def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
     """The training DataLoader of configs/coco.yaml + one_gpu.yaml (resize 512 -> multi-scale crop -> 448 + flip,
     batch 8 per GPU) over a COCO folder written under ``root``; ``tiny``: 64x48 JPEGs, 64 px, batch 2."""
-    from projects.did.data import DiDData
-    from shared.bench.pipeline import epoch_batches, paper_data
-
     data = paper_data(CONFIGS / "coco.yaml", CONFIGS / "one_gpu.yaml")
     size = (640, 480)
     if tiny:
@@ -213,12 +207,11 @@ def pipeline_loader(root, workers: int, files: int, tiny: bool = False):
 def gpu_step(device: str, tiny: bool, batch: int | None = None, switch: str | None = None
              ) -> tuple[BenchCase, int, int]:
     if tiny:
-        cfg = dict(num_classes=10, backbone="vit_tiny_patch16_224", img_size=32, patch_size=8, hidden_dropout=0.0,
-                   **{k: v for k, v in TINY_VIT.items() if k != "mlp_ratio"})
-        case = train_step_case(cfg, batch or 2, "tiny", device, switch)
+        arch = {k: v for k, v in TINY_VIT.items() if k != "mlp_ratio"}
+        case = train_step_case(CONFIGS / "coco.yaml", batch or 2, device, switch, num_classes=10,
+                               backbone="vit_tiny_patch16_224", img_size=32, patch_size=8, hidden_dropout=0.0, **arch)
     else:
-        case = train_step_case(COCO_VITB_448, batch or 8, "coco.yaml ViT-B/16 448, one_gpu.yaml batch", device,
-                               switch)
+        case = train_step_case(CONFIGS / "coco.yaml", batch or 8, device, switch)
     b, n = case.details["batch"], case.details["top_n"]
     return case, b, b if switch else (1 + n) * b  # the baseline is (1 + N) plain-ViT steps (a switch: its twin)
 

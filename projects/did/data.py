@@ -1,4 +1,4 @@
-"""Datasets of DiD (did.md section 7): MS-COCO 2014, PASCAL VOC 2007/2012, optional NUS-WIDE, and the toy set.
+"""Datasets of DiD (§7): MS-COCO 2014, PASCAL VOC 2007/2012, optional NUS-WIDE, and the toy set.
 
 Targets are float vectors ``[C]`` with 1 positive, 0 negative, -1 difficult (VOC objects that are only
 marked ``difficult``), the convention of ``shared.metrics``. The toy dataset is written in the COCO
@@ -83,7 +83,7 @@ def _field(obj: dict, key: str, where: str, path: Path):
 def read_coco_instances(path: str | Path) -> tuple[list[str], list[str], torch.Tensor]:
     """``instances_*.json`` -> (class names in sorted category-id order, file names, targets [N, C]).
 
-    Labels are the set of ``category_id`` of each image's annotations (did.md 7.1); images without any
+    Labels are the set of ``category_id`` of each image's annotations (§7.1); images without any
     annotation are dropped, as DiD / ML-GCN do.
     """
     path = require_file(path, COCO_LAYOUT, "COCO annotation file")
@@ -202,7 +202,7 @@ class NUSWIDEDataset(MultiLabelImages):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Transforms (did.md section 6)
+# Transforms (§6)
 # ----------------------------------------------------------------------------------------------------------
 class MultiScaleCrop:
     """ML-GCN / TSN multi-scale crop: side = base x s (s in ``scales``), width/height scale indices at most

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from projects.did.data import DiDData, MultiLabelImages
 from projects.did.model import DiD
+from projects.did.module import DiDModule
 from shared.cli import run_with_clear_errors
 from shared.study import rebuild_toy_run
 
@@ -108,13 +109,11 @@ def measure(model: DiD, ds: MultiLabelImages, gt_boxes: Tensor, gt_classes: Tens
 
 def measure_checkpoint(ckpt: str | Path, batch_size: int = 128) -> dict[str, float]:
     """Rebuild a toy run's model and validation set from its Lightning checkpoint (our own file: weights only)."""
-    from projects.did.module import DiDModule
-
     module, data, dm = rebuild_toy_run(ckpt, DiDModule, DiDData, "the instance-discovery measure")
     data.prepare_data()                                         # no-op when the same toy set is there
     data.setup("validate")
     gt_boxes, gt_classes = data.val_instance_boxes                # the toy set's instances (DiDData.setup)
-    return measure(module.model, data.val_set, gt_boxes, gt_classes, batch_size)
+    return measure(module.net, data.val_set, gt_boxes, gt_classes, batch_size)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """DiD (Hu et al., ICME 2022): diverse instance discovery on a pure ViT, as a plain ``nn.Module``.
 
-Paper module -> code (did.md sections 2-5):
+Paper module -> code (§2-§5 of docs/papers/did.md):
 
 * semantic category-aware module (SCM): a 1x1 classifier over the final patch tokens gives class maps
   ``S [B, C, h, w]``; the global logits are their spatial mean (:meth:`DiD.class_maps`);
@@ -14,7 +14,6 @@ Paper module -> code (did.md sections 2-5):
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -25,17 +24,19 @@ from torch import Tensor, nn
 from shared.attention import RegionMeasure, attention_rollout_row, crop_and_resize, mask_to_box
 from shared.backbones.vit import ViTBackbone
 
-logger = logging.getLogger(__name__)
-
 Reconstraint = Literal["product", "sum"]
 EmptyBox = Literal["full", "official"]
+
+CPU_HEAP_MAX_BYTES = 32 * 2**20
+"""glibc's mmap threshold ceiling on 64-bit: a larger CPU tensor is a fresh ``mmap`` whose every 4 KiB page faults
+(and is zeroed by the kernel) on first write, each time it is allocated."""
 
 
 # ----------------------------------------------------------------------------------------------------------
 # SRM: class-agnostic rollout map (CLS row only)
 # ----------------------------------------------------------------------------------------------------------
 def cls_rollout(attentions: Sequence[Tensor], num_prefix_tokens: int = 1) -> Tensor:
-    """CLS row of the attention rollout over the patch columns: ``[B, N]`` (did.md section 3).
+    """CLS row of the attention rollout over the patch columns: ``[B, N]`` (§3).
 
     ``attention_rollout(attentions)[:, 0, P:]`` computed as ``e_0^T Â_L ... Â_1`` by the shared
     :func:`~shared.attention.attention_rollout_row` (no T x T x T products at 785 tokens).
@@ -51,7 +52,7 @@ def cls_rollout(attentions: Sequence[Tensor], num_prefix_tokens: int = 1) -> Ten
 # Re-constraint and the map -> box step
 # ----------------------------------------------------------------------------------------------------------
 def instance_maps(rollout_map: Tensor, class_maps: Tensor, mode: Reconstraint = "product") -> Tensor:
-    """Instance-aware maps ``M [B, C, h, w]`` = rollout ``[B, h, w]`` (x or +) detached class maps (did.md 4).
+    """Instance-aware maps ``M [B, C, h, w]`` = rollout ``[B, h, w]`` (x or +) detached class maps (§4).
 
     ``product`` is the official (TS-CAM style) re-constraint; ``sum`` is the commented-out alternative.
     """
@@ -67,7 +68,7 @@ def instance_maps(rollout_map: Tensor, class_maps: Tensor, mode: Reconstraint = 
 def threshold_maps(maps: Tensor, size: tuple[int, int], threshold: float = 0.6, quantize: bool = True) -> Tensor:
     """Upsample ``[K, h, w]`` maps to ``size`` and keep the pixels above ``threshold`` of the min-max range.
 
-    Official steps (did.md 5.2-5.3): ``cv2.resize`` (bilinear, half-pixel centres = ``align_corners=False``),
+    Official steps (§5.2-5.3): ``cv2.resize`` (bilinear, half-pixel centres = ``align_corners=False``),
     min-max to [0, 1], ``uint8(255 m)`` and ``THRESH_TOZERO`` at ``int(0.6 * 255) = 153``, i.e. a pixel stays
     when ``floor(255 m) > 153``; ``quantize=False`` uses ``m > threshold`` instead. A constant map (the
     official code divides by zero there) gives an empty mask, which the caller turns into the fallback box.
@@ -152,7 +153,7 @@ class DiD(nn.Module):
                                     attn_proj_drop_rate=attn_dropout,  # ViT-pytorch: attention rate there
                                     attn_drop_rate=attn_dropout, drop_path_rate=drop_path_rate, **arch)
         if pretrained and reset_final_norm:
-            # Official quirk (did.md 1): the final encoder LayerNorm is not loaded from the checkpoint.
+            # Official quirk (§1): the final encoder LayerNorm is not loaded from the checkpoint.
             self.backbone.model.norm.reset_parameters()
         self.classifier = nn.Linear(self.backbone.embed_dim, num_classes)  # = Conv2d(D, C, 1) on the token grid
         self.num_classes = num_classes
@@ -167,7 +168,7 @@ class DiD(nn.Module):
         self.region_measure = region_measure
 
     def class_maps(self, tokens: Tensor) -> Tensor:
-        """SCM: 1x1 classifier over the patch tokens -> ``[B, C, h, w]`` (did.md 2)."""
+        """SCM: 1x1 classifier over the patch tokens -> ``[B, C, h, w]`` (§2)."""
         gh, gw = self.backbone.grid_size
         patches = tokens[:, self.backbone.num_prefix_tokens:]
         return self.classifier(patches).transpose(1, 2).reshape(tokens.shape[0], self.num_classes, gh, gw)
@@ -175,6 +176,18 @@ class DiD(nn.Module):
     def pooled_logits(self, tokens: Tensor) -> Tensor:
         """GAP over the patch tokens then the classifier (= the mean of the class maps), ``[B, C]``."""
         return self.classifier(tokens[:, self.backbone.num_prefix_tokens:].mean(1))
+
+    def views_per_call(self, views: Tensor, batch: int) -> int:
+        """How many of the ``N * B`` local views ``[N * B, 3, H, W]`` one backbone call takes: all of them, except on
+        a CPU when the widest activation of that call (the MLP's hidden tokens) would pass
+        :data:`CPU_HEAP_MAX_BYTES`; then ``batch`` (= B, each call shaped like the global pass). At ViT-B/16 448
+        the one call's [N * B, 785, 3072] activations cost about a million page faults per training step, the DiD
+        step's whole extra CPU time over (1 + N) plain-ViT steps; small inputs (the toy task) stay one call."""
+        if views.device.type != "cpu":
+            return len(views)
+        tokens = self.backbone.num_prefix_tokens + self.backbone.num_patches
+        hidden = self.backbone.model.blocks[0].mlp.fc1.out_features
+        return len(views) if len(views) * tokens * hidden * views.element_size() <= CPU_HEAP_MAX_BYTES else batch
 
     @torch.no_grad()
     def discover(self, x: Tensor, s: Tensor, global_logits: Tensor, attentions: Sequence[Tensor]
@@ -205,7 +218,12 @@ class DiD(nn.Module):
             return {"global": global_logits, "local": None, "fused": global_logits, "class_maps": s}
         out = self.discover(x, s, global_logits.detach(), attentions)
         b, n = out["top_classes"].shape
-        local_tokens, _ = self.backbone(out["views"].flatten(0, 1))       # one call on the N*B views
+        views = out["views"].flatten(0, 1)
+        per_call = self.views_per_call(views, b)
+        if per_call >= len(views):
+            local_tokens, _ = self.backbone(views)                        # one call on the N*B views
+        else:
+            local_tokens = torch.cat([self.backbone(v)[0] for v in views.split(per_call)])
         local_logits = self.pooled_logits(local_tokens).view(b, n, -1).amax(1)
         fused = torch.maximum(global_logits, local_logits)
         return {"global": global_logits, "local": local_logits, "fused": fused, "class_maps": s, **out}

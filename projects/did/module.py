@@ -1,53 +1,86 @@
-"""LightningModule of DiD: two-branch BCE, SGD + warm-up cosine, multi-label metrics and panels (did.md 5-7)."""
+"""LightningModule of DiD: the two-view BCE (``losses.py``), the official SGD + warm-up cosine recipe, multi-label
+metrics of the global, local and fused predictions, and the instance panels (``viz.py``); §5-§7."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from projects.did.model import DiD, EmptyBox, Reconstraint
+from projects.did.losses import multilabel_targets, two_view_loss
+from projects.did.model import DiD
 from projects.did.viz import instance_panel
-from shared.attention import RegionMeasure
+from shared.hparams import group, save_hparams
 from shared.metrics import multilabel_metrics
 from shared.panels import log_bar_chart, log_images
 from shared.schedules import warmup_cosine_schedule
 
 
-class DiDModule(LightningModule):
-    """DiD training: ``L = BCE(global) + BCE(local)`` (``local_loss_weight`` x the second term).
+@dataclass(frozen=True)
+class Loss:
+    """``L = BCE(global) + local_weight * BCE(local)`` (§5 "Training objective"; the official weight is 1).
 
-    Metrics (``shared.metrics``: mAP, CP, CR, CF1, OP, OR, OF1 and top-3) are logged for the global, local
+    ``difficult_as_positive``: the official targets count VOC "difficult" (-1) as positive (§6, §8.10); ``False``
+    makes them negative. The metrics ignore them either way."""
+
+    local_weight: float = 1.0
+    difficult_as_positive: bool = True
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """The official recipe (§6): SGD, momentum 0.9, lr 0.05, weight decay 1e-5 on every parameter, a linear warm-up
+    over ``warmup_frac`` of the optimizer steps, then cosine to 0 at the Trainer's last step.
+
+    ``name: adamw`` is a toy-only deviation (a ViT from random init barely moves with SGD in a few hundred steps)."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    warmup_frac: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.name not in ("sgd", "adamw"):
+            raise ValueError(f"model.optim.name must be 'sgd' (paper) or 'adamw' (toy), got {self.name!r}")
+
+    def build(self, params, **kwargs) -> torch.optim.Optimizer:
+        """The optimizer over ``params`` (one group, as the official trainer); ``kwargs`` go to torch's."""
+        if self.name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                                   **kwargs)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, **kwargs)
+
+    def warmup_steps(self, total: int) -> int:
+        """Warm-up length for a schedule of ``total`` optimizer steps (at least 1)."""
+        return max(1, round(self.warmup_frac * total))
+
+
+class DiDModule(LightningModule):
+    """Trains :class:`DiD` (``net``); ``net.local_views: false`` is the paper's ViT baseline (fused = global).
+
+    Metrics (``shared.metrics``: mAP, CP, CR, CF1, OP, OR, OF1 and top-3, §7.2) are logged for the global, local
     and fused (class-wise max) predictions as ``val/{global,local,fused}/<metric>``; the headline is
-    ``val/fused/mAP``. With ``local_views=False`` (the ViT baseline) fused = global.
+    ``val/fused/mAP``. ``panel_images``: validation images drawn in the instance panel (0: none). ``cpu_threads``:
+    torch's intra-op threads on a CPU run (None: torch's default; not a paper knob).
     """
 
     monitor = "val/fused/mAP"
     monitor_mode = "max"
     headline_metric = "val/fused/mAP"
 
-    def __init__(self, num_classes: int = 80, backbone: str = "vit_base_patch16_224", img_size: int = 448,
-                 patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
-                 num_heads: int | None = None, pretrained: bool | str = False, hidden_dropout: float = 0.1,
-                 attn_dropout: float = 0.0, drop_path_rate: float = 0.0, reset_final_norm: bool = True,
-                 local_views: bool = True, top_n: int = 4, threshold: float = 0.6,
-                 reconstraint: Reconstraint = "product", box_resolution: int | None = None,
-                 quantize_threshold: bool = True, empty_box: EmptyBox = "full", lr: float = 0.05,
-                 momentum: float = 0.9, weight_decay: float = 1e-5, warmup_frac: float = 0.05,
-                 difficult_as_positive: bool = True, local_loss_weight: float = 1.0, panel_images: int = 4,
-                 cpu_threads: int | None = None, optimizer: Literal["sgd", "adamw"] = "sgd",
-                 region_measure: RegionMeasure = "contour_area") -> None:
+    def __init__(self, net: DiD, loss: Loss = Loss(), optim: Optimization = Optimization(), panel_images: int = 4,
+                 cpu_threads: int | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = DiD(num_classes, backbone, img_size, patch_size, embed_dim, depth, num_heads, pretrained,
-                         hidden_dropout, attn_dropout, drop_path_rate, reset_final_norm, local_views, top_n,
-                         threshold, reconstraint, box_resolution, quantize_threshold, empty_box, region_measure)
-        self.branches = ("global", "local", "fused") if local_views else ("global", "fused")
-        self.val_metrics = nn.ModuleDict({b: multilabel_metrics(num_classes, prefix=f"{b}/") for b in self.branches})
+        save_hparams(self)
+        self.net, self.loss, self.optim = net, group(Loss, loss), group(Optimization, optim)
+        self.branches = ("global", "local", "fused") if net.local_views else ("global", "fused")
+        self.val_metrics = nn.ModuleDict({b: multilabel_metrics(net.num_classes, prefix=f"{b}/")
+                                          for b in self.branches})
         self._panel: dict[str, Tensor] | None = None
 
     def setup(self, stage: str) -> None:
@@ -57,45 +90,33 @@ class DiDModule(LightningModule):
             torch.set_num_threads(self.hparams.cpu_threads)
 
     def forward(self, x: Tensor) -> dict[str, Tensor | None]:
-        return self.model(x)
+        return self.net(x)
 
     # ------------------------------------------------------------------------------------------ training
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, t = batch
-        out = self.model(x)
-        # Official targets: difficult (-1) is a positive for the loss (MCAR convention, did.md 6 / 8.10).
-        y = (t != 0) if self.hparams.difficult_as_positive else (t > 0)
-        y = y.to(out["global"].dtype)
-        loss_global = F.binary_cross_entropy_with_logits(out["global"], y)
-        logs = {"train/loss_global": loss_global}
-        loss = loss_global
+        out = self.net(x)
+        loss, parts = two_view_loss(out["global"], out["local"],
+                                    multilabel_targets(t, self.loss.difficult_as_positive), self.loss.local_weight)
+        logs = {f"train/loss_{k}": v for k, v in parts.items()}
         if out["local"] is not None:
-            loss_local = F.binary_cross_entropy_with_logits(out["local"], y)
-            loss = loss + self.hparams.local_loss_weight * loss_local
             boxes = out["boxes"].float()
             area = ((boxes[..., 2] - boxes[..., 0] + 1) * (boxes[..., 3] - boxes[..., 1] + 1)) / x[0, 0].numel()
-            logs.update({"train/loss_local": loss_local, "train/box_area": area.mean(),
-                         "train/box_found": out["found"].float().mean()})
+            logs.update({"train/box_area": area.mean(), "train/box_found": out["found"].float().mean()})
         logs["train/loss"] = loss
         self.log_dict(logs, prog_bar=False, batch_size=x.shape[0])
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
         return loss
 
     def configure_optimizers(self):
-        hp = self.hparams
-        if hp.optimizer == "sgd":   # the official recipe (fine-tuning from ImageNet-21k weights)
-            opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adamw":   # toy runs from random init: SGD barely moves a scratch ViT in minutes
-            opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            raise ValueError(f"model.optimizer must be 'sgd' or 'adamw', got {hp.optimizer!r}")
+        opt = self.optim.build(self.parameters())
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        return warmup_cosine_schedule(opt, self.trainer, max(1, round(hp.warmup_frac * total)))
+        return warmup_cosine_schedule(opt, self.trainer, self.optim.warmup_steps(total))
 
     # ---------------------------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, t = batch
-        out = self.model(x)
+        out = self.net(x)
         for b in self.branches:
             self.val_metrics[b].update(out[b].float(), t)
         if batch_idx == 0 and self.trainer.is_global_zero and "views" in out and self.hparams.panel_images > 0:
@@ -138,7 +159,7 @@ class DiDModule(LightningModule):
         threshold lives in the data config: ``predict --ckpt_path`` restores every model.* value from the
         checkpoint, over the command line.)"""
         x, index = batch
-        out = self.model(x)
+        out = self.net(x)
         scores = out["fused"].sigmoid()
         names = self._class_names()
         threshold = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("predict_threshold", 0.5)
@@ -159,7 +180,7 @@ class DiDModule(LightningModule):
     def _class_names(self) -> list[str]:
         dm = getattr(self.trainer, "datamodule", None)
         names = list(getattr(dm, "class_names", []) or [])
-        return names if len(names) == self.hparams.num_classes else [str(i) for i in range(self.hparams.num_classes)]
+        return names if len(names) == self.net.num_classes else [str(i) for i in range(self.net.num_classes)]
 
     def _log_panels(self, stage: str, names: list[str]) -> None:
         p = self._panel

@@ -1,4 +1,4 @@
-"""Do boxes thresholded at ``box_resolution`` match the full-resolution ones? (issue 17, point 3)
+"""Do boxes thresholded at ``box_resolution`` match the full-resolution ones? (§10 row 5: the cheap option)
 
 Every map is thresholded at the input size (the official code) and at a quarter of it (the paper configs' old
 ``box_resolution: 112`` of 448: 4-px cells), with each region rule (``pixels``, ``contour_area``):
@@ -22,9 +22,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from projects.did.data import DiDData
 from projects.did.mechanism import box_iou, discover_boxes
 from projects.did.model import instance_boxes
+from projects.did.module import DiDModule
 from shared.cli import run_with_clear_errors
+from shared.study import rebuild_toy_run
 
 
 def agreement(maps: Tensor, size: int, factor: int = 4, threshold: float = 0.6) -> dict[str, dict[str, float]]:
@@ -56,14 +59,10 @@ def random_multipeak_maps(n: int, grid: int = 28, seed: int = 0) -> Tensor:
 @torch.no_grad()
 def toy_model_maps(ckpt: str | Path) -> tuple[Tensor, int]:
     """The top-N instance maps a trained toy DiD computes on its validation images, ``[M * N, h, w]``."""
-    from projects.did.data import DiDData
-    from projects.did.module import DiDModule
-    from shared.study import rebuild_toy_run
-
     module, data, _ = rebuild_toy_run(ckpt, DiDModule, DiDData, "the box_resolution check")
     data.prepare_data()
     data.setup("validate")
-    model = module.model.eval()
+    model = module.net.eval()
     chosen, size = [], 0
     for x, _ in DataLoader(data.val_set, batch_size=128, shuffle=False):
         out = discover_boxes(model, x)

@@ -7,12 +7,12 @@ discovery mechanism on each run's ``last.ckpt`` (``projects.did.mechanism``), pr
 std over seeds) and writes it with the per-run rows and the command to ``projects/did/results/study.json``.
 Extra arguments go to every run (e.g. ``--trainer.max_steps 400``).
 
-* ``baseline``: ``--model.local_views false``, the config's steps.
-* ``baseline_matched``: the baseline with (1 + N) x the steps and the validation interval (N = ``model.top_n``):
+* ``baseline``: ``--model.net.local_views false``, the config's steps.
+* ``baseline_matched``: the baseline with (1 + N) x the steps and the validation interval (N = ``model.net.top_n``):
   DiD's backbone sees 1 + N images per sample and step. The LR schedule follows, since ``DiDModule`` sizes it
   from ``trainer.estimated_stepping_batches`` = ``max_steps`` (no ``max_epochs`` in the toy config).
 * ``did``: the config as it is.
-* init ``pretrained``: the config's ``model.pretrained``; ``scratch``: ``--model.pretrained false``.
+* init ``pretrained``: the config's ``model.net.pretrained``; ``scratch``: ``--model.net.pretrained false``.
 
 The mechanism figures are measured for the baselines too: their boxes are what discovery would pick from their
 own maps (see ``projects.did.mechanism``).
@@ -42,40 +42,46 @@ MECHANISM = ("instance_hit", "instance_hit_same_class", "absent_box_frac", "box_
 LABELS = {"baseline": "ViT baseline", "baseline_matched": "ViT baseline, (1+N)x steps", "did": "DiD"}
 
 
-def arg_value(args: list[str], key: str) -> str | None:
-    """The last value given to ``--key`` in ``args`` (``--key v`` or ``--key=v``), else None."""
+def arg_value(args: list[str], *keys: str) -> str | None:
+    """The last value given to any of ``keys`` in ``args`` (``--key v`` or ``--key=v``), else None."""
     value = None
     for i, a in enumerate(args):
-        if a == key and i + 1 < len(args):
+        if a in keys and i + 1 < len(args):
             value = args[i + 1]
-        elif a.startswith(key + "="):
+        elif a.split("=", 1)[0] in keys and "=" in a:
             value = a.split("=", 1)[1]
     return value
 
 
 def effective(config: dict, extra: list[str], dotted: str, default=None):
-    """``dotted`` (e.g. ``trainer.max_steps``) as the run will see it: the extra arguments, else the config."""
-    given = arg_value(extra, f"--{dotted}")
+    """``dotted`` (e.g. ``trainer.max_steps``) as the run will see it: the extra arguments, else the config.
+
+    A model argument ``model.net.<arg>`` lives under ``model.net.init_args`` in the config file; on the command
+    line both ``--model.net.<arg>`` and ``--model.net.init_args.<arg>`` set it."""
+    path = dotted.split(".")
+    if path[:2] == ["model", "net"]:
+        path = ["model", "net", "init_args", *path[2:]]
+    given = arg_value(extra, f"--{dotted}", "--" + ".".join(path))
     if given is not None:
         return yaml.safe_load(given)
     node = config
-    for part in dotted.split("."):
+    for part in path:
         node = node.get(part) if isinstance(node, dict) else None
     return default if node is None else node
 
 
 def step_factor(config: dict, extra: list[str]) -> int:
-    """1 + N: the images DiD's backbone sees per sample and step (N = ``model.top_n``, default 4)."""
-    return 1 + int(effective(config, extra, "model.top_n", 4))
+    """1 + N: the images DiD's backbone sees per sample and step (N = ``model.net.top_n``, default 4)."""
+    return 1 + int(effective(config, extra, "model.net.top_n", 4))
 
 
 def run_overrides(init: str, variant: str, config: dict, extra: list[str]) -> list[str]:
     """The arguments of one run after the config: ``extra`` first, then the init's and the variant's (they win)."""
     args = list(extra)
     if init == "scratch":
-        args += ["--model.pretrained", "false"]
+        args += ["--model.net.pretrained", "false"]
     if variant in ("baseline", "baseline_matched"):
-        args += ["--model.local_views", "false"]
+        args += ["--model.net.local_views", "false"]
     if variant == "baseline_matched":
         k = step_factor(config, extra)
         steps = effective(config, extra, "trainer.max_steps")
@@ -129,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     config_file = Path(args.config) if Path(args.config).exists() else REPO_ROOT / args.config
     config = yaml.safe_load(config_file.read_text()) or {}
-    pretrained = effective(config, extra, "model.pretrained", False)
+    pretrained = effective(config, extra, "model.net.pretrained", False)
     if "pretrained" in args.inits and not pretrained:
-        print(f"note: {args.config} has model.pretrained={pretrained!r}: the 'pretrained' runs start from scratch",
+        print(f"note: {args.config} has model.net.pretrained={pretrained!r}: the 'pretrained' runs start from scratch",
               flush=True)
     rows = []
     for seed in args.seeds:

@@ -1,34 +1,22 @@
 """DiD mechanism measure: IoU with inclusive / exclusive ends, the hit and absent figures on hand-made boxes, the
-instance boxes mapped into the validation input, and ``measure_checkpoint`` on a tiny fit's checkpoint."""
+instance boxes mapped into the validation input, and ``measure_checkpoint`` on the shared short fit's checkpoint."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from projects.did.data import (
-    TOY_CATEGORY_IDS,
-    TOY_COLORS,
-    COCO2014Dataset,
-    build_transform,
-    val_instances,
-    write_toy_coco,
-)
+from projects.did.data import TOY_CATEGORY_IDS, TOY_COLORS, COCO2014Dataset, DiDData, build_transform, val_instances
 from projects.did.mechanism import box_iou, discover_boxes, measure_checkpoint, mechanism_figures
 from projects.did.mechanism import main as mechanism_main
 from projects.did.model import DiD
 from projects.did.module import DiDModule
+from projects.did.viz import CYAN, instance_panel
 from shared.data import IMAGENET_MEAN, IMAGENET_STD
 from shared.data.toyworld import COLORS
-
-torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[3]
-TOY = dict(n_train=32, n_val=72, size=64, seed=0)   # val scene 63 is empty (every 64th)
+from tests.projects.did.toy_set import TOY
 
 
 def test_iou_of_an_inclusive_box_with_an_exclusive_end_box() -> None:
@@ -70,14 +58,13 @@ def test_discover_boxes_are_the_forward_pass_boxes() -> None:
         torch.testing.assert_close(got[key], out[key])
 
 
-def test_instance_boxes_land_on_their_objects_in_the_resized_input(tmp_path: Path) -> None:
+def test_instance_boxes_land_on_their_objects_in_the_resized_input(toy_root: Path) -> None:
     """Toy set written at 64 px, read through the 96 px validation transform: inside each mapped box the object's
     colour fills a good part, and it comes within 2 px of each of the box's four edges. (The toy boxes cover
     every pixel PIL may draw, so they are typically 1 source pixel = 1.5 px here loose at the far edges.)"""
-    write_toy_coco(tmp_path / "toy", **TOY)
     size = 96
-    ds = COCO2014Dataset(tmp_path / "toy", "val", build_transform(size, train=False))
-    boxes, classes = val_instances(ds, tmp_path / "toy" / "annotations" / "instances_val2014.json", size)
+    ds = COCO2014Dataset(toy_root, "val", build_transform(size, train=False))
+    boxes, classes = val_instances(ds, toy_root / "annotations" / "instances_val2014.json", size)
     assert len(ds) == TOY["n_val"] - 1 and boxes.shape[0] == len(ds)     # the empty scene is dropped
     assert "COCO_val2014_000000000063.png" not in {p.name for p in ds.paths}
     assert boxes.max() <= size and (classes >= 0).sum() == int((ds.targets > 0).sum())
@@ -96,20 +83,9 @@ def test_instance_boxes_land_on_their_objects_in_the_resized_input(tmp_path: Pat
             assert near[:, :e].any() and near[:, -e:].any() and near[:e].any() and near[-e:].any(), (m, b)
 
 
-def run_did_fit(tmp: Path, *args: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
-    env.update(CV_PAPERS_LOGS=str(tmp / "logs"), PROGRESS_REFRESH="0")
-    cmd = [sys.executable, "-m", "projects.did", "fit", "--config", "projects/did/configs/toy.yaml",
-           "--data.root", str(tmp / "toy"), "--data.toy_train", str(TOY["n_train"]), "--data.toy_val",
-           str(TOY["n_val"]), "--data.batch_size", "8", "--logger", "none", "--trainer.max_steps", "2", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-
-
-def test_measure_checkpoint_of_a_two_step_fit_and_of_a_baseline(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture) -> None:
-    run_did_fit(tmp_path, "--run_name", "tiny")
-    ckpt = tmp_path / "logs" / "did" / "tiny" / "checkpoints" / "last.ckpt"
+def test_measure_checkpoint_of_a_short_fit_and_of_a_baseline(short_fit: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    ckpt = short_fit / "checkpoints" / "last.ckpt"
     got = measure_checkpoint(ckpt)
     n_val = TOY["n_val"] - 1
     assert got["n_images"] == n_val and got["n_instances"] >= n_val
@@ -121,10 +97,12 @@ def test_measure_checkpoint_of_a_two_step_fit_and_of_a_baseline(tmp_path: Path,
     mechanism_main(["--ckpt", str(ckpt)])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == pytest.approx(got)
 
-    # A ViT baseline checkpoint (local_views=False), built by hand in the CLI's layout, is measured too.
+    # A ViT baseline checkpoint (model.net.local_views false), built by hand in the CLI's layout, is measured too.
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hp = {**state["hyper_parameters"], "local_views": False}
-    baseline = DiDModule(**{k: v for k, v in hp.items() if k != "_instantiator"})
+    hp = {k: v for k, v in state["hyper_parameters"].items() if k != "_instantiator"}
+    net_args = {**hp["net"]["init_args"], "local_views": False}
+    hp["net"] = {**hp["net"], "init_args": net_args}
+    baseline = DiDModule(DiD(**{**net_args, "pretrained": False}))
     torch.save({"hyper_parameters": hp, "datamodule_hyper_parameters": state["datamodule_hyper_parameters"],
                 "state_dict": baseline.state_dict()}, tmp_path / "baseline.ckpt")
     base = measure_checkpoint(tmp_path / "baseline.ckpt")
@@ -137,11 +115,8 @@ def test_measure_checkpoint_of_a_two_step_fit_and_of_a_baseline(tmp_path: Path,
         measure_checkpoint(tmp_path / "coco.ckpt")
 
 
-def test_datamodule_exposes_the_instances_and_the_panel_draws_them(tmp_path: Path) -> None:
-    from projects.did.data import DiDData
-    from projects.did.viz import CYAN, instance_panel
-
-    data = DiDData("toy", str(tmp_path / "toy"), img_size=64, toy_train=TOY["n_train"], toy_val=TOY["n_val"])
+def test_datamodule_exposes_the_instances_and_the_panel_draws_them(toy_root: Path) -> None:
+    data = DiDData("toy", str(toy_root), img_size=64, toy_train=TOY["n_train"], toy_val=TOY["n_val"])
     data.prepare_data()
     data.setup("validate")
     boxes, classes = data.val_instance_boxes

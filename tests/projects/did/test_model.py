@@ -7,10 +7,9 @@ import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 
+import projects.did.model as model_module
 from projects.did.model import DiD, cls_rollout, instance_boxes, instance_maps, threshold_maps
 from shared.attention import attention_rollout, crop_and_resize
-
-torch.set_num_threads(2)
 
 
 def tiny_did(**kw) -> DiD:
@@ -171,6 +170,21 @@ def test_forward_shapes_topn_and_local_views() -> None:
     _, attn = model.backbone(x, return_attention=True)
     torch.testing.assert_close(out["rollout"], attention_rollout(attn)[:, 0, 1:].view(2, 4, 4))
     torch.testing.assert_close(out["instance_maps"], out["rollout"][:, None] * out["class_maps"])
+
+
+def test_local_views_in_several_backbone_calls_on_cpu_equal_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Views whose activations would pass the CPU heap's largest block go through the backbone B at a time."""
+    model = tiny_did()
+    x = torch.randn(2, 3, 32, 32)
+    views = torch.zeros(6, 3, 32, 32)
+    assert model.views_per_call(views, 2) == 6                           # 6 x 17 tokens x 128 x 4 bytes
+    with torch.no_grad():
+        one = model(x)
+        monkeypatch.setattr(model_module, "CPU_HEAP_MAX_BYTES", 6 * 17 * 128 * 4 - 1)
+        assert model.views_per_call(views, 2) == 2
+        split = model(x)
+    for key in ("global", "local", "fused", "boxes", "views"):
+        torch.testing.assert_close(split[key], one[key], atol=1e-6, rtol=1e-6)
 
 
 def test_gradients_flow_from_both_branches_but_not_through_the_boxes() -> None:

@@ -1,14 +1,13 @@
-"""DiD LightningModule: the metrics on a hand-computed example, the two-branch loss, the LR schedule."""
-
+"""DiD LightningModule: the metrics on a hand-computed example, the two-branch loss."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from projects.did.module import DiDModule
+from projects.did.losses import multilabel_targets, two_view_loss
+from projects.did.model import DiD
+from projects.did.module import DiDModule, Loss
 from shared.metrics import multilabel_metrics
-
-torch.set_num_threads(2)
 
 TINY = dict(num_classes=2, backbone="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2,
             num_heads=2, hidden_dropout=0.0, top_n=2)
@@ -19,7 +18,7 @@ TARGETS = torch.tensor([[1, 0], [0, -1], [1, 1], [-1, 0]])
 
 
 def test_map_and_threshold_metrics_on_a_hand_computed_example() -> None:
-    module = DiDModule(**TINY)
+    module = DiDModule(DiD(**TINY))
     metric = module.val_metrics["fused"]
     metric.update(SCORES, TARGETS)
     got = {k: float(v) for k, v in metric.compute().items()}
@@ -40,19 +39,26 @@ def test_map_and_threshold_metrics_on_a_hand_computed_example() -> None:
     assert t1["CP_top1"] == pytest.approx(100 * (1 / 3 + 1) / 2, abs=1e-4)
     assert t1["OP_top1"] == pytest.approx(50.0, abs=1e-4) and t1["OR_top1"] == pytest.approx(200 / 3, abs=1e-4)
     assert set(module.branches) == {"global", "local", "fused"}
-    assert DiDModule(**{**TINY, "local_views": False}).branches == ("global", "fused")
+    assert DiDModule(DiD(**TINY, local_views=False)).branches == ("global", "fused")
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to")
 @pytest.mark.parametrize("difficult_as_positive", [True, False])
 def test_loss_is_bce_on_global_plus_local(difficult_as_positive: bool) -> None:
     torch.manual_seed(0)
-    module = DiDModule(**TINY, difficult_as_positive=difficult_as_positive)
+    module = DiDModule(DiD(**TINY), loss={"difficult_as_positive": difficult_as_positive})
     x = torch.randn(3, 3, 32, 32)
     t = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [0.0, 0.0]])
     loss = module.training_step((x, t), 0)
-    out = module.model(x)
+    out = module.net(x)
     y = (t != 0).float() if difficult_as_positive else (t > 0).float()
     bce = F.binary_cross_entropy_with_logits
     expected = bce(out["global"], y) + bce(out["local"], y)
     torch.testing.assert_close(loss, expected)
+    # The loss function alone: the local term weighed, and left out for the ViT baseline (no local logits).
+    got, parts = two_view_loss(out["global"], out["local"], multilabel_targets(t, difficult_as_positive), 0.5)
+    torch.testing.assert_close(got, bce(out["global"], y) + 0.5 * bce(out["local"], y))
+    assert set(parts) == {"global", "local"}
+    got, parts = two_view_loss(out["global"], None, multilabel_targets(t, difficult_as_positive))
+    assert torch.equal(got, bce(out["global"], y)) and set(parts) == {"global"}
+    assert Loss(**module.hparams["loss"]) == module.loss

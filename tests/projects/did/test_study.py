@@ -13,18 +13,20 @@ TOY = yaml.safe_load((REPO / "projects/did/configs/toy.yaml").read_text())
 
 
 def test_matched_baseline_scales_steps_and_validation_interval_by_one_plus_top_n() -> None:
-    k = 1 + TOY["model"]["top_n"]
+    k = 1 + TOY["model"]["net"]["init_args"]["top_n"]
     steps, interval = TOY["trainer"]["max_steps"], TOY["trainer"]["val_check_interval"]
     assert study.run_overrides("pretrained", "did", TOY, []) == []
     assert study.run_overrides("scratch", "baseline", TOY, ["--x", "1"]) == [
-        "--x", "1", "--model.pretrained", "false", "--model.local_views", "false"]
+        "--x", "1", "--model.net.pretrained", "false", "--model.net.local_views", "false"]
     assert study.run_overrides("pretrained", "baseline_matched", TOY, []) == [
-        "--model.local_views", "false", "--trainer.max_steps", str(k * steps),
+        "--model.net.local_views", "false", "--trainer.max_steps", str(k * steps),
         "--trainer.val_check_interval", str(k * interval)]
     # Extra arguments change the base values (both spellings); the scaled ones come last, so they win.
-    got = study.run_overrides("pretrained", "baseline_matched", TOY,
-                              ["--trainer.max_steps", "40", "--model.top_n=2", "--trainer.val_check_interval", "20"])
+    extra = ["--trainer.max_steps", "40", "--model.net.top_n=2", "--trainer.val_check_interval", "20"]
+    got = study.run_overrides("pretrained", "baseline_matched", TOY, extra)
     assert got[-4:] == ["--trainer.max_steps", "120", "--trainer.val_check_interval", "60"]
+    got = study.run_overrides("pretrained", "baseline_matched", TOY, ["--model.net.init_args.top_n", "1"])
+    assert got[-4:] == ["--trainer.max_steps", str(2 * steps), "--trainer.val_check_interval", str(2 * interval)]
     assert study.step_factor({}, []) == 5                                # top_n defaults to 4
 
 
@@ -33,7 +35,7 @@ def test_rows_table_and_result_file_from_stub_runs(monkeypatch: pytest.MonkeyPat
 
     def fake_fit(project, config, name, seed, overrides=()):
         calls.append((name, list(overrides)))
-        local = "--model.local_views" not in overrides
+        local = "--model.net.local_views" not in overrides
         metrics = {f"val/{b}/{m}": 50.0 + seed for b in ("global", "fused") for m in ("mAP", "CF1", "OF1", "CP")}
         if local:
             metrics.update({f"val/local/{m}": 40.0 + seed for m in ("mAP", "CF1", "OF1")})

@@ -75,13 +75,10 @@ def rebuild_toy_run(ckpt: str | Path, module_cls: type, data_cls: type, what: st
                          "of this repository's CLI)")
     if dm.get("dataset") != "toy":
         raise ValueError(f"{ckpt}: {what} needs the toy dataset's ground truth; this run used {dm.get('dataset')!r}")
-    if "net" in hp:
-        hp = {k: v for k, v in hp.items() if k != "_instantiator"}
-        net = hp["net"]
-        hp["net"] = {**net, "init_args": {**net.get("init_args", {}), "pretrained": False}}
-        module = instantiate_module(module_cls, hp)
-    else:  # flat arguments (a module not yet grouped)
-        module = module_cls(**{**_init_args(module_cls, hp), "pretrained": False})
+    hp = {k: v for k, v in hp.items() if k != "_instantiator"}
+    net = hp["net"]
+    hp["net"] = {**net, "init_args": {**net.get("init_args", {}), "pretrained": False}}
+    module = instantiate_module(module_cls, hp)
     module.load_state_dict(state["state_dict"])
     root = Path(dm["root"])
     if not root.is_absolute() and not root.exists():

@@ -26,6 +26,7 @@ from shared.backbones.vit import ViTBackbone
 
 Reconstraint = Literal["product", "sum"]
 EmptyBox = Literal["full", "official"]
+ClassMapActivation = Literal["none", "relu", "sigmoid"]
 
 CPU_HEAP_MAX_BYTES = 32 * 2**20
 """glibc's mmap threshold ceiling on 64-bit: a larger CPU tensor is a fresh ``mmap`` whose every 4 KiB page faults
@@ -51,13 +52,22 @@ def cls_rollout(attentions: Sequence[Tensor], num_prefix_tokens: int = 1) -> Ten
 # ----------------------------------------------------------------------------------------------------------
 # Re-constraint and the map -> box step
 # ----------------------------------------------------------------------------------------------------------
-def instance_maps(rollout_map: Tensor, class_maps: Tensor, mode: Reconstraint = "product") -> Tensor:
+def instance_maps(rollout_map: Tensor, class_maps: Tensor, mode: Reconstraint = "product",
+                  activation: ClassMapActivation = "none") -> Tensor:
     """Instance-aware maps ``M [B, C, h, w]`` = rollout ``[B, h, w]`` (x or +) detached class maps (§4).
 
     ``product`` is the official (TS-CAM style) re-constraint; ``sum`` is the commented-out alternative.
+    ``activation`` is applied to the class maps first: ``none`` (official: the raw logits maps), ``relu`` (only
+    positive evidence, as CAMs are usually rectified) or ``sigmoid`` (per-location class probabilities).
     """
     a = rollout_map[:, None].to(class_maps.dtype)
     s = class_maps.detach()
+    if activation == "relu":
+        s = s.relu()
+    elif activation == "sigmoid":
+        s = s.sigmoid()
+    elif activation != "none":
+        raise ValueError(f"class_map_activation must be 'none', 'relu' or 'sigmoid', got {activation!r}")
     if mode == "product":
         return a * s
     if mode == "sum":
@@ -124,6 +134,7 @@ class DiD(nn.Module):
     ``[B, C, h, w]``, ``rollout`` ``[B, h, w]``, ``instance_maps`` ``[B, C, h, w]``, ``top_classes`` ``[B, N]``,
     ``boxes`` ``[B, N, 4]`` (inclusive input pixels), ``found`` ``[B, N]`` and ``views`` ``[B, N, 3, H, W]``.
     ``local_views=False`` is the paper's ViT baseline (GAP over patch tokens + 1x1 classifier).
+    ``class_map_activation`` acts on the class maps before the re-constraint (``none``: the official raw maps).
     """
 
     def __init__(self, num_classes: int, backbone: str = "vit_base_patch16_224", img_size: int = 448,
@@ -133,7 +144,8 @@ class DiD(nn.Module):
                  local_views: bool = True, top_n: int = 4, threshold: float = 0.6,
                  reconstraint: Reconstraint = "product", box_resolution: int | None = None,
                  quantize_threshold: bool = True, empty_box: EmptyBox = "full",
-                 region_measure: RegionMeasure = "contour_area") -> None:
+                 region_measure: RegionMeasure = "contour_area",
+                 class_map_activation: ClassMapActivation = "none") -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -147,6 +159,8 @@ class DiD(nn.Module):
             raise ValueError(f"empty_box must be 'full' or 'official', got {empty_box!r}")
         if region_measure not in ("pixels", "contour_area"):
             raise ValueError(f"region_measure must be 'pixels' or 'contour_area', got {region_measure!r}")
+        if class_map_activation not in ("none", "relu", "sigmoid"):
+            raise ValueError(f"class_map_activation must be 'none', 'relu' or 'sigmoid', got {class_map_activation!r}")
         arch = {k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v is not None}
         self.backbone = ViTBackbone(backbone, pretrained=pretrained, img_size=img_size, patch_size=patch_size,
                                     pos_drop_rate=hidden_dropout, proj_drop_rate=hidden_dropout,
@@ -166,6 +180,7 @@ class DiD(nn.Module):
         self.quantize_threshold = quantize_threshold
         self.empty_box = empty_box
         self.region_measure = region_measure
+        self.class_map_activation = class_map_activation
 
     def class_maps(self, tokens: Tensor) -> Tensor:
         """SCM: 1x1 classifier over the patch tokens -> ``[B, C, h, w]`` (§2)."""
@@ -196,7 +211,7 @@ class DiD(nn.Module):
         b, _, h_img, w_img = x.shape
         gh, gw = self.backbone.grid_size
         rollout = cls_rollout(attentions, self.backbone.num_prefix_tokens).view(b, gh, gw)
-        maps = instance_maps(rollout, s, self.reconstraint)
+        maps = instance_maps(rollout, s, self.reconstraint, self.class_map_activation)
         top = global_logits.topk(self.top_n, dim=1).indices               # predicted classes, never the labels
         chosen = maps.gather(1, top[:, :, None, None].expand(-1, -1, gh, gw))
         res = None if self.box_resolution is None else (self.box_resolution, self.box_resolution)

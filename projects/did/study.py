@@ -1,17 +1,21 @@
 """Toy study: ViT baseline, compute-matched ViT baseline and DiD, from pretrained and from scratch, over seeds.
 
 ``python -m projects.did.study [--seeds 0 1 2] [--inits pretrained scratch] [--variants baseline
-baseline_matched did] [--config projects/did/configs/toy.yaml] [ARGS...]`` runs ``fit`` through the CLI for
-every (seed, init, variant) (CSV logger, run folders ``logs/did/study_<init>_<variant>_s<seed>``), measures the
-discovery mechanism on each run's ``last.ckpt`` (``projects.did.mechanism``), prints a markdown table (mean +-
-std over seeds) and writes it with the per-run rows and the command to ``projects/did/results/study.json``.
-Extra arguments go to every run (e.g. ``--trainer.max_steps 400``).
+baseline_matched did did_relu] [--config projects/did/configs/toy.yaml] [ARGS...]`` runs ``fit`` through the CLI
+for every (seed, init, variant) (CSV logger, run folders ``logs/did/<study>_<init>_<variant>_s<seed>``), measures
+the discovery mechanism on each run's ``last.ckpt`` (``projects.did.mechanism``), prints a markdown table (mean +-
+std over seeds) and writes it with the per-run rows and the command to ``projects/did/results/<study>.json``:
+``study`` for ``configs/toy.yaml``, ``study_grid16`` for ``configs/toy_grid16.yaml`` (the same images through 4 px
+patches, a 16x16 grid). Extra arguments go to every run (e.g. ``--trainer.max_steps 400``).
 
 * ``baseline``: ``--model.net.local_views false``, the config's steps.
 * ``baseline_matched``: the baseline with (1 + N) x the steps and the validation interval (N = ``model.net.top_n``):
   DiD's backbone sees 1 + N images per sample and step. The LR schedule follows, since ``DiDModule`` sizes it
   from ``trainer.estimated_stepping_batches`` = ``max_steps`` (no ``max_epochs`` in the toy config).
 * ``did``: the config as it is.
+* ``did_relu``: the pre-registered ablation, ``--model.net.class_map_activation relu`` (the class maps rectified
+  before the product with the rollout; the official code multiplies the raw maps). By default it runs at the
+  16x16 grid, from the pretrained ViT.
 * init ``pretrained``: the config's ``model.net.pretrained``; ``scratch``: ``--model.net.pretrained false``.
 
 The mechanism figures are measured for the baselines too: their boxes are what discovery would pick from their
@@ -34,12 +38,13 @@ from shared.cli import REPO_ROOT
 from shared.stats import cell
 from shared.study import run_fit, write_results
 
-VARIANTS = ("baseline", "baseline_matched", "did")
+VARIANTS = ("baseline", "baseline_matched", "did", "did_relu")
 INITS = ("pretrained", "scratch")
 BRANCHES = ("global", "local", "fused")
 KEPT_METRICS = ("mAP", "CF1", "OF1")
 MECHANISM = ("instance_hit", "instance_hit_same_class", "absent_box_frac", "box_area")
-LABELS = {"baseline": "ViT baseline", "baseline_matched": "ViT baseline, (1+N)x steps", "did": "DiD"}
+LABELS = {"baseline": "ViT baseline", "baseline_matched": "ViT baseline, (1+N)x steps", "did": "DiD",
+          "did_relu": "DiD, class maps rectified"}
 
 
 def arg_value(args: list[str], *keys: str) -> str | None:
@@ -82,6 +87,8 @@ def run_overrides(init: str, variant: str, config: dict, extra: list[str]) -> li
         args += ["--model.net.pretrained", "false"]
     if variant in ("baseline", "baseline_matched"):
         args += ["--model.net.local_views", "false"]
+    if variant == "did_relu":
+        args += ["--model.net.class_map_activation", "relu"]
     if variant == "baseline_matched":
         k = step_factor(config, extra)
         steps = effective(config, extra, "trainer.max_steps")
@@ -94,9 +101,21 @@ def run_overrides(init: str, variant: str, config: dict, extra: list[str]) -> li
     return args
 
 
+def study_name(config_path: str) -> str:
+    """``study`` for ``toy.yaml``, ``study_<suffix>`` for ``toy_<suffix>.yaml`` (the result file and run names)."""
+    stem = Path(config_path).stem
+    return "study" + stem.removeprefix("toy")
+
+
+def setting(config: dict, extra: list[str]) -> str:
+    """The geometry a config runs at, e.g. ``8x8 grid (64 px, patch 8)``."""
+    size, patch = effective(config, extra, "data.img_size"), effective(config, extra, "model.net.patch_size")
+    return f"{size // patch}x{size // patch} grid ({size} px, patch {patch})"
+
+
 def run_row(config_path: str, config: dict, init: str, variant: str, seed: int, extra: list[str]) -> dict:
     """One fit + the mechanism figures of its last checkpoint, as a compact result row."""
-    name = f"study_{init}_{variant}_s{seed}"
+    name = f"{study_name(config_path)}_{init}_{variant}_s{seed}"
     summary = run_fit("did", config_path, name, seed, run_overrides(init, variant, config, extra))
     metrics = summary["metrics"]
     row = {"init": init, "variant": variant, "seed": seed, "run": name, "global_step": summary["global_step"],
@@ -130,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--config", default="projects/did/configs/toy.yaml")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS,
+                        help="default: baseline, baseline_matched, did; and did_relu from pretrained at 16x16")
     parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     args, extra = parser.parse_known_args(argv)
     config_file = Path(args.config) if Path(args.config).exists() else REPO_ROOT / args.config
@@ -139,22 +159,23 @@ def main(argv: list[str] | None = None) -> None:
     if "pretrained" in args.inits and not pretrained:
         print(f"note: {args.config} has model.net.pretrained={pretrained!r}: the 'pretrained' runs start from scratch",
               flush=True)
+    grid16 = setting(config, extra).startswith("16x16")
     rows = []
     for seed in args.seeds:
         for init in args.inits:
-            for variant in args.variants:
+            for variant in args.variants or [*VARIANTS[:3], *(["did_relu"] if grid16 and init == "pretrained" else [])]:
                 rows.append(run_row(args.config, config, init, variant, seed, extra))
                 print(json.dumps(rows[-1]), flush=True)
     text = table(rows)
     print(text)
-    write_results("did", "study", {
+    write_results("did", study_name(args.config), {
         "command": shlex.join(["python", "-m", "projects.did.study", *argv]), "config": args.config,
-        "seeds": args.seeds, "inits": args.inits, "variants": args.variants, "extra_args": extra,
-        "pretrained": pretrained, "step_factor": step_factor(config, extra), "table": text, "rows": rows,
-        "claim": claim(rows)})
+        "seeds": args.seeds, "inits": args.inits, "variants": sorted({r["variant"] for r in rows}),
+        "extra_args": extra, "pretrained": pretrained, "step_factor": step_factor(config, extra), "table": text,
+        "rows": rows, "claim": claim(rows, setting(config, extra))})
 
 
-def claim(rows: list[dict]) -> dict:
+def claim(rows: list[dict], setting: str = "8x8 grid (64 px, patch 8)") -> dict:
     """The ``claim`` block ``make claims`` renders (shared/claims.py): mAP series, discovery mechanism in %."""
     def values(init: str, variant: str, key: str) -> list[float]:
         return [r[key] if key in r else 100 * r["mechanism"][key] for r in rows
@@ -167,11 +188,15 @@ def claim(rows: list[dict]) -> dict:
         series[f"ViT, (1+N)x steps ({init})"] = values(init, "baseline_matched", "global/mAP")
         series.update({f"DiD {b} ({init})": values(init, "did", f"{b}/mAP") for b in BRANCHES})
         mechanism[f"instances hit, IoU >= 0.5 ({init})"] = {"values": values(init, "did", "instance_hit"),
-                                                            "unit": "% of instances"}
+                                                            "unit": "% of instances", "aim": 50}
         mechanism[f"boxes on absent classes ({init})"] = {"values": values(init, "did", "absent_box_frac"),
                                                           "unit": "% of boxes"}
+        if values(init, "did_relu", "fused/mAP"):               # the pre-registered ablation (16x16 grid)
+            series[f"DiD fused, class maps rectified ({init})"] = values(init, "did_relu", "fused/mAP")
+            mechanism[f"instances hit, class maps rectified ({init})"] = {
+                "values": values(init, "did_relu", "instance_hit"), "unit": "% of instances", "aim": 50}
     head = inits[0]
-    return {"paper": "DiD (Hu et al., ICME 2022)",
+    return {"paper": "DiD (Hu et al., ICME 2022)", "setting": setting,
             "statement": "Discovering instances from the ViT's own attention and classifying local views of them "
                          "improves multi-label mAP over the ViT baseline, also at matched compute.",
             "unit": "mAP %", "series": {k: v for k, v in series.items() if v},

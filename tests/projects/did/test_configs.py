@@ -106,3 +106,14 @@ def test_toy_config_starts_from_the_committed_pretrained_vit(monkeypatch: pytest
             assert torch.equal(v, torch.ones_like(v) if k.endswith("weight") else torch.zeros_like(v)), k
             continue
         assert torch.equal(v, state[k]), k
+
+
+def test_the_16x16_grid_toy_config_changes_only_the_geometry() -> None:
+    """toy_grid16.yaml is toy.yaml with 4 px patches (a 16x16 grid on the same 64 px images) and its pretrained ViT."""
+    toy, grid16 = load("toy.yaml"), load("toy_grid16.yaml")
+    net, net16 = toy["model"]["net"]["init_args"], grid16["model"]["net"]["init_args"]
+    assert (net["patch_size"], net16["patch_size"]) == (8, 4) and net16["img_size"] == net["img_size"] == 64
+    assert net16["pretrained"] == "shared/pretrain/toy_vit_p4.safetensors"
+    for key in ("patch_size", "pretrained"):
+        del net[key], net16[key]
+    assert grid16 == toy

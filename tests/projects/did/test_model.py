@@ -45,6 +45,12 @@ def test_instance_maps_product_and_sum_and_no_gradient_to_class_maps() -> None:
     assert not prod.requires_grad
     with pytest.raises(ValueError, match="product"):
         instance_maps(a, s, "mean")
+    # the class maps' activation before the product: relu keeps the positive evidence, sigmoid gives probabilities
+    torch.testing.assert_close(instance_maps(a, s, "product", "relu"), a[:, None] * s.detach().relu())
+    torch.testing.assert_close(instance_maps(a, s, "product", "sigmoid"), a[:, None] * s.detach().sigmoid())
+    assert instance_maps(a, s, "product", "relu").min() >= 0 and prod.min() < 0
+    with pytest.raises(ValueError, match="class_map_activation"):
+        instance_maps(a, s, "product", "tanh")
 
 
 # ------------------------------------------------------------------------------------------ map -> box

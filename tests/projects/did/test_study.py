@@ -67,3 +67,33 @@ def test_rows_table_and_result_file_from_stub_runs(monkeypatch: pytest.MonkeyPat
     assert claim["comparisons"] == [{"method": "DiD fused (pretrained)", "baseline": "ViT (pretrained)"}]
     assert claim["mechanism"]["instances hit, IoU >= 0.5 (pretrained)"]["values"] == [50.0, 50.0]
     assert "40.0 %" in claim["note"]
+
+
+def test_the_16x16_grid_study_adds_the_rectified_class_map_ablation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/toy_grid16.yaml writes study_grid16.json with its own run names, its setting, and the pre-registered
+    ``class_map_activation: relu`` runs (pretrained only) beside the default variants."""
+    calls, written = [], {}
+
+    def fake_fit(project, config, name, seed, overrides=()):
+        calls.append((name, list(overrides)))
+        metrics = {f"val/{b}/{m}": 50.0 for b in ("global", "local", "fused") for m in ("mAP", "CF1", "OF1")}
+        return {"metrics": metrics, "global_step": 250, "wall_s": 1.0, "run_dir": f"/runs/{name}"}
+
+    monkeypatch.setattr(study, "run_fit", fake_fit)
+    monkeypatch.setattr(study, "measure_checkpoint", lambda ckpt: {
+        "instance_hit": 0.6, "instance_hit_same_class": 0.3, "absent_box_frac": 0.5, "absent_box_floor": 0.4,
+        "box_area": 0.2})
+    names = []
+    monkeypatch.setattr(study, "write_results", lambda project, name, payload: (names.append(name),
+                                                                                  written.update(payload)))
+    study.main(["--seeds", "0", "--config", "projects/did/configs/toy_grid16.yaml"])
+    assert names == ["study_grid16"]
+    assert [c[0] for c in calls] == [f"study_grid16_pretrained_{v}_s0" for v in
+                                     ("baseline", "baseline_matched", "did", "did_relu")] + \
+        [f"study_grid16_scratch_{v}_s0" for v in ("baseline", "baseline_matched", "did")]
+    assert calls[3][1] == ["--model.net.class_map_activation", "relu"]
+    claim = written["claim"]
+    assert claim["setting"] == "16x16 grid (64 px, patch 4)"
+    assert claim["series"]["DiD fused, class maps rectified (pretrained)"] == [50.0]
+    assert claim["mechanism"]["instances hit, class maps rectified (pretrained)"]["aim"] == 50
+    assert "| pretrained | DiD, class maps rectified |" in written["table"]

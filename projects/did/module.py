@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -16,6 +15,7 @@ from projects.did.model import DiD
 from projects.did.viz import instance_panel
 from shared.hparams import group, save_hparams
 from shared.metrics import multilabel_metrics
+from shared.optim import SGDOrAdamW
 from shared.panels import log_bar_chart, log_images
 from shared.schedules import warmup_cosine_schedule
 
@@ -32,28 +32,15 @@ class Loss:
 
 
 @dataclass(frozen=True)
-class Optimization:
+class Optimization(SGDOrAdamW):
     """The official recipe (§6): SGD, momentum 0.9, lr 0.05, weight decay 1e-5 on every parameter, a linear warm-up
     over ``warmup_frac`` of the optimizer steps, then cosine to 0 at the Trainer's last step.
 
     ``name: adamw`` is a toy-only deviation (a ViT from random init barely moves with SGD in a few hundred steps)."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.05
-    momentum: float = 0.9
     weight_decay: float = 1e-5
     warmup_frac: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.name not in ("sgd", "adamw"):
-            raise ValueError(f"model.optim.name must be 'sgd' (paper) or 'adamw' (toy), got {self.name!r}")
-
-    def build(self, params, **kwargs) -> torch.optim.Optimizer:
-        """The optimizer over ``params`` (one group, as the official trainer); ``kwargs`` go to torch's."""
-        if self.name == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                                   **kwargs)
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, **kwargs)
 
     def warmup_steps(self, total: int) -> int:
         """Warm-up length for a schedule of ``total`` optimizer steps (at least 1)."""

@@ -16,6 +16,7 @@ from projects.rams_trans.model import RAMSTrans
 from projects.rams_trans.viz import boxes_in_input_frame, dppm_panels
 from shared.hparams import group, save_hparams
 from shared.metrics import topk_accuracy
+from shared.optim import SGDOrAdamW
 from shared.panels import log_images
 from shared.schedules import warmup_cosine_schedule
 
@@ -23,30 +24,16 @@ Report = Literal["global", "local", "fused"]
 
 
 @dataclass(frozen=True)
-class Optimization:
+class Optimization(SGDOrAdamW):
     """The official recipe (SGD, momentum 0.9, lr 0.03, no weight decay, linear warm-up then cosine; batch 16).
 
     ``name: adamw`` is a toy-only deviation (a tiny ViT from random init barely moves with SGD in a few hundred
     steps). The cosine spans the Trainer's optimizer steps unless ``total_steps`` fixes it (the paper: 10k)."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.03
-    momentum: float = 0.9
     weight_decay: float = 0.0
     warmup_steps: int = 500
     total_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.name not in ("sgd", "adamw"):
-            raise ValueError(f"model.optim.name must be 'sgd' (paper) or 'adamw' (toy, from scratch), "
-                             f"got {self.name!r}")
-
-    def build(self, params, **kwargs) -> torch.optim.Optimizer:
-        """The optimizer over ``params`` (one group, as the official trainer); ``kwargs`` go to torch's."""
-        if self.name == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                                   **kwargs)
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, **kwargs)
 
 
 class RAMSTransModule(L.LightningModule):

@@ -96,3 +96,13 @@ def test_toy_config_starts_from_the_committed_pretrained_vit(monkeypatch: pytest
         assert torch.equal(v, state[k]), k
     for k in range(cfg["model"]["net"]["init_args"]["num_scales"]):  # each scale's CLS starts as the pretrained CLS
         assert torch.equal(module.net.cls_tokens[k], state["cls_token"][0])
+
+
+def test_the_recipe_refuses_an_unknown_optimizer_and_builds_the_official_sgd() -> None:
+    from projects.rams_trans.module import Optimization
+
+    with pytest.raises(ValueError, match=r"model\.optim\.name must be 'sgd' \(paper\) or 'adamw' \(toy\), got 'adam'"):
+        Optimization(name="adam")
+    opt = Optimization().build([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.03 and opt.defaults["momentum"] == 0.9
+    assert opt.defaults["weight_decay"] == 0.0 and Optimization().warmup_steps == 500

@@ -1,12 +1,13 @@
 """Batched attention machinery shared by RAMS-Trans and DiD: rollout, mask -> box, crop -> resize.
 
 * :func:`attention_rollout`: Abnar & Zuidema rollout as both official codes compute it
-  (rams_trans.md section 2, did.md section 3): head mean, ``(A + I)`` row-normalised, ``J = A_L ... A_1``.
+  (docs/papers/rams_trans.md §2, docs/papers/did.md §3): head mean, ``(A + I)`` row-normalised,
+  ``J = A_L ... A_1``.
 * :func:`mask_to_box`: bounding box of the largest 8-connected component of each boolean map, exactly what
   ``skimage.measure.label(connectivity=2)`` / ``scipy.ndimage.label`` + largest area gives
-  (rams_trans.md section 3.2), but labelled on the device for the whole batch at once.
+  (docs/papers/rams_trans.md §3.2), but labelled on the device for the whole batch at once.
 * :func:`crop_and_resize`: ``F.interpolate(img[:, y0:y1+1, x0:x1+1], size, 'bilinear', align_corners=True)``
-  for every sample in one ``grid_sample`` (rams_trans.md 3.4-3.5, did.md 5.5).
+  for every sample in one ``grid_sample`` (docs/papers/rams_trans.md §3.4-3.5, docs/papers/did.md §5.5).
 * :func:`cells_to_pixels`: exclusive cell box -> inclusive pixel box (generic; project quirks stay in projects).
 
 Everything is batched tensor code on the input's device; there is no Python loop over samples (except mask -> box
@@ -36,7 +37,7 @@ def attention_rollout(attentions: Sequence[Tensor], start_layer: int = 0) -> Ten
     ``attentions``: per-layer tensors, each ``[B, T, T]`` (already head-averaged) or ``[B, H, T, T]``
     (averaged over heads here), first layer first. Per layer ``Â = (A + I) / rowsum(A + I)``: the official
     codes normalise ROWS (sum over the last dim), not the columns of the paper's ``normc``
-    (rams_trans.md 2.3). Computed in float32 whatever the input dtype. ``start_layer`` skips early layers.
+    (docs/papers/rams_trans.md §2.3). Computed in float32 whatever the input dtype. ``start_layer`` skips early layers.
     Autograd passes through; wrap the call in ``torch.no_grad()`` when no gradient is wanted (the papers).
     """
     if not isinstance(attentions, Sequence) or isinstance(attentions, Tensor):
@@ -70,8 +71,8 @@ def attention_rollout_row(attentions: Sequence[Tensor], row: Tensor) -> Tensor:
     """``row^T J`` for the rollout ``J = Â_L ... Â_1`` of :func:`attention_rollout`, without forming ``J``.
 
     ``row``: ``[B, T]`` or ``[T]`` weights over the query tokens: the one-hot CLS row gives DiD's spatial map
-    (``J[0, :]``, did.md section 3); the uniform ``1/T`` row gives RAMS-Trans' column mean over all rows
-    (rams_trans.md 2.5). The row is pushed through the product from the left, one ``[B, T] x [B, T, T]``
+    (``J[0, :]``, docs/papers/did.md §3); the uniform ``1/T`` row gives RAMS-Trans' column mean over all rows
+    (docs/papers/rams_trans.md §2.5). The row is pushed through the product from the left, one ``[B, T] x [B, T, T]``
     product per layer instead of ``T x T x T`` products. Returns float32 ``[B, T]``.
     """
     if not isinstance(attentions, Sequence) or isinstance(attentions, Tensor) or not attentions:
@@ -169,7 +170,7 @@ def _mask_to_box_opencv(mask: Tensor, measure: RegionMeasure) -> tuple[Tensor, T
     """:func:`mask_to_box` for a CPU ``mask``, one map at a time in OpenCV's C code (the per-sample labelling a CPU
     runs fastest). ``pixels``: ``connectedComponentsWithStats`` (8-connected areas and boxes in one pass); equal
     areas go to the component whose first pixel comes first in raster order. ``contour_area``: DiD's official rule
-    itself, ``max(findContours(RETR_TREE), key=contourArea)`` and its bounding rectangle (did.md 5.4)."""
+    itself, ``max(findContours(RETR_TREE), key=contourArea)`` and its bounding rectangle (docs/papers/did.md §5.4)."""
     b, h, w = mask.shape
     maps = mask.numpy().astype(np.uint8)
     boxes = np.tile(np.array([0, 0, w, h], dtype=np.int64), (b, 1))
@@ -253,7 +254,7 @@ def _contour_keys(mask: Tensor, labels: Tensor, hp: int, wp: int) -> Tensor:
     """DiD's official region rule as a unique key per padded cell ``[B, Hp * Wp]``: > 0 only at the first cell of
     an outermost component, ``2 * contourArea * cells + position + 1`` (ties: the later first cell wins).
 
-    ``cv2.findContours(RETR_TREE)`` + ``max(contours, key=cv2.contourArea)`` (did.md 5.4): the area of the
+    ``cv2.findContours(RETR_TREE)`` + ``max(contours, key=cv2.contourArea)`` (docs/papers/did.md §5.4): the area of the
     polygon through the outer boundary's pixel centres. Between pixel centres the plane is tiled by unit squares
     whose corners are 2x2 pixel blocks; the 8-connected outer contour encloses a square whose 4 corners lie in
     the component with its holes filled, cuts one with 3 such corners along the diagonal (half), and no other
@@ -341,7 +342,7 @@ def cells_to_pixels(boxes_cells: Tensor, cell_size: int | tuple[int, int]) -> Te
 
     ``(x0 * Pw, y0 * Ph, x1 * Pw - 1, y1 * Ph - 1)`` with ``cell_size = P`` or ``(Ph, Pw)``: the first and
     last pixel column/row covered by the cells, as :func:`crop_and_resize` expects. Generic conversion only:
-    RAMS-Trans' extra -1 shift of x0/y0 (rams_trans.md 3.3) is applied by that project.
+    RAMS-Trans' extra -1 shift of x0/y0 (docs/papers/rams_trans.md §3.3) is applied by that project.
     """
     ph, pw = (cell_size, cell_size) if isinstance(cell_size, int) else cell_size
     if boxes_cells.ndim != 2 or boxes_cells.shape[-1] != 4:
@@ -361,8 +362,9 @@ def crop_and_resize(images: Tensor, boxes: Tensor, size: int | tuple[int, int], 
     float (fractional corners are sampled bilinearly). ``size``: ``S`` or ``(S_h, S_w)``.
 
     Equals, per sample, ``F.interpolate(img[None, :, y0:y1+1, x0:x1+1], size, mode="bilinear",
-    align_corners=True)`` (both official codes, rams_trans.md 3.5 / did.md 5.5): output pixel ``(i, j)``
-    samples ``(y0 + i (y1 - y0) / (S_h - 1), x0 + j (x1 - x0) / (S_w - 1))``. Done for the whole batch in one
+    align_corners=True)`` (both official codes, docs/papers/rams_trans.md §3.5 / docs/papers/did.md §5.5):
+    output pixel ``(i, j)`` samples ``(y0 + i (y1 - y0) / (S_h - 1), x0 + j (x1 - x0) / (S_w - 1))``. Done for the
+    whole batch in one
     ``grid_sample``. Returns ``[B, C, S_h, S_w]`` in the images' dtype. ``detach=True`` (the papers detach
     the crops) computes under ``no_grad``; ``detach=False`` keeps the gradient to ``images``.
     """

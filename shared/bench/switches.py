@@ -1,4 +1,4 @@
-"""GPU speed switches for the training rows of ``make bench-gpu`` (issue 18): measured there, adopted by no project.
+"""GPU speed switches for the training rows of ``make bench-gpu``: measured there, adopted by no project.
 
 * ``fused``: the project's optimizer with ``fused=True`` (one kernel for the whole update) instead of torch's
   default (``foreach`` on CUDA) or the bench's ``foreach=True``;

@@ -1,6 +1,6 @@
 """Metrics shared by the paper reimplementations (torchmetrics-based, DDP-safe).
 
-Multi-label (ML-GCN/MCAR/DiD protocol, did.md 7.2): mAP with VOC difficult ignored, CP/CR/CF1/OP/OR/OF1
+Multi-label (ML-GCN/MCAR/DiD protocol, docs/papers/did.md §7.2): mAP with VOC difficult ignored, CP/CR/CF1/OP/OR/OF1
 (+ top-k). Classification: top-k accuracy and binary AUROC/accuracy factories.
 """
 

@@ -1,9 +1,9 @@
-"""Multi-label metrics as the ML-GCN / MCAR / DiD evaluation code computes them (did.md section 7.2).
+"""Multi-label metrics as the ML-GCN / MCAR / DiD evaluation code computes them (docs/papers/did.md §7.2).
 
 Targets follow the VOC convention: ``1`` positive, ``0`` negative, ``-1`` difficult.
 
 * AP / mAP (:class:`MultiLabelAveragePrecision`): non-interpolated AP per class, difficult samples of a class
-  removed from that class's ranking (standard VOC protocol, did.md 7.1 and 8.10); mAP is the mean over the
+  removed from that class's ranking (standard VOC protocol, docs/papers/did.md §7.1 and §8.10); mAP is the mean over the
   classes with at least one positive, in percent.
 * CP/CR/CF1/OP/OR/OF1 (:class:`MultiLabelThresholdMetrics`): predicted positive iff ``score >= threshold``;
   difficult labels count as negatives (ML-GCN: ``targets[targets == -1] = 0``); optional top-k variant.

@@ -1,7 +1,7 @@
 """``mask_to_box(measure="contour_area")``: DiD's official region rule, checked against OpenCV itself.
 
 The official ``get_bboxes`` runs ``cv2.findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)`` and keeps
-``max(contours, key=cv2.contourArea)`` (did.md 5.4); that per-sample loop is the reference here.
+``max(contours, key=cv2.contourArea)`` (docs/papers/did.md §5.4); that per-sample loop is the reference here.
 """
 
 import cv2

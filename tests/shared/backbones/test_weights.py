@@ -87,7 +87,7 @@ def test_load_into_drops_mismatched_head_and_logs_one_line(caplog):
 
 
 def test_a_weights_file_that_matches_nothing_is_an_error_naming_it(tmp_path):
-    """Issue 16: "loaded 0 tensors" then training from random init used to exit 0."""
+    """A file none of whose tensors fit used to log "loaded 0 tensors", train from random init and exit 0."""
     from shared.backbones.cnn import build_cnn
     from shared.backbones.vit import ViTBackbone
 

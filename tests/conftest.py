@@ -4,7 +4,7 @@
   at call time), the progress bars quiet, and torch's thread count, matmul precision and Lightning's seed variables
   put back afterwards: no test depends on the order the suite runs in.
 * ``threads(n)``: run this test with ``n`` torch threads. The suite's own count is ``CV_PAPERS_TEST_THREADS``, else
-  one per core a worker gets (2 alone, 1 under ``pytest -n 2``).
+  1: the suite's models are tiny, and on a busy machine (or several workers) more threads only wait on each other.
 * ``run_cli(project, *args)``: ``python -m projects.<project> ...`` in this process (the project's
   ``__main__.run``, or ``entry``), returning the exit code, what it printed (an uncaught exception: code 1 and its
   traceback) and the CLI object; a non-zero exit fails the test unless ``check=False``. Subprocesses are kept for
@@ -30,15 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _suite_threads() -> int:
-    if os.environ.get("CV_PAPERS_TEST_THREADS"):
-        return int(os.environ["CV_PAPERS_TEST_THREADS"])
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // workers)
-
-
-SUITE_THREADS = _suite_threads()
+SUITE_THREADS = int(os.environ.get("CV_PAPERS_TEST_THREADS", 1))
 
 
 @pytest.fixture(autouse=True)

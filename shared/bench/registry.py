@@ -110,7 +110,7 @@ def _add(table: dict, row: GpuRow | PipelineRow) -> None:
 
 
 def register_gpu_row(row: GpuRow) -> GpuRow:
-    """Add a ``make bench-gpu`` row (rows run in the order they are registered)."""
+    """Add a ``make bench-gpu`` row (rows run project by project, in the order each project registers them)."""
     _add(_GPU_ROWS, row)
     return row
 
@@ -121,12 +121,18 @@ def register_pipeline_row(row: PipelineRow) -> PipelineRow:
     return row
 
 
+def _in_project_order(rows: list, fn_of: Callable) -> list:
+    """Rows grouped by the module that registered them (``shared``'s first, then the projects' in name order), each
+    module's rows in registration order: the order does not depend on which test or tool imported a module first."""
+    return sorted(rows, key=lambda row: (not fn_of(row).__module__.startswith("shared."), fn_of(row).__module__))
+
+
 def gpu_rows() -> list[GpuRow]:
-    return list(_GPU_ROWS.values())
+    return _in_project_order(list(_GPU_ROWS.values()), lambda row: row.build)
 
 
 def pipeline_rows() -> list[PipelineRow]:
-    return list(_PIPELINE_ROWS.values())
+    return _in_project_order(list(_PIPELINE_ROWS.values()), lambda row: row.loader)
 
 
 def discover() -> None:
@@ -148,7 +154,7 @@ def device_target(gpu: float, cpu: float) -> float:
 
 
 def registered_rows() -> list[BenchRow]:
-    return list(_ROWS.values())
+    return _in_project_order(list(_ROWS.values()), lambda row: row.setup)
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -61,3 +61,18 @@ def test_shared_names_no_project_the_projects_register_their_rows() -> None:
     assert {"rams_trans", "did", "drdf", "spm", "shared/vit"} <= projects
     assert {r.name.split(":")[0] for r in gpu_rows()} == {"rams_trans", "did", "drdf", "spm"}
     assert {r.gpu_row for r in pipeline_rows()} <= {r.name for r in gpu_rows()}
+
+
+def test_rows_come_project_by_project_whatever_imported_first() -> None:
+    """Another test (or tool) importing ``projects.spm.bench`` before ``discover()`` must not reorder the table."""
+    import projects.rams_trans.bench  # noqa: F401  (imported out of order on purpose)
+    import projects.spm.bench  # noqa: F401
+    from shared.bench import discover
+    from shared.bench.registry import gpu_rows, pipeline_rows
+
+    discover()
+    projects = [r.name.split(":")[0] for r in gpu_rows()]
+    assert projects == sorted(projects) and projects[0] == "did"
+    shared_first = [r.name.startswith("shared/") for r in registered_rows()]
+    assert shared_first == sorted(shared_first, reverse=True) and shared_first[0]
+    assert [r.name for r in pipeline_rows()] == sorted(r.name for r in pipeline_rows())

@@ -40,7 +40,7 @@ STUDIES = {  # project -> the command that re-writes its result file (make claim
     "rams_trans": ["-m", "projects.rams_trans.study"],
     "did": ["-m", "projects.did.study"],
     "drdf": ["-m", "projects.drdf.study"],
-    "spm": ["-m", "projects.spm.study", "phrases"],
+    "spm": ["-m", "projects.spm.toy.study", "phrases"],
 }
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 

@@ -80,14 +80,13 @@ class ToyJudge(Callback):
             raise ValueError(f"model.target {module.targets[0]!r}: the toy judge needs a toy shape {TOY_SHAPES} or "
                              f"colour {TOY_COLORS}")
         attr, value = (0, shape) if shape is not None else (1, color)
-        compared = value
         for gamma, suffix in ((0.0, "_before"), (1.0, "")):
             images = module.generate([p for p in targets + others for _ in range(n)], gamma, self.seed + index,
                                      self.steps, self.guidance).to(module.device)
             with torch.no_grad():
                 shape_logits, color_logits = self.classifier(images)
             pred = torch.stack([shape_logits.argmax(1), color_logits.argmax(1)], 1)
-            is_target = (pred[:n_target, attr] == compared).float()
+            is_target = (pred[:n_target, attr] == value).float()
             other = (pred[n_target:] == labels).float()
             metrics = {f"val/target_rate{suffix}": is_target.mean(),
                        f"val/nontarget_acc{suffix}": other.prod(1).mean(),
@@ -97,9 +96,6 @@ class ToyJudge(Callback):
                             for i, p in enumerate(targets)})
             for key, mean in metrics.items():
                 self._sums[key] = self._sums.get(key, 0.0) + mean.detach().double()
-            # As the module's validation_step did until now (its metrics loop reused the variable that held the
-            # target's index): the membrane-on pass compares with the last "_before" mean, not with the target.
-            compared = mean
         self._batches += 1
 
     def on_validation_epoch_end(self, trainer: Trainer, module: LightningModule) -> None:

@@ -1,24 +1,111 @@
-"""Latent Anchoring samplers (paper Eq. 7; official ``src/engine/sampling.py::sample``).
+"""Latent Anchoring (docs/papers/spm.md §2.1 Eq. 7, §2.3): its knobs (:class:`Anchoring`), the anchor samplers
+and how anchors pair with the latents of a step.
 
 * ``paper``: anchor concepts c from a pool of concept strings with P(c) proportional to (1 - |cos(c, c_tar)|)^alpha,
-  the cosine taken between flattened text-encoder outputs (the code's embedding-space convention, spec 3.2).
+  the cosine taken between flattened text-encoder outputs (the code's embedding-space convention, §3.2).
 * ``official``: isotropic random embeddings with the target's shape, unit-normalised, accepted with probability
   1 - cos(c_tar, xi) (no |.|, alpha 1; in 77x768 dims it almost never rejects), scaled to ||c_tar|| * U(0.8, 1.2).
   ``batch_quirk`` reproduces the released code's batch layout: of 4 anchors [u, s1, u, s2, u, s3, u, s4] only
-  [u, s3, u, s4] reach the loss (u = the "" embedding), see spec 2.3.
+  [u, s3, u, s4] reach the loss (u = the "" embedding), see §2.3.
+* ``none``: plain erasing (the paper's ablation).
 
 SDXL (official ``sample_xl``): the text states and the pooled embedding are drawn separately, each with its own
 norm, rejection step and scale (all text anchors first, then all pooled ones); paper mode scores the pool on the
-text states (:class:`~projects.spm.model.Conditioning`) and keeps each concept's pooled embedding with them.
+text states (:class:`~projects.spm.diffusion.conditioning.Conditioning`) and keeps each concept's pooled embedding
+with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 
-from projects.spm.model import Conditioning
+from projects.spm.diffusion.conditioning import Conditioning
+from shared.data.images import read_utf8
+
+
+@dataclass(frozen=True)
+class Anchoring:
+    """The knobs of Latent Anchoring (§8 lists each against the paper and the official code).
+
+    ``mode``: ``paper`` (concept pool, P proportional to (1-|cos|)^``alpha``), ``official`` (random embeddings at
+    the target's norm; ``official_batch_quirk`` keeps only [u, s3, u, s4]), ``none`` (plain erasing).
+    ``strength``: lambda of Eq. 8. ``samples``: anchors per step. ``concept_pool``: a text file, one concept a line
+    (None: the tokenizer's whole words). ``uncond`` (ours, paper mode): add the unconditional "" to every step's
+    anchors, which the official batch quirk does by accident; without it the membrane can move the CFG negative
+    branch with the target. ``official_pairing``: with several latents per step, pair anchor j with latent j mod B
+    as the official loop does (:func:`anchor_batch`); default: every anchor at every latent.
+    """
+
+    mode: Literal["paper", "official", "none"] = "paper"
+    strength: float = 1000.0
+    samples: int = 4
+    alpha: float = 1.0
+    concept_pool: str | None = None
+    uncond: bool = False
+    official_batch_quirk: bool = True
+    official_pairing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("paper", "official", "none"):
+            raise ValueError(f"model.anchoring.mode must be paper, official or none; got {self.mode!r}")
+        if int(self.samples) < 1 and self.mode != "none":
+            raise ValueError(f"model.anchoring.samples must be >= 1; got {self.samples}")
+
+    def pool(self, tokenizer, encode: Callable[[list[str]], torch.Tensor | Conditioning],
+             targets: torch.Tensor | Conditioning) -> ConceptPool | None:
+        """The paper mode's concept pool over ``targets`` (None in the other modes)."""
+        if self.mode != "paper":
+            return None
+        concepts = read_concept_pool(self.concept_pool) if self.concept_pool else vocabulary_words(tokenizer)
+        return ConceptPool(concepts, encode, targets, self.alpha)
+
+    def draw(self, target_index: int, targets: Conditioning, uncond: Conditioning,
+             pool: ConceptPool | None) -> Conditioning | None:
+        """This step's anchors for target ``target_index`` of ``targets`` (None: no anchoring)."""
+        if self.mode == "none":
+            return None
+        if self.mode == "official":
+            return official_anchors(targets[target_index:target_index + 1], self.samples, uncond,
+                                    self.official_batch_quirk)
+        anchors = pool.sample(target_index, self.samples)
+        if self.uncond:  # ours, off by default: also pin the CFG unconditional ""
+            anchors = Conditioning.cat([anchors, uncond.to(anchors.dtype)])
+        return anchors
+
+
+def anchor_batch(x: torch.Tensor, anchors: Conditioning, official_pairing: bool = False
+                 ) -> tuple[torch.Tensor, Conditioning]:
+    """The (latent, anchor) rows of the anchoring loss for B latents ``x`` [B, ...] and N ``anchors``.
+
+    Ours (default): every anchor at every latent, N*B rows [x_1: a_1..a_N, x_2: a_1..a_N, ...].
+    ``official_pairing``: N rows, anchor j at latent x_(j mod B), as the official loop's
+    ``denoised_latents.repeat(N // B, ...)`` pairs them (§2.3; with the batch quirk's anchors [u, s3, u, s4] and
+    B = 2: (x1, u), (x2, s3), (x1, u), (x2, s4)); N must be a multiple of B (the official code asserts it).
+    """
+    b, n = x.shape[0], anchors.batch
+    if not official_pairing:
+        return x.repeat_interleave(n, 0), anchors.repeat(b)
+    if n % b:
+        raise ValueError(f"model.anchoring.official_pairing: {n} anchor rows are not a multiple of batch_size {b} "
+                         f"(the official loop asserts sampling_batch_size % batch_size == 0)")
+    return x.repeat(n // b, *([1] * (x.ndim - 1))), anchors
+
+
+def read_concept_pool(path: str | Path) -> list[str]:
+    """Concept strings, one per line (blank lines and ``#`` comments skipped); clear error when unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"concept pool file {path} does not exist (expected a text file, one concept a line)")
+    lines = [line.strip() for line in read_utf8(path, "concept pool file").splitlines()]
+    concepts = [line for line in lines if line and not line.startswith("#")]
+    if not concepts:
+        raise ValueError(f"concept pool file {path} holds no concept strings (expected one concept a line)")
+    return concepts
 
 
 def flat_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -2,26 +2,41 @@
 
 The official loop (``train_spm.py`` + ``train_util.predict_noise``) on the same tiny UNet, run on its own copy of
 the module: the official ``SPMLayer`` (each adapted layer's forward patched to ``org_forward(x) + up(down(x)) *
-multiplier * scale``, so the branch is computed at multiplier 0 too, spec 1.2), the DDIM roll-out with it on, then
-five separate UNet calls that each run an [uncond; cond] batch (eps_pos, eps_neu and eps_M(target): batch 2 each;
-anchors with and without the membrane: batch 8 each), predictions moved to the CPU for the loss, stepped by torch's
-default AdamW (the official AdamW8bit needs CUDA); ours steps its module's own optimizer (fused AdamW). Both sides draw
-the same target, k, x_T and anchors from the same seed, and give the same loss (checked when the row is built).
+multiplier * scale``, so the branch is computed at multiplier 0 too, docs/papers/spm.md §1.2), the DDIM roll-out
+with it on, then five separate UNet calls that each run an [uncond; cond] batch (eps_pos, eps_neu and
+eps_M(target): batch 2 each; anchors with and without the membrane: batch 8 each), predictions moved to the CPU for
+the loss, stepped by torch's default AdamW (the official AdamW8bit needs CUDA). Ours is ``SPMModule.spm_losses``
+(its losses: ``losses.py``) stepped by the module's own optimizer (fused AdamW). Both sides draw the same target,
+k, x_T and anchors from the same seed, and give the same loss (checked when the row is built).
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
 
-from projects.spm.model import Conditioning, as_conditioning
-from projects.spm.module import SPMModule, erasing_target
+from projects.spm.anchoring import Anchoring
+from projects.spm.composition import SPMComposition
+from projects.spm.diffusion.conditioning import Conditioning, as_conditioning
+from projects.spm.diffusion.configs import SD14_UNET_CONFIG, SDXL_UNET_CONFIG
+from projects.spm.diffusion.ddim import ddim_timesteps
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.diffusion.sampling import rollout
+from projects.spm.losses import erasing_target
+from projects.spm.module import BaseModel, Optimization, SPMModule
+from projects.spm.network import adapted_layers
+from projects.spm.rollout import Rollout
+from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, toy_caption
+from projects.spm.toy.toy_base import TOY_UNET_CONFIG, write_random_base
+from projects.spm.transport import encode, facilitated_gammas, tokenize
 from shared.bench import BenchCase, GpuRow, register, register_gpu_row
 
 
@@ -31,8 +46,6 @@ class OfficialMembrane:
     ``org_forward(x) + up(down(x)) * multiplier * scale``; ``module.network``'s own hooks are detached for good."""
 
     def __init__(self, module: SPMModule) -> None:
-        from projects.spm.network import adapted_layers
-
         network, self.multiplier = module.network, 0.0
         network.remove()
         for name, (_, layer) in adapted_layers(module.diffusion.unet).items():
@@ -65,14 +78,15 @@ def official_predict(module: SPMModule, x: torch.Tensor, t: int, uncond: Conditi
 def official_losses_at(module: SPMModule, membrane, x: torch.Tensor, t: int, target: torch.Tensor,
                        anchors: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The official loss computation for the same inputs as :meth:`SPMModule.losses_at`."""
-    cache, hp = module._embeddings(), module.hparams
-    u = cache["uncond"]
+    e = module.embeddings()
+    u = e.uncond
     with torch.no_grad():
         pos = official_predict(module, x, t, u, target)
-        neu = official_predict(module, x, t, u, cache["surrogate"])
+        neu = official_predict(module, x, t, u, e.surrogate)
     with membrane.applied(1.0):
         tgt = official_predict(module, x, t, u, target)
-    loss_erase = F.mse_loss(tgt.float().cpu(), erasing_target(pos.float().cpu(), neu.float().cpu(), hp.eta))
+    loss_erase = F.mse_loss(tgt.float().cpu(), erasing_target(pos.float().cpu(), neu.float().cpu(),
+                                                                    module.hparams.eta))
     out = {"loss_erase": loss_erase, "loss": loss_erase}
     if anchors is not None:
         with membrane.applied(1.0):
@@ -80,29 +94,34 @@ def official_losses_at(module: SPMModule, membrane, x: torch.Tensor, t: int, tar
         with torch.no_grad():
             anc = official_predict(module, x, t, u, anchors)
         out["loss_anchor"] = F.mse_loss(anc_spm.float().cpu(), anc.float().cpu())
-        out["loss"] = loss_erase + hp.anchor_strength * out["loss_anchor"]
+        out["loss"] = loss_erase + module.anchoring.strength * out["loss_anchor"]
     return out
 
 
 def official_iteration(module: SPMModule, membrane: OfficialMembrane) -> dict[str, torch.Tensor]:
-    """Spec 2.2: target, k, x_T (drawn in the order :meth:`SPMModule.spm_losses` draws them), k DDIM steps with the
+    """§2.2: target, k, x_T (drawn in the order :meth:`SPMModule.spm_losses` draws them), k DDIM steps with the
     membrane on (CFG 3), the official t, then :func:`official_losses_at`."""
-    hp, d, cache = module.hparams, module.diffusion, module._embeddings()
+    r, d, e = module.rollout, module.diffusion, module.embeddings()
     ti = random.randrange(len(module.targets))
-    target = cache["targets"][ti:ti + 1]
-    k = random.randint(1, hp.max_denoising_steps - 1)
-    x = torch.randn(d.latent_shape(1, hp.resolution, hp.resolution), device=module.device)
-    steps = d.ddim_timesteps(hp.max_denoising_steps, len(d.alphas_cumprod))
+    target = e.targets[ti:ti + 1]
+    k = random.randint(1, r.max_denoising_steps - 1)
+    x = torch.randn(d.latent_shape(1, r.resolution, r.resolution), device=module.device)
+    n_train = d.ddim.num_train_timesteps
+    steps = ddim_timesteps(r.max_denoising_steps, n_train)
     with torch.no_grad(), membrane.applied(1.0):
-        x = d.rollout(x, steps[:k], cache["uncond"], target, hp.rollout_guidance)
-    t = len(d.alphas_cumprod) - 1 - int(k * len(d.alphas_cumprod) / hp.max_denoising_steps)
+        x = rollout(d, x, steps[:k], e.uncond, target, r.guidance)
+    t = n_train - 1 - int(k * n_train / r.max_denoising_steps)
     return official_losses_at(module, membrane, x, t, target, module.sample_anchors(ti))
 
 
-def build_module(base: Path, anchoring: str = "official", resolution: int = 16, **kw) -> SPMModule:
+def build_module(base: Path, anchoring: str | Anchoring = "official", resolution: int = 16, **rollout) -> SPMModule:
+    """An :class:`SPMModule` on the model folder ``base``, set up, with ``anchoring`` (a mode or the group), a fixed
+    ``resolution`` and ``rollout`` knobs (:class:`~projects.spm.rollout.Rollout`), 1 warm-up step of 10."""
     torch.manual_seed(0)  # the same membrane init for every module built from ``base``
-    module = SPMModule(base_model=str(base), anchoring=anchoring, resolution=resolution, dynamic_resolution=False,
-                       lr_warmup_steps=1, iterations=10, **kw)
+    anchoring = anchoring if isinstance(anchoring, Anchoring) else Anchoring(mode=anchoring)
+    module = SPMModule(BaseModel(str(base)), anchoring=anchoring,
+                       rollout=Rollout(resolution=resolution, dynamic_resolution=False, **rollout),
+                       optim=Optimization(warmup_steps=1, iterations=10))
     module.setup("fit")
     return module
 
@@ -131,11 +150,6 @@ def _module_pair(unet_config: dict | None = None, resolution: int = 16, device: 
                  **module_kw) -> tuple[SPMModule, SPMModule, OfficialMembrane]:
     """(ours, official copy, its official membrane): two modules from one random base (the tiny UNet unless
     ``unet_config``; pixel space, so ``resolution`` is the UNet's input size), same membrane, on ``device``."""
-    import shutil
-
-    from projects.spm.model import TOY_UNET_CONFIG
-    from projects.spm.toy_base import write_random_base
-
     base = write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")), unet_config or TOY_UNET_CONFIG)
     ours, official = (build_module(base, "official", resolution, **module_kw).to(device) for _ in range(2))
     shutil.rmtree(base)  # loaded: the SD-sized folder is 3.4 GB
@@ -180,7 +194,7 @@ def iteration_case(unet_config: dict | None = None, resolution: int = 16, device
     unet = "toy 16x16 (32, 64, 64), 7 Transformer2DModels" if unet_config is None else "SD v1.4 config, random init"
     return BenchCase(method=ours, baseline=official,
                      details={"unet": unet, "input": f"{resolution}x{resolution}", "anchoring": "official",
-                              "anchors": 4, "max_denoising_steps": module.hparams.max_denoising_steps})
+                              "anchors": 4, "max_denoising_steps": module.rollout.max_denoising_steps})
 
 
 @register("spm: training iteration, ours vs official-style loop (tiny UNet)", target=0.6, kind="overhead",
@@ -194,10 +208,9 @@ def _iteration_row() -> BenchCase:
 def _loss_row() -> BenchCase:
     """The part of the iteration after the DDIM roll-out (given x_t)."""
     module, official_module, membrane = _module_pair()
-    cache = module._embeddings()
     x = torch.randn(1, 3, 16, 16)
     anchors = module.sample_anchors(0)
-    target = cache["targets"][:1]
+    target = module.embeddings().targets[:1]
     opts = _optimizers(module, official_module)
     with torch.no_grad():
         _check_same_loss(float(module.losses_at(x, 500, target, anchors)["loss"]),
@@ -223,8 +236,6 @@ def _sdxl_small_config() -> dict:
     """SDXL's UNet layout (no attention at the top level, 1/2/4 transformer layers per attention level, linear
     proj_in, 2048-dim context, "text_time" pooled + time-id conditioning) at 2/5 of its widths: 128/256/512
     channels with 64-dim heads, 4 instead of 10 layers at the deepest level; for the CPU bench."""
-    from projects.spm.model import SDXL_UNET_CONFIG
-
     return {**SDXL_UNET_CONFIG, "block_out_channels": (128, 256, 512), "attention_head_dim": (2, 4, 8),
             "transformer_layers_per_block": (1, 2, 4), "sample_size": 32}
 
@@ -235,10 +246,6 @@ SDXL_SMALL = "SDXL-shaped UNet, 128/256/512 ch, 1/2/4 transformer layers, 32x32,
 def _toy_text():
     """The random toy text encoder + tokenizer (write_random_base) and 20 toy concept strings."""
     if "text" not in _CACHE:
-        from projects.spm.data import TOY_COLORS, TOY_SHAPES
-        from projects.spm.model import TOY_UNET_CONFIG, DiffusionModel
-        from projects.spm.toy_base import write_random_base
-
         model = DiffusionModel.from_folder(write_random_base(Path(tempfile.mkdtemp(prefix="spm_bench_")),
                                                              TOY_UNET_CONFIG))
         concepts = [[f"{c} {s}"] for c in TOY_COLORS for s in TOY_SHAPES][:20]
@@ -251,10 +258,6 @@ def _unet(which: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     the SPM hooks live on the twin and the baseline runs a UNet with no hooks at all."""
     key = f"unet_{which}_{device}_{dtype}"
     if key not in _CACHE:
-        from diffusers import UNet2DConditionModel
-
-        from projects.spm.model import SD14_UNET_CONFIG, SDXL_UNET_CONFIG, TOY_UNET_CONFIG
-
         torch.manual_seed(0)
         config = {"sd14": SD14_UNET_CONFIG, "sdxl": SDXL_UNET_CONFIG,
                   "sdxl_small": _sdxl_small_config()}.get(which, TOY_UNET_CONFIG)
@@ -268,8 +271,6 @@ def _unet(which: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
 
 def _random_states(unet, num: int) -> list[dict[str, torch.Tensor]]:
     """``num`` rank-1 SPMs with random non-zero downs and ups on ``unet``'s adapted layers."""
-    from projects.spm.network import adapted_layers
-
     gen = torch.Generator().manual_seed(0)
     states = []
     for _ in range(num):
@@ -291,9 +292,6 @@ def step_case(which: str, num_spms: int, prompts: int = 1, merge: bool = True, d
     With one prompt the two CFG rows share gamma: ``applied()`` merges it into the weights on entry (timed once,
     in the details) unless ``merge`` is off (hooks, gammas folded into the ups); with several prompts the
     per-sample hook path runs. ``dtype``: the UNet's (and so the SPM stacks') weights, as a pipeline loads them."""
-    from projects.spm.composition import SPMComposition
-    from projects.spm.transport import facilitated_gammas
-
     unet, twin = _unet(which, device, dtype)
     text_encoder, tokenizer, concepts = _toy_text()
     texts = ["a red circle next to a blue star", "a green ring", "a white square", "a purple cross"][:prompts]
@@ -362,8 +360,6 @@ register(f"spm: CFG step with 20 SPMs, 1 prompt's FT gammas through the hooks / 
 def official_gammas_loop(text_encoder, tokenizer, prompts: list[str], concept_embeds: torch.Tensor,
                          concept_ids: torch.Tensor) -> torch.Tensor:
     """The official ``calculate_matching_score`` one prompt at a time (concept embeddings encoded once, at load)."""
-    from projects.spm.transport import tokenize
-
     special = set(tokenizer.all_special_ids)
     rows = []
     for prompt in prompts:
@@ -382,9 +378,6 @@ def official_gammas_loop(text_encoder, tokenizer, prompts: list[str], concept_em
 @register("spm: FT gammas, 16 prompts x 20 SPMs, batched vs official per-prompt loop (toy text encoder)",
           target=2.0, kind="speedup", repeats=15, warmup=3)
 def _gamma_row() -> BenchCase:
-    from projects.spm.data import toy_caption
-    from projects.spm.transport import encode, facilitated_gammas, tokenize
-
     text_encoder, tokenizer, concepts = _toy_text()
     shapes, colors = ["circle", "star", "ring", "cross"] * 4, ["red", "blue", "white", "green"] * 2 + ["yellow"] * 8
     prompts = [toy_caption(s, c) for s, c in zip(shapes, colors, strict=True)]
@@ -407,8 +400,6 @@ def _gamma_row() -> BenchCase:
 # make bench-gpu: an SD v1.4-shaped training iteration and CFG steps with 20 SPMs + FT (SDXL-shaped last)
 # ----------------------------------------------------------------------------------------------------------
 def gpu_iteration(device: str, tiny: bool) -> tuple[BenchCase, int, int]:
-    from projects.spm.model import SD14_UNET_CONFIG
-
     case = (iteration_case(device=device, max_denoising_steps=4) if tiny
             else iteration_case(SD14_UNET_CONFIG, 64, device, rtol=1e-3))
     return case, 1, 1

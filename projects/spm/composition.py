@@ -1,4 +1,4 @@
-"""Many SPMs on one UNet at once, with a different permeability per sample (paper Eq. 9, spec 1.5 and 4).
+"""Many SPMs on one UNet at once, with a different permeability per sample (paper Eq. 9; docs/papers/spm.md §1.5, §4).
 
 ``mode="linear"`` (paper Eq. 9, default): ``y = W x + sum_c gamma[b, c] * s_c * U_c (D_c x)``, with ``s_c =
 alpha_c / rank_c``. Per adapted layer the C downs are stacked into one ``[C*r, in]`` (or conv) weight and the C
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from projects.spm.model import swapped_parameters
+from projects.spm.diffusion.model import swapped_parameters
 from projects.spm.network import (
     TARGET_BLOCKS,
     adapted_layers,
@@ -283,7 +283,7 @@ class SPMComposition(nn.Module):
     # ------------------------------------------------------------------ merging
     @torch.no_grad()
     def merged_weights(self, gammas: torch.Tensor | Sequence[float]) -> dict[str, torch.Tensor]:
-        """``{unet param name: W + Delta W(gammas)}`` for one gamma set [C], for ``model.swapped_parameters``
+        """``{unet param name: W + Delta W(gammas)}`` for one gamma set [C], for ``swapped_parameters``
         (outside :meth:`applied`, where no hooks are attached): zero per-step overhead."""
         gammas = torch.as_tensor(gammas, dtype=torch.float32).flatten()
         if gammas.numel() != self.num_spms:

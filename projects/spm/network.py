@@ -1,6 +1,7 @@
-"""The concept-semipermeable membrane (SPM): rank-1 adapters on a frozen diffusers UNet, and its file format.
+"""The concept-semipermeable membrane (SPM): rank-1 adapters on a frozen diffusers UNet, and its file format
+(docs/papers/spm.md §1).
 
-Paper Eq. 1: ``y = W x + (v_reg^T x) v_sig``. ``v_reg`` is ``lora_down`` (Kaiming-uniform init) and ``v_sig`` is
+Paper Eq. 1 (§1.1): ``y = W x + (v_reg^T x) v_sig``. ``v_reg`` is ``lora_down`` (Kaiming-uniform init), ``v_sig`` is
 ``lora_up`` (zero init), so the membrane is the identity at init. As in the official ``SPMNetwork``, every
 ``nn.Linear`` / ``nn.Conv2d`` inside each ``Transformer2DModel`` of the UNet is adapted (192 layers, 423,936
 parameters for SD v1.x); text encoder, ResNets, time embedding, conv_in/conv_out are not.
@@ -19,7 +20,7 @@ Files are safetensors in the kohya / A1111 LoRA layout the official code writes:
 
 SD v2.x and SDXL UNets (``use_linear_projection``) have linear ``proj_in``/``proj_out``, adapted as Linear layers;
 SDXL's Transformer2DModels hold 1-10 transformer blocks, all adapted (official ``train_spm_xl.py`` builds the same
-``SPMNetwork``). An SPM only loads into a UNet of the family it was trained on (spec 4): a mismatch names the file,
+``SPMNetwork``). An SPM only loads into a UNet of the family it was trained on (§4): a mismatch names the file,
 a key, both shapes and the two families (:func:`family_mismatch`).
 """
 
@@ -28,13 +29,31 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
+
+from shared.backbones.weights import not_safetensors
 
 PREFIX_UNET = "lora_unet"
 TARGET_BLOCKS = ("Transformer2DModel",)  # official DEFAULT_TARGET_REPLACE
+
+
+@dataclass(frozen=True)
+class Membrane:
+    """The shape of the membrane being trained (§1.1-1.2): the adapters' ``rank`` (1 throughout the paper) and
+    ``alpha`` (the branch is scaled by alpha / rank; None or 0 means the rank)."""
+
+    rank: int = 1
+    alpha: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if int(self.rank) < 1:
+            raise ValueError(f"model.membrane.rank must be >= 1; got {self.rank}")
 
 
 def kohya_name(module_path: str) -> str:
@@ -209,7 +228,7 @@ class SPMNetwork(nn.Module):
 
     def merged_weights(self, unet: nn.Module, gamma: float = 1.0) -> dict[str, torch.Tensor]:
         """``{unet param name: W + gamma * scale * up @ down}`` for the adapted layers, for
-        ``model.swapped_parameters`` / ``torch.func.functional_call`` with this membrane off (multiplier 0).
+        ``swapped_parameters`` / ``torch.func.functional_call`` with this membrane off (multiplier 0).
 
         No-grad sampling with the membrane on then costs one matmul per layer instead of three; the UNet's own
         parameters are not modified.
@@ -270,15 +289,17 @@ class SPMNetwork(nn.Module):
         rank = int(meta.get("rank") or downs[0].shape[0])
         alpha = float(meta.get("alpha") or rank)
         net = cls(unet, rank=rank, alpha=alpha, multiplier=multiplier)
-        net.load_spm_state_dict(state, source=str(path))
+        try:
+            net.load_spm_state_dict(state, source=str(path))
+        except ValueError:
+            net.remove()  # a file that does not fit leaves the UNet as it was
+            raise
         net.prompts = spm_prompts(meta)
         return net
 
 
 def save_spm_file(state: dict[str, torch.Tensor], path: str | Path, prompts: Sequence[str], rank: int,
                   alpha: float, dtype: torch.dtype = torch.float32) -> Path:
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k.removeprefix("adapters."): v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
@@ -289,10 +310,6 @@ def save_spm_file(state: dict[str, torch.Tensor], path: str | Path, prompts: Seq
 
 def load_spm_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read an SPM (or kohya LoRA) safetensors file: (tensors, metadata). Keys get the ``adapters.`` prefix back."""
-    from safetensors import SafetensorError, safe_open
-
-    from shared.backbones.weights import not_safetensors
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SPM file {path} does not exist (expected a .safetensors file)")

@@ -1,4 +1,5 @@
-"""Facilitated Transport (FT): the per-prompt permeability gamma_c(p) of each SPM (paper Eqs. 10-11, spec 3.2).
+"""Facilitated Transport (FT): the per-prompt permeability gamma_c(p) of each SPM (paper Eqs. 10-11;
+docs/papers/spm.md §3).
 
 ``gamma_c(p) = max(s_f, s_t)`` with
 - ``s_f``: cosine similarity of the *flattened* padded ``last_hidden_state`` (L x D, padding included) of the

@@ -62,10 +62,10 @@ def project_args(name: str, tmp: Path) -> tuple[list[str], int, int]:
                 "{train: 16, dev_seen: 6, test_seen: 4, test_unseen: 4}", "--data.batch_size", "4",
                 "--data.eval_batch_size", "4", "--trainer.max_epochs", "2", "--trainer.val_check_interval", "3"
                 ], 8, 6
-    return [*cfg, "--model.eval_images_per_prompt", "2", "--model.eval_steps", "2", "--data.iterations", "9",
-            "--model.batch_size", "2", "--model.anchor_samples", "2", "--model.eval_target_prompts", "[circle]",
-            "--model.eval_other_prompts", "[a red square]",
-            "--trainer.val_check_interval", "3", "--model.log_images_every_n_steps", "0"], 9, 7
+    return [*cfg, "--trainer.callbacks.images_per_prompt", "2", "--trainer.callbacks.steps", "2",
+            "--trainer.callbacks.target_prompts", "[circle]", "--trainer.callbacks.other_prompts", "[a red square]",
+            "--data.iterations", "9", "--model.rollout.batch_size", "2", "--model.anchoring.samples", "2",
+            "--trainer.val_check_interval", "3"], 9, 7
 
 
 def project_classes(name: str):

@@ -6,36 +6,35 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 
+from projects.spm.anchoring import Anchoring
 from projects.spm.composition import SPMComposition
-from projects.spm.evaluate import read_manifest
-from projects.spm.generate import read_prompt_csv
-from projects.spm.model import TOY_UNET_CONFIG, DiffusionModel
-from projects.spm.network import SPMNetwork, load_spm_file
-from projects.spm.toy_base import load_classifier, write_random_base
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.module import SPMModule
+from projects.spm.network import Membrane, SPMNetwork, load_spm_file
+from projects.spm.rollout import Rollout
+from projects.spm.tools.evaluate import read_manifest
+from projects.spm.tools.generate import read_prompt_csv
+from projects.spm.toy.classifier import load_classifier
+from projects.spm.toy.toy_base import ensure_toy_base
+from tests.projects.spm.tiny_sd import TINY
 
 REPO = Path(__file__).resolve().parents[3]
-TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    return write_random_base(tmp_path_factory.mktemp("bad_base"), TINY)
+def base(tiny_base: Path) -> Path:
+    return tiny_base
 
 
 @pytest.fixture(scope="module")
 def unet(base: Path):
-    from diffusers import UNet2DConditionModel
-
     return UNet2DConditionModel.from_pretrained(base / "unet")
 
 
@@ -88,8 +87,6 @@ def test_truncated_base_weights_are_named(base: Path, tmp_path: Path):
 
 # ---------------------------------------------------------------------- SPM files
 def test_bad_spm_files_name_the_file_and_key(base: Path, unet, tmp_path: Path):
-    from diffusers import UNet2DConditionModel
-
     good = SPMNetwork(unet).save(tmp_path / "good.safetensors", ["red"])
     (tmp_path / "cut.safetensors").write_bytes(good.read_bytes()[:-40])
     with pytest.raises(ValueError, match=r"cut.safetensors: not a readable .safetensors file \(Error while "
@@ -154,38 +151,37 @@ def test_a_bad_manifest_value_names_the_file_line_and_column(tmp_path: Path):
         read_manifest(tmp_path)
 
 
-def test_generate_with_a_bad_csv_exits_2_with_one_error_line(base: Path, tmp_path: Path):
+def test_generate_with_a_bad_csv_exits_2_with_one_error_line(run_cli, base: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("CV_PAPERS_DEBUG", raising=False)
     bad = tmp_path / "prompts.csv"
     bad.write_text("prompt,evaluation_seed\na red circle,-1\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop("CV_PAPERS_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "projects.spm", "generate", "--base_model", str(base),
-                           "--prompts_csv", str(bad), "--steps", "1", "--logger", "none", "--out", str(tmp_path / "o")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    run = run_cli("spm", "generate", "--base_model", base, "--prompts_csv", bad, "--steps", "1", "--logger", "none",
+                  "--out", tmp_path / "o", check=False)
+    assert run.code == 2, run.err
+    errors = [line for line in run.err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: prompts CSV {bad}, line 2, column 'evaluation_seed': '-1' is not a seed (an integer "
-                      "from 0 to 2**63 - 1)"], proc.stderr
-    assert "Traceback" not in proc.stderr
+                      "from 0 to 2**63 - 1)"], run.err
+    assert "Traceback" not in run.err
 
 
-@pytest.mark.parametrize("name, value", [("rank", 0), ("anchor_samples", 0), ("max_denoising_steps", 1),
-                                         ("batch_size", 0), ("resolution", 4)])
-def test_hyperparameters_out_of_range_are_named(name: str, value: int):
+@pytest.mark.parametrize("group, name, value", [(Membrane, "rank", 0), (Anchoring, "samples", 0),
+                                                 (Rollout, "max_denoising_steps", 1), (Rollout, "batch_size", 0),
+                                                 (Rollout, "resolution", 4)])
+def test_hyperparameters_out_of_range_are_named(group: type, name: str, value: int):
     """Each was a traceback deep in a step (a [0, 64] conv weight, randint's "cannot sample n_sample <= 0",
-    "empty range for randrange() (1, 1, 0)")."""
-    from projects.spm.module import SPMModule
-
-    with pytest.raises(ValueError, match=rf"^model\.{name} must be >= \d+; got {value}$"):
-        SPMModule(**{name: value})
-    SPMModule(anchoring="none", anchor_samples=0)   # no anchors drawn: 0 is fine
+    "empty range for randrange() (1, 1, 0)"). A group given as a dict (a notebook, a test) is checked the same way."""
+    where = {Membrane: "membrane", Anchoring: "anchoring", Rollout: "rollout"}[group]
+    message = rf"^model\.{where}\.{name} must be >= \d+; got {value}$"
+    with pytest.raises(ValueError, match=message):
+        group(**{name: value})
+    with pytest.raises(ValueError, match=message):
+        SPMModule(**{where: {name: value}})
+    Anchoring(mode="none", samples=0)   # no anchors drawn: 0 is fine
 
 
 def test_a_file_as_base_model_is_not_built_over(tmp_path: Path):
-    """``build_toy_base`` with a file as ``base_model``: nothing to build (was a FileExistsError from mkdir);
+    """``base.build_toy`` with a file as ``base.path``: nothing to build (was a FileExistsError from mkdir);
     loading it then names the file and the formats it could be."""
-    from projects.spm.toy_base import ensure_toy_base
-
     notes = tmp_path / "notes.md"
     notes.write_text("not a model")
     assert ensure_toy_base(notes) == notes and notes.read_text() == "not a model"

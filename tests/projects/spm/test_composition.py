@@ -12,11 +12,14 @@ from torch import nn
 from torch.func import functional_call
 
 from projects.spm.composition import SPMComposition
-from projects.spm.model import TOY_UNET_CONFIG, DiffusionModel
+from projects.spm.diffusion.configs import SD14_UNET_CONFIG
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.diffusion.sampling import guided_eps
 from projects.spm.network import SPMNetwork, load_spm_file
+from projects.spm.toy.toy_base import write_random_base
 from projects.spm.transport import facilitated_gammas
+from tests.projects.spm.tiny_sd import TINY
 
-TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
 CONCEPTS = [["red circle"], ["blue star", "blue cross"], ["white ring"]]
 
 
@@ -202,8 +205,6 @@ def test_linear_and_conv_layers_match_their_adapters(spm_files):
 
 def test_transfer_to_another_model_with_gammas_from_its_text_encoder(tmp_path, spm_files):
     """SPMs saved from one random toy UNet load into a second random UNet with the same config (paper 4.2)."""
-    from projects.spm.toy_base import write_random_base
-
     target = DiffusionModel.from_folder(write_random_base(tmp_path / "target", TINY, seed=7))
     unet = target.unet
     ref_unet = copy.deepcopy(unet)
@@ -224,7 +225,7 @@ def test_transfer_to_another_model_with_gammas_from_its_text_encoder(tmp_path, s
             assert torch.allclose(out[b:b + 1], ref, atol=1e-5)
         # One CFG step with per-sample gammas runs through the model's own guided_eps.
         with comp.applied(gammas):
-            eps = target.guided_eps(x, 500, target.encode_prompts([""]), cond, 7.5)
+            eps = guided_eps(target, x, 500, target.encode_prompts([""]), cond, 7.5)
     assert eps.shape == x.shape and torch.isfinite(eps).all()
 
 
@@ -309,8 +310,6 @@ def test_strided_conv_pointwise_conv_and_linear(mode):
 def test_sd14_spm_on_sd2_layout_fails_clearly():
     """An SD v1.4-shaped SPM on an SD v2-configured UNet (linear proj_in, 1024-d context): built on the meta
     device, so no weights are allocated."""
-    from projects.spm.model import SD14_UNET_CONFIG
-
     with torch.device("meta"):
         v1 = UNet2DConditionModel(**SD14_UNET_CONFIG)
         v2 = UNet2DConditionModel(**{**SD14_UNET_CONFIG, "cross_attention_dim": 1024,

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from projects.spm.bench import random_ups
-from projects.spm.diagnose import (
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.network import SPMNetwork
+from projects.spm.toy.diagnose import (
     AttentionRecorder,
     concept_position,
     group_mass,
@@ -19,17 +21,11 @@ from projects.spm.diagnose import (
     text_encoder_report,
     token_groups,
 )
-from projects.spm.model import TOY_UNET_CONFIG, DiffusionModel
-from projects.spm.network import SPMNetwork
-
-TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> DiffusionModel:
-    from projects.spm.toy_base import write_random_base
-
-    return DiffusionModel.from_folder(write_random_base(tmp_path_factory.mktemp("diag_base"), TINY))
+def toy(tiny_base) -> DiffusionModel:
+    return DiffusionModel.from_folder(tiny_base)
 
 
 def test_token_groups_align_the_word_inside_a_phrase(toy):

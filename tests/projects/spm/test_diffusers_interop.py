@@ -5,8 +5,8 @@ pipeline with ``pipe.load_lora_weights`` (peft backend). Shown, on tiny SD1 (ran
 SDXL pipelines: diffusers adapts exactly our layers; the UNet output equals ours at adapter weight 1 and 0.5
 (``set_adapters(..., adapter_weights=[0.5])`` is our ``multiplier = 0.5``: both scale each layer's branch linearly,
 which the layer-level check shows); ``fuse_lora`` gives the same output; two SPMs add up as two adapters (Eq. 9);
-and a whole SD1 pipeline run (2 DDIM steps with CFG, ``output_type="latent"``) equals ``DiffusionModel.denoise``
-with our membrane on.
+and a whole SD1 pipeline run (2 DDIM steps with CFG, ``output_type="latent"``) equals our ``denoise`` with our
+membrane on.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from projects.spm.model import DiffusionModel
+from projects.spm.diffusion.ddim import DDIM
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.diffusion.sampling import denoise
 from projects.spm.network import SPMNetwork, kohya_name
-from tests.projects.spm.tiny_sd import tiny_pipeline
 
 CASES = {"sd1-rank1": ("sd1", 1, 1.0), "sd1-rank4-alpha3": ("sd1", 4, 3.0), "sdxl-rank1": ("sdxl", 1, 1.0)}
 ATOL = 1e-5  # float32; measured: 0 unfused, about 2e-6 fused (outputs of size 1)
@@ -46,10 +47,11 @@ def run(unet, inputs: dict) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def case(request, tmp_path_factory):
-    """``ours``: the pipeline with our membrane; ``theirs``: an identical pipeline with our file loaded by diffusers."""
+def case(request, tiny_sd, tmp_path_factory):
+    """``ours``: a copy of the session's pipeline with our membrane; ``theirs``: another copy with our file loaded by
+    diffusers."""
     family, rank, alpha = CASES[request.param]
-    ours = tiny_pipeline(family)
+    ours = copy.deepcopy(tiny_sd[family].pipe)
     theirs = copy.deepcopy(ours)
     net = SPMNetwork(ours.unet.eval(), rank=rank, alpha=alpha)
     g = torch.Generator().manual_seed(2)
@@ -138,11 +140,12 @@ def test_two_spms_add_up_as_two_adapters(case, tmp_path):
 def test_sd1_pipeline_latents_equal_our_denoise(case):
     """``pipe(prompt, latents=..., output_type="latent")`` with diffusers' LoRA = our DDIM + CFG with our membrane."""
     pipe, sched = case.ours, case.ours.scheduler
-    model = DiffusionModel(pipe.unet, pipe.text_encoder, pipe.tokenizer, sched.alphas_cumprod, vae=pipe.vae,
-                           set_alpha_to_one=sched.config.set_alpha_to_one, scheduler_config=dict(sched.config))
+    model = DiffusionModel(pipe.unet, pipe.text_encoder, pipe.tokenizer,
+                           DDIM(sched.alphas_cumprod, sched.config.set_alpha_to_one), vae=pipe.vae,
+                           scheduler_config=dict(sched.config))
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    ours = model.denoise(noise, model.encode_prompts(["a red circle"]), model.encode_prompts([""]), guidance=7.5,
-                         steps=2)
+    ours = denoise(model, noise, model.encode_prompts(["a red circle"]), model.encode_prompts([""]), guidance=7.5,
+                   steps=2)
     theirs = case.theirs("a red circle", num_inference_steps=2, guidance_scale=7.5, latents=noise,
                          output_type="latent").images
     torch.testing.assert_close(theirs, ours, rtol=0, atol=ATOL)

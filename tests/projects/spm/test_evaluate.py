@@ -12,24 +12,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from PIL import Image
+from torchmetrics.multimodal.clip_score import CLIPScore
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-from projects.spm.evaluate import NUDENET_LABELS, ClipImageEmbed, load_clip, main, nudenet_counts, parse_toy_prompt
-from projects.spm.generate import main as generate
-from projects.spm.model import TOY_UNET_CONFIG
-from projects.spm.network import SPMNetwork
-from projects.spm.toy_base import DEFAULT_DIR, build_tokenizer, load_classifier, write_random_base
+from projects.spm.tools.evaluate import (
+    NUDENET_LABELS,
+    ClipImageEmbed,
+    clip_metrics,
+    load_clip,
+    main,
+    nudenet_counts,
+    parse_toy_prompt,
+    read_manifest,
+)
+from projects.spm.tools.generate import main as generate
+from projects.spm.toy.classifier import load_classifier
+from projects.spm.toy.scenes import render_toy_scenes
+from projects.spm.toy.toy_base import DEFAULT_DIR, build_tokenizer
+from tests.projects.spm.tiny_sd import write_random_spm
 
-TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
 PROMPTS = ["a red circle", "a blue star", "a green circle"]
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A random tiny CLIP (transformers CLIPModel + CLIPProcessor) saved like a downloaded one."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("clip")
     tok = build_tokenizer(None)
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
@@ -38,8 +47,9 @@ def clip_dir(tmp_path_factory) -> Path:
                                          **ids),
                         vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
                                            num_hidden_layers=1, num_attention_heads=2), projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(out)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        CLIPModel(config).save_pretrained(out)
     CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
                                                      crop_size={"height": 32, "width": 32}),
                   tokenizer=tok).save_pretrained(out)
@@ -47,18 +57,11 @@ def clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
+def folders(tiny_base: Path, tmp_path_factory) -> dict[str, Path]:
     """original (no SPM), erased (a random 'circle' SPM) and original again, from a random tiny model."""
-    from diffusers import UNet2DConditionModel
-
-    root = tmp_path_factory.mktemp("eval")
-    base = write_random_base(root / "base", TINY)
-    net = SPMNetwork(UNet2DConditionModel.from_pretrained(base / "unet"))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for adapter in net.adapters.values():
-            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * 0.5)
-    spm = net.save(root / "circle.safetensors", ["circle"])
+    root, base = tmp_path_factory.mktemp("eval"), tiny_base
+    spm = write_random_spm(UNet2DConditionModel.from_pretrained(base / "unet"), root / "circle.safetensors", ["circle"],
+                           seed=1, scale=0.5)
     common = ["--base_model", str(base), "--prompts", *PROMPTS, "--images_per_prompt", "4", "--steps", "4",
               "--logger", "none"]
     generate([*common, "--out", str(root / "original")])
@@ -101,10 +104,6 @@ class TensorOutputs(torch.nn.Module):
 
 def test_clip_score_is_the_official_formula_and_matches_torchmetrics(folders: dict[str, Path], clip_dir: Path):
     """Per image CS = 2.5 max(cos, 0) x 100, i.e. 2.5 x torchmetrics' CLIPScore of that image; CER by hand."""
-    from torchmetrics.multimodal.clip_score import CLIPScore
-
-    from projects.spm.evaluate import clip_metrics, read_manifest
-
     clip = load_clip(clip_dir, torch.device("cpu"))
     rows = read_manifest(folders["original"])
     images = [torch.from_numpy(np.array(Image.open(folders["original"] / r["file"]))).permute(2, 0, 1)
@@ -157,8 +156,6 @@ def test_toy_judge_on_the_toy_model(tmp_path: Path):
 
 
 def test_fid_against_a_real_folder(folders: dict[str, Path], tmp_path: Path):
-    from projects.spm.data import render_toy_scenes
-
     real = tmp_path / "real" / "sub"
     real.mkdir(parents=True)
     scenes = render_toy_scenes(10, seed=0, size=24)["images"]

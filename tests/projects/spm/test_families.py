@@ -12,34 +12,30 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from diffusers import DDIMScheduler
 from torch import nn
 
-from projects.spm.anchoring import official_anchors
+from projects.spm.anchoring import anchor_batch, official_anchors
 from projects.spm.bench import build_module, random_ups
 from projects.spm.composition import SPMComposition
-from projects.spm.model import Conditioning, DiffusionModel
-from projects.spm.module import anchor_batch, dynamic_crop, resolution_bucket
+from projects.spm.data import SPMStepData
+from projects.spm.diffusion.conditioning import Conditioning
+from projects.spm.diffusion.ddim import DDIM
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.diffusion.sampling import denoise, sample
+from projects.spm.module import SPMModule
 from projects.spm.network import SPMNetwork, adapted_layers
+from projects.spm.rollout import dynamic_crop, resolution_bucket
+from projects.spm.tools.generate import main as generate
+from projects.spm.toy.classifier import load_classifier
+from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, toy_caption
 from projects.spm.transport import facilitated_gammas
-from tests.projects.spm.tiny_sd import tiny_pipeline
+from shared.cli import ProjectCLI
+from tests.projects.spm.tiny_sd import write_random_spm
 
 REPO = Path(__file__).resolve().parents[3]
-FAMILIES = ("sd1", "sd2", "sdxl")
 PROMPTS = ["a red circle", "a blue star"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    """{family: (diffusers pipeline, its folder, DiffusionModel.from_folder)}, one random pipeline each."""
-    torch.set_num_threads(1)
-    out = {}
-    for family in FAMILIES:
-        pipe = tiny_pipeline(family)
-        pipe.set_progress_bar_config(disable=True)
-        folder = tmp_path_factory.mktemp(family)
-        pipe.save_pretrained(folder, safe_serialization=True)
-        out[family] = (pipe, folder, DiffusionModel.from_folder(folder))
-    return out
 
 
 def random_state(unet: nn.Module, seed: int, scale: float = 0.1) -> dict[str, torch.Tensor]:
@@ -54,14 +50,13 @@ def random_state(unet: nn.Module, seed: int, scale: float = 0.1) -> dict[str, to
     return state
 
 
-def test_the_folder_gives_the_family(tiny: dict) -> None:
-    _, _, sd1 = tiny["sd1"]
-    pipe2, _, sd2 = tiny["sd2"]
-    pipe_xl, _, xl = tiny["sdxl"]
-    assert (sd1.is_xl, sd1.prediction_type, sd2.is_xl, sd2.prediction_type) == (False, "epsilon", False,
-                                                                                 "v_prediction")
-    assert xl.is_xl and xl.prediction_type == "epsilon" and xl.clip_sample is None  # Euler config: no clip_sample
-    assert not (sd1.use_clipped_model_output or sd2.use_clipped_model_output or xl.use_clipped_model_output)
+def test_the_folder_gives_the_family(tiny_sd: dict) -> None:
+    sd1, sd2, xl = (tiny_sd[f].model for f in ("sd1", "sd2", "sdxl"))
+    pipe2, pipe_xl = tiny_sd["sd2"].pipe, tiny_sd["sdxl"].pipe
+    assert (sd1.is_xl, sd1.ddim.prediction_type, sd2.is_xl, sd2.ddim.prediction_type) == (False, "epsilon", False,
+                                                                                           "v_prediction")
+    assert xl.is_xl and xl.ddim.prediction_type == "epsilon" and xl.ddim.clip_sample is None  # Euler: no clipping
+    assert not any(m.ddim.use_clipped_model_output for m in (sd1, sd2, xl))
     # SD 2.x / XL: linear proj_in / proj_out are adapted as Linear layers; SD 1.x: 1x1 convs.
     for model, kind in ((sd1, nn.Conv2d), (sd2, nn.Linear), (xl, nn.Linear)):
         projections = [layer for path, layer in adapted_layers(model.unet).values() if path.endswith(("proj_in",
@@ -78,16 +73,16 @@ def test_the_folder_gives_the_family(tiny: dict) -> None:
 
 @pytest.mark.parametrize("family, sampler, rescale", [("sd1", "ddim", 0.0), ("sd2", "ddim", 0.0),
                                                       ("sdxl", "default", 0.0), ("sdxl", "default", 0.7)])
-def test_denoise_equals_the_diffusers_pipeline(tiny: dict, family: str, sampler: str, rescale: float) -> None:
+def test_denoise_equals_the_diffusers_pipeline(tiny_sd: dict, family: str, sampler: str, rescale: float) -> None:
     """2 steps from the same noise: our loop (SD: our DDIM with v -> eps; SDXL: the folder's Euler scheduler, pooled
     embeddings and time ids) gives the pipeline's latents."""
-    pipe, _, model = tiny[family]
+    pipe, model = tiny_sd[family].pipe, tiny_sd[family].model
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     kw = {"guidance_rescale": rescale} if rescale else {}
     ref = pipe(PROMPTS, negative_prompt=["", ""], latents=noise.clone(), height=16, width=16, num_inference_steps=2,
                guidance_scale=5.0, output_type="latent", **kw).images
-    ours = model.denoise(noise, model.encode(PROMPTS), model.encode([""]), 5.0, steps=2, sampler=sampler,
-                         guidance_rescale=rescale)
+    ours = denoise(model, noise, model.encode(PROMPTS), model.encode([""]), 5.0, steps=2, sampler=sampler,
+                   guidance_rescale=rescale)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -95,8 +90,6 @@ def test_denoise_equals_the_diffusers_pipeline(tiny: dict, family: str, sampler:
 def test_ddim_step_equals_ddim_scheduler_step(prediction_type: str) -> None:
     """clip_sample on: ``use_clipped_model_output`` False (default, the official call) and True (the toy model's
     setting) each equal diffusers' DDIMScheduler.step(eta=0) with that flag."""
-    from diffusers import DDIMScheduler
-
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=True,
                               clip_sample_range=1.0, set_alpha_to_one=False, prediction_type=prediction_type)
     scheduler.set_timesteps(10)
@@ -104,11 +97,11 @@ def test_ddim_step_equals_ddim_scheduler_step(prediction_type: str) -> None:
     x, out = torch.randn(2, 4, 8, 8, generator=g) * 3, torch.randn(2, 4, 8, 8, generator=g)  # x0 gets clipped
     results = []
     for flag in (False, True):
-        model = DiffusionModel(nn.Linear(1, 1), nn.Linear(1, 1), None, scheduler.alphas_cumprod, clip_sample=1.0,
-                               prediction_type=prediction_type, use_clipped_model_output=flag)
+        ddim = DDIM(scheduler.alphas_cumprod, clip_sample=1.0, prediction_type=prediction_type,
+                    use_clipped_model_output=flag)
         for t in scheduler.timesteps.tolist():
             ref = scheduler.step(out, t, x, eta=0.0, use_clipped_model_output=flag).prev_sample
-            ours = model.ddim_step(x, out, t, t - 100)
+            ours = ddim.step(x, out, t, t - 100)
             torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
         results.append(ours)
     assert not torch.allclose(results[0], results[1])  # the flag matters when x0 is clipped
@@ -116,7 +109,7 @@ def test_ddim_step_equals_ddim_scheduler_step(prediction_type: str) -> None:
 
 def test_toy_folder_keeps_the_rederived_eps() -> None:
     toy = DiffusionModel.from_folder(REPO / "projects/spm/toy_model")
-    assert toy.clip_sample == 1.0 and toy.use_clipped_model_output  # "_use_clipped_model_output": true
+    assert toy.ddim.clip_sample == 1.0 and toy.ddim.use_clipped_model_output  # "_use_clipped_model_output": true
 
 
 @pytest.mark.slow
@@ -124,28 +117,25 @@ def test_the_toy_model_draws_only_with_the_rederived_eps() -> None:
     """Why the key stays: the 36 "a <colour> <shape>" prompts, 2 images each (20 DDIM steps, CFG 5), judged by the
     toy classifier: shapes right with the re-derived eps (README: 0.950 on 720 images), near chance (1/6) with
     diffusers' default (0.260 on 720)."""
-    from projects.spm.data import TOY_COLORS, TOY_SHAPES, toy_caption
-    from projects.spm.toy_base import load_classifier
-
     toy = DiffusionModel.from_folder(REPO / "projects/spm/toy_model")
     judge = load_classifier(REPO / "projects/spm/toy_model/classifier.safetensors")
     prompts = [toy_caption(s, c) for s in TOY_SHAPES for c in TOY_COLORS for _ in range(2)]
     shapes = torch.arange(len(TOY_SHAPES)).repeat_interleave(2 * len(TOY_COLORS))
     accuracy = {}
     for flag in (True, False):
-        toy.use_clipped_model_output = flag
+        toy.ddim.use_clipped_model_output = flag
         with torch.no_grad():
-            shape_logits, _ = judge(toy.sample(prompts, seed=1234, steps=20, guidance=5.0))
+            shape_logits, _ = judge(sample(toy, prompts, seed=1234, steps=20, guidance=5.0))
         accuracy[flag] = (shape_logits.argmax(1) == shapes).float().mean().item()
     assert accuracy[True] >= 0.8 and accuracy[False] <= 0.45, accuracy
 
 
 @pytest.mark.parametrize("family, anchoring", [("sd2", "official"), ("sdxl", "official"), ("sdxl", "paper")])
-def test_training_step_on_sd2_and_sdxl(tiny: dict, family: str, anchoring: str) -> None:
+def test_training_step_on_sd2_and_sdxl(tiny_sd: dict, family: str, anchoring: str) -> None:
     """One iteration (roll-out, both UNet calls, backward) on a v-prediction SD 2.x and on SDXL; SDXL's roll-out
     uses CFG rescale 0.7 (official diffusion_xl), SD's none; official SDXL anchors carry pooled anchors."""
-    module = build_module(tiny[family][1], anchoring, resolution=16, max_denoising_steps=4, batch_size=2)
-    assert module.rollout_rescale() == (0.7 if family == "sdxl" else 0.0)
+    module = build_module(tiny_sd[family].folder, anchoring, resolution=16, max_denoising_steps=4, batch_size=2)
+    assert module.rollout.rescale_for(module.diffusion.is_xl) == (0.7 if family == "sdxl" else 0.0)
     random_ups(module.network, seed=3, scale=0.05)
     random.seed(0)
     torch.manual_seed(0)
@@ -156,7 +146,7 @@ def test_training_step_on_sd2_and_sdxl(tiny: dict, family: str, anchoring: str) 
     anchors = module.sample_anchors(0)
     assert (anchors.pooled is not None) == (family == "sdxl")
     if anchoring == "official" and family == "sdxl":
-        uncond = module._embeddings()["uncond"]
+        uncond = module.embeddings().uncond
         assert torch.equal(anchors.pooled[0], uncond.pooled[0]) and torch.equal(anchors.text[2], uncond.text[0])
 
 
@@ -198,7 +188,7 @@ def test_resolution_buckets_follow_the_official_draw() -> None:
     assert resolution_bucket(768, False, 64) == (768, 768)
 
 
-def test_dynamic_crops_follow_the_official_draw_and_reach_every_sdxl_call(tiny: dict) -> None:
+def test_dynamic_crops_follow_the_official_draw_and_reach_every_sdxl_call(tiny_sd: dict) -> None:
     """Official ``get_add_time_ids(dynamic_crops=True)``: original = int(H s), s in [1, 3), top-left uniform where
     the crop fits (same RNG calls); one draw per iteration, in the roll-out's and the losses' add_time_ids."""
     torch.manual_seed(0)
@@ -212,7 +202,7 @@ def test_dynamic_crops_follow_the_official_draw_and_reach_every_sdxl_call(tiny: 
                          torch.randint(0, size[1] - 320 + 1, (1,)).item()))
     assert ours == official
     assert all(448 <= h < 3 * 448 and 0 <= top <= h - 448 and 0 <= left <= w - 320 for h, w, top, left in ours)
-    module = build_module(tiny["sdxl"][1], "official", resolution=16, max_denoising_steps=4, dynamic_crops=True)
+    module = build_module(tiny_sd["sdxl"].folder, "official", resolution=16, max_denoising_steps=4, dynamic_crops=True)
     seen = []
     hook = module.diffusion.unet.register_forward_pre_hook(
         lambda _, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True)
@@ -226,13 +216,13 @@ def test_dynamic_crops_follow_the_official_draw_and_reach_every_sdxl_call(tiny: 
     assert all((ids == torch.tensor([*expected, 16, 16], dtype=ids.dtype)).all() for ids in seen)
     assert module.diffusion.crop_condition is None           # restored after the iteration
     with pytest.raises(ValueError, match="dynamic_crops is SDXL's size / crop conditioning.*not SDXL"):
-        build_module(tiny["sd1"][1], dynamic_crops=True)
+        build_module(tiny_sd["sd1"].folder, dynamic_crops=True)
 
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
-def test_spms_compose_on_sd2_and_sdxl(tiny: dict, family: str) -> None:
+def test_spms_compose_on_sd2_and_sdxl(tiny_sd: dict, family: str) -> None:
     """Two SPMs, per-sample gammas through the hooks == merged weights == two membranes at those gammas (Eq. 9)."""
-    _, _, model = tiny[family]
+    model = tiny_sd[family].model
     states = [random_state(model.unet, seed) for seed in (1, 2)]
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     cond = model.encode(PROMPTS)
@@ -257,10 +247,10 @@ def test_spms_compose_on_sd2_and_sdxl(tiny: dict, family: str) -> None:
     assert not torch.allclose(hooked, plain, atol=1e-4)
 
 
-def test_an_spm_of_another_family_names_both(tiny: dict, tmp_path: Path) -> None:
-    path = SPMNetwork(tiny["sd1"][2].unet).save(tmp_path / "snoopy_sd1.safetensors", ["Snoopy"])
+def test_an_spm_of_another_family_names_both(tiny_sd: dict, tmp_path: Path) -> None:
+    path = write_random_spm(tiny_sd["sd1"].model.unet, tmp_path / "snoopy_sd1.safetensors", ["Snoopy"], seed=0)
     for family, name in (("sdxl", "SDXL"), ("sd2", "SD v2.x")):
-        unet = tiny[family][2].unet
+        unet = tiny_sd[family].model.unet
         for load in (SPMNetwork.from_file, lambda u, p: SPMComposition.from_files(u, [p])):
             with pytest.raises(ValueError) as err:
                 load(unet, path)
@@ -269,13 +259,13 @@ def test_an_spm_of_another_family_names_both(tiny: dict, tmp_path: Path) -> None
             assert len(re.findall(r"\(\d+(?:, \d+)+\)", message)) >= 2, message  # both shapes
             assert f"an SD v1.x SPM cannot load into an {name} UNet" in message
     # Same family: an SDXL SPM loads into the SDXL UNet.
-    xl_path = SPMNetwork(tiny["sdxl"][2].unet).save(tmp_path / "x.safetensors", ["x"])
-    SPMNetwork.from_file(tiny["sdxl"][2].unet, xl_path).remove()
+    xl_path = write_random_spm(tiny_sd["sdxl"].model.unet, tmp_path / "x.safetensors", ["x"], seed=0)
+    SPMNetwork.from_file(tiny_sd["sdxl"].model.unet, xl_path).remove()
 
 
-def test_ft_on_sdxl_uses_what_the_unet_sees(tiny: dict) -> None:
+def test_ft_on_sdxl_uses_what_the_unet_sees(tiny_sd: dict) -> None:
     """SDXL s_f: flattened cosine of the concatenated penultimate states; a prompt equal to the concept gets 1."""
-    _, _, xl = tiny["sdxl"]
+    xl = tiny_sd["sdxl"].model
     prompts = ["a red circle", "red", "a blue star"]
     gammas = facilitated_gammas(xl.text_encoder, xl.tokenizer, prompts, [["red"], ["blue star"]],
                                 embed=xl.encode_prompts)
@@ -290,16 +280,11 @@ def test_ft_on_sdxl_uses_what_the_unet_sees(tiny: dict) -> None:
     torch.testing.assert_close(s_f[:, 0], want, rtol=1e-5, atol=1e-6)
 
 
-def test_generate_cli_on_sdxl_with_an_spm_and_ft(tiny: dict, tmp_path: Path) -> None:
-    from projects.spm.generate import main
-
-    _, folder, xl = tiny["sdxl"]
-    path = tmp_path / "red.safetensors"
-    net = SPMNetwork(xl.unet)
-    net.save(path, ["red"])
-    net.remove()
-    info = main(["--base_model", str(folder), "--spm", str(path), "--prompts", *PROMPTS, "--steps", "2",
-                 "--width", "16", "--height", "16", "--logger", "none", "--out", str(tmp_path / "out")])
+def test_generate_cli_on_sdxl_with_an_spm_and_ft(tiny_sd: dict, tmp_path: Path) -> None:
+    path = write_random_spm(tiny_sd["sdxl"].model.unet, tmp_path / "red.safetensors", ["red"], seed=0, scale=0.0)
+    info = generate(["--base_model", str(tiny_sd["sdxl"].folder), "--spm", str(path), "--prompts", *PROMPTS,
+                     "--steps", "2", "--width", "16", "--height", "16", "--logger", "none", "--out",
+                     str(tmp_path / "out")])
     assert info["images"] == 2 and len(list((tmp_path / "out" / "images").glob("*.png"))) == 2
 
 
@@ -308,12 +293,6 @@ CONFIGS = ["sd21_object", "sd21_nudity", "sdxl_object", "sdxl_nudity"]
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_family_configs_parse_with_the_cli(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import yaml
-
-    from projects.spm.data import SPMStepData
-    from projects.spm.module import SPMModule
-    from shared.cli import ProjectCLI
-
     monkeypatch.setattr("sys.argv", ["python -m projects.spm"])  # the CLI reads args=, not pytest's argv
     monkeypatch.setenv("SD21_MODEL_DIR", "/models/sd21")
     monkeypatch.setenv("SDXL_MODEL_DIR", "/models/sdxl")
@@ -324,6 +303,7 @@ def test_family_configs_parse_with_the_cli(name: str, monkeypatch: pytest.Monkey
     assert done.value.code in (0, None)
     model = yaml.safe_load(out.getvalue())["model"]
     family = name.split("_")[0]
-    assert model["base_model"] == {"sd21": "/models/sd21", "sdxl": "/models/sdxl"}[family]
-    assert model["resolution"] == {"sd21": 768, "sdxl": 1024}[family] and model["dynamic_resolution"] is True
-    assert model["official_anchor_pairing"] is False and model["rollout_guidance_rescale"] is None
+    rollout = model["rollout"]
+    assert model["base"]["path"] == {"sd21": "/models/sd21", "sdxl": "/models/sdxl"}[family]
+    assert rollout["resolution"] == {"sd21": 768, "sdxl": 1024}[family] and rollout["dynamic_resolution"] is True
+    assert model["anchoring"]["official_pairing"] is False and rollout["guidance_rescale"] is None

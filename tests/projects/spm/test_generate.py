@@ -1,53 +1,42 @@
 """`python -m projects.spm generate` on a random tiny model: inline prompts with SPMs and FT, CSV rows with their own
-seeds and sizes, batch-size independence, merged == hooked fixed gammas, samplers, errors, the CLI and 2-rank DDP."""
+seeds and sizes, batch-size independence, merged == hooked fixed gammas, samplers, errors, and 2-rank DDP (a
+subprocess)."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
-from projects.spm.generate import IMAGENET_TEMPLATES, main
-from projects.spm.model import TOY_UNET_CONFIG, DiffusionModel
-from projects.spm.network import SPMNetwork
-from projects.spm.toy_base import write_random_base
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.tools.generate import IMAGENET_TEMPLATES, main
+from projects.spm.tools.protocol import OFFICIAL_NEGATIVE_PROMPT
 from projects.spm.transport import facilitated_gammas
+from tests.projects.spm.tiny_sd import write_random_spm
 
 REPO = Path(__file__).resolve().parents[3]
-TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
 COMMON = ["--steps", "4", "--logger", "none"]
 
 
-def write_random_spm(unet, path: Path, prompts: list[str], seed: int, scale: float = 0.3) -> Path:
-    """An SPM file with random (non-zero) ups, so it changes the images."""
-    net = SPMNetwork(unet)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for adapter in net.adapters.values():
-            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * scale)
-    net.save(path, prompts)
-    net.remove()
-    return path
-
-
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    return write_random_base(tmp_path_factory.mktemp("gen_base"), TINY)
+def base(tiny_base: Path) -> Path:
+    return tiny_base
 
 
 @pytest.fixture(scope="module")
 def spms(base: Path, tmp_path_factory) -> list[Path]:
-    from diffusers import UNet2DConditionModel
-
     unet = UNet2DConditionModel.from_pretrained(base / "unet")
     out = tmp_path_factory.mktemp("spms")
     return [write_random_spm(unet, out / "red.safetensors", ["red", "crimson"], 1),
@@ -66,11 +55,21 @@ def pixels(out: Path, rows: list[dict]) -> np.ndarray:
 PROMPTS = ["a red circle", "a blue star", "a green circle"]
 
 
-def test_inline_prompts_with_spms_and_ft(base: Path, spms: list[Path], tmp_path: Path, capsys):
-    out = tmp_path / "gen"
-    info = main(["--base_model", str(base), "--spm", *map(str, spms), "--prompts", *PROMPTS, "--seeds", "0", "1",
-                 "--batch_size", "4", "--out", str(out), *COMMON])
+@pytest.fixture(scope="module")
+def ft_run(base: Path, spms: list[Path], tmp_path_factory) -> SimpleNamespace:
+    """Two SPMs with FT on the three prompts, seeds 0 and 1, batches of 4 (mixed gammas): the run several tests
+    compare with (its ``info``, manifest ``rows``, ``pixels`` and what it printed)."""
+    out = tmp_path_factory.mktemp("ft") / "gen"
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        info = main(["--base_model", str(base), "--spm", *map(str, spms), "--prompts", *PROMPTS, "--seeds", "0", "1",
+                     "--batch_size", "4", "--out", str(out), *COMMON])
     rows = read_manifest(out)
+    return SimpleNamespace(out=out, info=info, rows=rows, pixels=pixels(out, rows), printed=printed.getvalue())
+
+
+def test_inline_prompts_with_spms_and_ft(base: Path, ft_run: SimpleNamespace, tmp_path: Path):
+    out, info, rows = ft_run.out, ft_run.info, ft_run.rows
     assert [r["prompt"] for r in rows] == [p for p in PROMPTS for _ in range(2)]
     assert [int(r["seed"]) for r in rows] == [0, 1] * 3
     assert list(rows[0]) == ["index", "file", "prompt", "seed", "width", "height", "guidance", "concept",
@@ -85,24 +84,20 @@ def test_inline_prompts_with_spms_and_ft(base: Path, spms: list[Path], tmp_path:
     got = torch.tensor([[float(r["gamma_red"]), float(r["gamma_circle"])] for r in rows[::2]])
     assert torch.allclose(got, want, atol=1e-4)
     assert got[0].tolist() == [1.0, 1.0] and got[2, 1] == 1.0 and got[1].max() < 1
-    printed = capsys.readouterr().out
     for prompt, g in zip(PROMPTS, got, strict=True):
-        assert f"gamma {prompt!r}: red | crimson={g[0]:.4f}, circle={g[1]:.4f}" in printed
+        assert f"gamma {prompt!r}: red | crimson={g[0]:.4f}, circle={g[1]:.4f}" in ft_run.printed
     # The SPMs change the images (compared with no SPM, same seeds).
     plain = tmp_path / "plain"
     main(["--base_model", str(base), "--prompts", *PROMPTS, "--seeds", "0", "1", "--out", str(plain), *COMMON])
-    assert np.abs(pixels(out, rows) - pixels(plain, read_manifest(plain))).max() > 10
+    assert np.abs(ft_run.pixels - pixels(plain, read_manifest(plain))).max() > 10
 
 
-def test_images_do_not_depend_on_batch_size(base: Path, spms: list[Path], tmp_path: Path):
-    """Mixed-gamma batches of 5 and single-sample batches give the same images (per-sample gammas and noise)."""
-    runs = []
-    for bs in (1, 5):
-        out = tmp_path / f"bs{bs}"
-        main(["--base_model", str(base), "--spm", *map(str, spms), "--prompts", *PROMPTS, "--seeds", "3", "4",
-              "--batch_size", str(bs), "--out", str(out), *COMMON])
-        runs.append(pixels(out, read_manifest(out)))
-    assert np.abs(runs[0] - runs[1]).max() <= 1
+def test_images_do_not_depend_on_batch_size(base: Path, spms: list[Path], ft_run: SimpleNamespace, tmp_path: Path):
+    """Single-sample batches give the images of the mixed-gamma batches of 4 (per-sample gammas and noise)."""
+    out = tmp_path / "bs1"
+    main(["--base_model", str(base), "--spm", *map(str, spms), "--prompts", *PROMPTS, "--seeds", "0", "1",
+          "--batch_size", "1", "--out", str(out), *COMMON])
+    assert np.abs(pixels(out, read_manifest(out)) - ft_run.pixels).max() <= 1
 
 
 def test_csv_rows_with_own_seeds_sizes_and_guidance(base: Path, tmp_path: Path):
@@ -164,7 +159,7 @@ def test_templates_tag_the_concept(base: Path, tmp_path: Path):
     assert {r["concept"] for r in rows} == {"circle"}
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_subprocess(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "projects.spm", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -191,19 +186,17 @@ def test_clear_errors(base: Path, spms: list[Path], tmp_path: Path, capsys):
         assert "error: " in err and all(w in err for w in words), err
 
 
-def test_cli_two_ranks_cpu_ddp(base: Path, spms: list[Path], tmp_path: Path):
-    """`python -m projects.spm generate --devices 2`: ranks split the samples; rank 0 merges; same images."""
+def test_cli_two_ranks_cpu_ddp(base: Path, spms: list[Path], ft_run: SimpleNamespace, tmp_path: Path):
+    """`python -m projects.spm generate --devices 2`: ranks split the samples; rank 0 merges; the images of one
+    process."""
     out = tmp_path / "ddp"
-    proc = run_cli("generate", "--base_model", str(base), "--spm", *map(str, spms), "--prompts", *PROMPTS,
-                   "--seeds", "0", "1", "--accelerator", "cpu", "--devices", "2", "--out", str(out), *COMMON)
+    proc = run_subprocess("generate", "--base_model", str(base), "--spm", *map(str, spms), "--prompts", *PROMPTS,
+                          "--seeds", "0", "1", "--accelerator", "cpu", "--devices", "2", "--out", str(out), *COMMON)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_manifest(out)
     assert len(rows) == 6 and [int(r["index"]) for r in rows] == list(range(6))
     assert not list(out.glob("manifest.rank*.csv"))
-    single = tmp_path / "single"
-    main(["--base_model", str(base), "--spm", *map(str, spms), "--prompts", *PROMPTS, "--seeds", "0", "1",
-          "--out", str(single), *COMMON])
-    assert np.abs(pixels(out, rows) - pixels(single, read_manifest(single))).max() <= 1
+    assert np.abs(pixels(out, rows) - ft_run.pixels).max() <= 1
     assert "gamma 'a blue star'" in proc.stdout
 
 
@@ -217,8 +210,6 @@ def test_wandb_offline_run(base: Path, tmp_path: Path, monkeypatch):
 
 
 def test_protocol_official_is_recorded(base: Path, tmp_path: Path, capsys):
-    from projects.spm.protocol import OFFICIAL_NEGATIVE_PROMPT
-
     out = tmp_path / "official"
     main(["--base_model", str(base), "--prompts", "a red circle", "--protocol", "official", "--steps", "2",
           "--images_per_prompt", "2", "--out", str(out), "--logger", "none"])

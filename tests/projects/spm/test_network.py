@@ -7,12 +7,12 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.func import functional_call
 
 from projects.spm.bench import random_ups
-from projects.spm.model import SD14_UNET_CONFIG, SD21_UNET_CONFIG, SDXL_UNET_CONFIG, TOY_UNET_CONFIG
+from projects.spm.diffusion.configs import SD14_UNET_CONFIG, SD21_UNET_CONFIG, SDXL_UNET_CONFIG
 from projects.spm.network import SPMNetwork, adapted_layers, load_spm_file
-
-TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
+from tests.projects.spm.tiny_sd import TINY
 
 
 def tiny_unet(seed: int = 0, **overrides) -> UNet2DConditionModel:
@@ -73,8 +73,6 @@ def test_identity_at_init_switch_off_and_scale():
             two = unet(x, t, encoder_hidden_states=ctx).sample
         assert torch.allclose(mixed[0], ref[0], atol=1e-6) and torch.allclose(mixed[1], two[1], atol=1e-5)
         # Merged weights (functional_call) give the same output as the hooks.
-        from torch.func import functional_call
-
         with net.applied(0.0):
             merged = functional_call(unet, net.merged_weights(unet, 1.0), (x, t), {"encoder_hidden_states": ctx})
         assert torch.allclose(merged.sample, on, atol=1e-4)

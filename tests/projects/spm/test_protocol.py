@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from projects.spm.generate import build_jobs, parse_args
-from projects.spm.protocol import OFFICIAL_NEGATIVE_PROMPT, detect_task
+from projects.spm.tools.generate import build_jobs, parse_args
+from projects.spm.tools.protocol import OFFICIAL_NEGATIVE_PROMPT, detect_task
 
 ARTWORK = "case_number,prompt,evaluation_seed,evaluation_guidance\n0,a starry night by van gogh,5,10.0\n"
 I2P = ("prompt,categories,sd_seed,sd_guidance_scale,sd_image_width,sd_image_height\n"

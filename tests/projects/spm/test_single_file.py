@@ -10,11 +10,13 @@ import socket
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
-from projects.spm.single_file import load_single_file
+from projects.spm.diffusion.single_file import load_single_file
+from projects.spm.module import BaseModel, SPMModule
+from projects.spm.tools.generate import main as generate
 from tests.projects.spm.ldm_layout import pipeline_to_ldm
-from tests.projects.spm.tiny_sd import tiny_pipeline
 
 
 @pytest.fixture(autouse=True)
@@ -34,16 +36,16 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """``tiny(family)`` -> (pipeline, its diffusers folder, the pipeline as one original-layout .safetensors)."""
+def tiny(tiny_sd, tmp_path_factory):
+    """``tiny(family)`` -> (the session's tiny pipeline, its diffusers folder, the pipeline as one original-layout
+    .safetensors)."""
     root, made = tmp_path_factory.mktemp("single_file"), {}
 
     def get(family: str):
         if family not in made:
-            pipe = tiny_pipeline(family)
-            pipe.save_pretrained(root / family, safe_serialization=True)  # = write_tiny_pipeline, keeping pipe
+            pipe = tiny_sd[family].pipe
             save_file(pipeline_to_ldm(pipe), root / f"{family}.safetensors")
-            made[family] = pipe, root / family, root / f"{family}.safetensors"
+            made[family] = pipe, tiny_sd[family].folder, root / f"{family}.safetensors"
         return made[family]
 
     return get
@@ -109,8 +111,6 @@ def test_the_written_files_use_the_original_key_names(tiny):
 
 def test_ckpt_is_read_with_weights_only(tiny, tmp_path, monkeypatch):
     pipe, folder, file = tiny("sd1")
-    from safetensors.torch import load_file
-
     ckpt = tmp_path / "model.ckpt"  # a Lightning / LDM training checkpoint: tensors plus plain values
     torch.save({"state_dict": load_file(str(file)), "global_step": 7, "epoch": 1}, ckpt)
     calls, real_load = [], torch.load
@@ -123,8 +123,6 @@ def test_ckpt_is_read_with_weights_only(tiny, tmp_path, monkeypatch):
 
 def test_ckpt_with_a_pickled_object_is_refused(tiny, tmp_path):
     _, folder, file = tiny("sd1")
-    from safetensors.torch import load_file
-
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": load_file(str(file)), "hyper_parameters": argparse.Namespace(lr=1e-4)}, ckpt)
     with pytest.raises(ValueError) as err:
@@ -167,7 +165,7 @@ def test_missing_config_is_our_one_line(tiny, tmp_path, case):
     with pytest.raises(FileNotFoundError) as err:
         load_single_file(file, config)
     text = one_line(err)
-    assert text.startswith(f"{file}: a single-file checkpoint needs --model.base_config")
+    assert text.startswith(f"{file}: a single-file checkpoint needs --model.base.config")
     assert "SD v1.x: e.g. a local stable-diffusion-v1-5 folder" in text
     expected = {"none": "none given", "not_a_folder": "is not a folder",
                 "no_tokenizer": "lacks text_encoder/config.json, tokenizer/tokenizer_config.json, "
@@ -187,8 +185,6 @@ def test_config_of_another_family_is_refused(tiny, file_family, folder_family):
 
 def test_config_of_another_size_or_a_missing_tensor_is_one_line(tiny, tmp_path):
     _, folder, file = tiny("sd1")
-    from safetensors.torch import load_file
-
     wide = tmp_path / "wide"
     shutil.copytree(folder, wide)
     config = json.loads((wide / "text_encoder/config.json").read_text())
@@ -228,29 +224,24 @@ def test_checkpoint_without_vae_takes_the_config_vae(tiny, tmp_path):
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_generate_runs_on_a_single_file_as_on_its_folder(tiny, family, tmp_path):
     """``generate --base_model <file> --base_config <folder>``: the same images as the diffusers folder gives."""
-    from PIL import Image
-
-    from projects.spm.generate import main
-
     _, folder, file = tiny(family)
     outs = {}
     for name, base in (("file", ["--base_model", str(file), "--base_config", str(folder)]),
                        ("folder", ["--base_model", str(folder)])):
         outs[name] = tmp_path / name
-        info = main([*base, "--prompts", "a red circle", "--steps", "2", "--out", str(outs[name]), "--logger", "none"])
+        info = generate([*base, "--prompts", "a red circle", "--steps", "2", "--out", str(outs[name]), "--logger",
+                         "none"])
         assert info["images"] == 1
     images = [Image.open(next((outs[n] / "images").iterdir())) for n in ("file", "folder")]
     assert images[0].tobytes() == images[1].tobytes()
 
 
 def test_training_takes_a_single_file_with_its_config_folder(tiny):
-    """``--model.base_model <file> --model.base_config <folder>``: the module's frozen model is the file's."""
-    from projects.spm.module import SPMModule
-
+    """``--model.base.path <file> --model.base.config <folder>``: the module's frozen model is the file's."""
     pipe, folder, file = tiny("sd1")
-    module = SPMModule(base_model=str(file), base_config=str(folder), anchoring="none")
+    module = SPMModule(BaseModel(str(file), str(folder)), anchoring={"mode": "none"})
     module.setup("fit")
     assert_same_weights(module.diffusion.unet, pipe.unet)
-    with pytest.raises(FileNotFoundError, match=r"needs --model.base_config") as err:
-        SPMModule(base_model=str(file)).setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"needs --model.base.config") as err:
+        SPMModule(BaseModel(str(file))).setup("fit")
     one_line(err)

@@ -1,10 +1,10 @@
-"""The SPM claim of `make claims` (study.phrases) from synthetic runs: the verdict follows the issue's aim."""
+"""The SPM claim of `make claims` (study.phrases) from synthetic runs: the verdict follows the study's aim."""
 
 import json
 
 import pytest
 
-import projects.spm.study as study
+import projects.spm.toy.study as study
 from shared.claims import verdict
 
 

@@ -1,12 +1,13 @@
-"""The toy text encoder's caption grammar, position targets and pretraining (issue 14, point 5)."""
+"""The toy text encoder's caption grammar, position targets and pretraining (toy/toy_text.py)."""
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-from projects.spm.data import TOY_COLORS, TOY_SHAPES, grammar_caption, grammar_vocabulary, toy_labels
-from projects.spm.toy_base import DEFAULT_DIR, build_tokenizer
-from projects.spm.toy_text import phrase_cosines, position_targets, pretrain_text_encoder, word_token_ids
+from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, grammar_caption, grammar_vocabulary, toy_labels
+from projects.spm.toy.toy_base import DEFAULT_DIR, build_tokenizer
+from projects.spm.toy.toy_text import phrase_cosines, position_targets, pretrain_text_encoder, word_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,6 @@ def test_a_word_split_into_pieces_is_refused(tokenizer):
 
 
 def test_a_short_pretraining_learns_the_probes(tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     torch.manual_seed(0)
     config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=64, max_position_embeddings=16, pad_token_id=tokenizer.pad_token_id,
@@ -59,8 +58,6 @@ def test_a_short_pretraining_learns_the_probes(tokenizer):
 
 
 def test_in_the_committed_toy_model_a_phrase_is_closer_to_its_concept_word_than_to_another_shape():
-    from transformers import AutoTokenizer, CLIPTextModel
-
     tok = AutoTokenizer.from_pretrained(DEFAULT_DIR / "tokenizer", local_files_only=True)
     encoder = CLIPTextModel.from_pretrained(DEFAULT_DIR / "text_encoder", local_files_only=True).eval()
     cos = phrase_cosines(encoder, tok)

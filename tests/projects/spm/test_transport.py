@@ -6,17 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from projects.spm.model import TOY_UNET_CONFIG, DiffusionModel
+from projects.spm.diffusion.model import DiffusionModel
 from projects.spm.transport import facilitated_gammas
-
-TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> DiffusionModel:
-    from projects.spm.toy_base import write_random_base
-
-    return DiffusionModel.from_folder(write_random_base(tmp_path_factory.mktemp("ft_base"), TINY))
+def toy(tiny_base) -> DiffusionModel:
+    return DiffusionModel.from_folder(tiny_base)
 
 
 def gammas(toy: DiffusionModel, prompts, concepts, **kw) -> torch.Tensor:

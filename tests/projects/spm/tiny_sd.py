@@ -1,6 +1,7 @@
-"""Tiny random diffusers pipelines shaped like SD v1.x, SD v2.x and SDXL, written to a folder (CPU, about a second).
+"""Tiny random models for the SPM tests: diffusers pipelines shaped like SD v1.x, SD v2.x and SDXL (CPU, about a
+second each; the session fixtures of ``conftest.py`` build them once), and ``TINY``, the toy UNet at smaller widths.
 
-They keep what tells the families apart (SD1: conv ``proj_in``, one CLIP text encoder, epsilon; SD2: linear
+The pipelines keep what tells the families apart (SD1: conv ``proj_in``, one CLIP text encoder, epsilon; SD2: linear
 ``proj_in``, per-block head counts, v-prediction, ``steps_offset`` 1; SDXL: two text encoders, pooled embeddings and
 ``add_time_ids`` through ``addition_embed_type="text_time"``, ``transformer_layers_per_block`` > 1, Euler) at widths
 of 16-64, with the toy model's CLIP BPE tokenizer (16 positions). Used by the SPM tests only.
@@ -11,6 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from projects.spm.network import SPMNetwork
+from projects.spm.toy.toy_base import TOY_UNET_CONFIG
 
 REPO = Path(__file__).resolve().parents[3]
 TOY_TOKENIZER = REPO / "projects/spm/toy_model/tokenizer"
@@ -20,15 +33,27 @@ _SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012
                     clip_sample=False, set_alpha_to_one=False)
 
 
-def _tokenizer():
-    from transformers import AutoTokenizer
+# The toy UNet at widths 16-32 (random weights in every test that uses it).
+TINY = {**TOY_UNET_CONFIG, "block_out_channels": (16, 32, 32), "cross_attention_dim": 32, "attention_head_dim": 8}
 
+
+def write_random_spm(unet, path: Path, prompts: list[str], seed: int, scale: float = 0.3) -> Path:
+    """An SPM file for ``unet`` with random (non-zero) ups, so it changes the images; ``unet`` is left as it was."""
+    net = SPMNetwork(unet)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in net.adapters.values():
+            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * scale)
+    net.save(path, prompts)
+    net.remove()
+    return path
+
+
+def _tokenizer():
     return AutoTokenizer.from_pretrained(TOY_TOKENIZER, local_files_only=True)
 
 
 def _text_encoder(tokenizer, hidden: int, with_projection: bool = False, projection_dim: int = 32):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
                             projection_dim=projection_dim, pad_token_id=tokenizer.pad_token_id,
@@ -37,8 +62,6 @@ def _text_encoder(tokenizer, hidden: int, with_projection: bool = False, project
 
 
 def _vae():
-    from diffusers import AutoencoderKL
-
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                          layers_per_block=1, norm_num_groups=8, sample_size=32)
@@ -47,14 +70,6 @@ def _vae():
 def tiny_pipeline(family: str = "sd1", seed: int = 0):
     """A random ``StableDiffusionPipeline`` (``sd1``, ``sd2``) or ``StableDiffusionXLPipeline`` (``sdxl``); 16x16
     latents, 32x32 images."""
-    from diffusers import (
-        DDIMScheduler,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
     common = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=8,
@@ -88,11 +103,3 @@ def tiny_pipeline(family: str = "sd1", seed: int = 0):
                                          tokenizer=tokenizer, tokenizer_2=_tokenizer(), unet=unet,
                                          scheduler=scheduler)
     raise ValueError(f"family must be sd1, sd2 or sdxl; got {family!r}")
-
-
-def write_tiny_pipeline(folder: str | Path, family: str = "sd1", seed: int = 0) -> Path:
-    """``tiny_pipeline(family)`` saved as a diffusers model folder (``model_index.json`` and one subfolder per
-    component, safetensors)."""
-    folder = Path(folder)
-    tiny_pipeline(family, seed).save_pretrained(folder, safe_serialization=True)
-    return folder

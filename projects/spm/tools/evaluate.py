@@ -1,4 +1,5 @@
-"""``python -m projects.spm evaluate``: the paper's evaluation protocols (spec 5.2) on a ``generate`` output folder.
+"""``python -m projects.spm evaluate``: the paper's evaluation protocols (docs/papers/spm.md §5.2) on a ``generate``
+output folder.
 
     python -m projects.spm evaluate --images outputs/erased --reference outputs/original \
         --clip models/clip-vit-base-patch32 --concepts snoopy mickey pikachu [--real coco_val2014/] [--nudenet]
@@ -38,9 +39,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
 from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from transformers import CLIPModel, CLIPProcessor
+from transformers.utils import logging as hf_logging
 
-from shared.data.images import read_utf8
+from projects.spm.tools.generate import csv_number
+from projects.spm.toy.classifier import load_classifier
+from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, toy_labels
+from shared.cli import run_with_clear_errors, wandb_is_online
+from shared.data.images import load_rgb, read_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +71,6 @@ def read_manifest(folder: str | Path, what: str = "--images") -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {folder}: no manifest.csv (expected the output folder of "
                                 f"`python -m projects.spm generate`)")
-    from projects.spm.generate import csv_number
-
     with io.StringIO(read_utf8(path, "manifest"), newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
@@ -96,10 +105,6 @@ def image_batches(paths: list[Path], batch_size: int, size: tuple[int, int] | No
                   ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """(positions, uint8 [B, 3, H, W]) over ``paths``, batched among images of one size (``size``: resize all to
     (H, W), centre-cropped to its aspect first, as for real photos)."""
-    from PIL import Image
-
-    from shared.data.images import load_rgb
-
     pending: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
 
     def flush(key):
@@ -207,7 +212,7 @@ class InceptionFeatures(nn.Module):
             raise FileNotFoundError(f"--inception_weights {weights} does not exist (expected torch-fidelity's "
                                     f"pt_inception-2015-12-05 weights file)")
         try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
+            from torchmetrics.image.fid import NoTrainInceptionV3  # needs torch-fidelity, an optional package
 
             self.net = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(weights))
         except ModuleNotFoundError as err:
@@ -233,8 +238,6 @@ class _Precomputed(nn.Module):
 
 def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float | None:
     """torchmetrics FID between two feature sets [N, D]; None when either has fewer than 2 rows."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
     if len(features_a) < 2 or len(features_b) < 2:
         return None
     metric = FrechetInceptionDistance(feature=_Precomputed(features_a.shape[1]))
@@ -257,7 +260,7 @@ def extract(extractor: Callable[[torch.Tensor], torch.Tensor], paths: list[Path]
 # ---------------------------------------------------------------------- the metrics
 def clip_metrics(clip: ClipImageEmbed, image_embeds: torch.Tensor, rows: list[dict], concepts: list[str],
                  surrogate: str = "") -> dict[str, float]:
-    """CLIP score (2.5 max(cos, 0) x 100, mean) and CLIP error rate (CS(img, surrogate) >= CS(img, c)), spec 5.2."""
+    """CLIP score (2.5 max(cos, 0) x 100, mean) and CLIP error rate (CS(img, surrogate) >= CS(img, c)), §5.2."""
     img = torch.nn.functional.normalize(image_embeds, dim=-1)
     prompts = [r["prompt"] for r in rows]
     unique = list(dict.fromkeys(prompts))
@@ -278,16 +281,12 @@ def clip_metrics(clip: ClipImageEmbed, image_embeds: torch.Tensor, rows: list[di
 
 def parse_toy_prompt(prompt: str) -> tuple[int, int] | None:
     """(shape, colour) indices when the prompt names exactly one toy shape and one toy colour, else None."""
-    from projects.spm.data import toy_labels
-
     shape, color = toy_labels(prompt)
     return None if shape is None or color is None else (shape, color)
 
 
 def toy_metrics(pred: torch.Tensor, rows: list[dict], concepts: list[str]) -> tuple[dict[str, float], list[dict]]:
     """The toy judge: ``pred`` [N, 2] (shape, colour) predictions. Returns (metrics, per-prompt rows)."""
-    from projects.spm.data import TOY_COLORS, TOY_SHAPES
-
     labels = [parse_toy_prompt(r["prompt"]) for r in rows]
     known = torch.tensor([lab is not None for lab in labels])
     out: dict[str, float] = {}
@@ -369,8 +368,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_clip(path: str | Path, device: torch.device) -> ClipImageEmbed:
-    from transformers import CLIPModel, CLIPProcessor
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"--clip {path} does not exist (expected a transformers CLIP folder: config.json, "
@@ -399,8 +396,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     clip = load_clip(args.clip, device) if args.clip else None
     classifier = None
     if args.classifier:
-        from projects.spm.toy_base import load_classifier
-
         classifier = load_classifier(args.classifier).to(device)
     kind = args.fid_features
     if kind == "auto":
@@ -477,7 +472,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         metrics["fid/features"] = kind
     if args.nudenet:
         try:
-            from nudenet import NudeDetector
+            from nudenet import NudeDetector  # an optional package
         except ImportError:
             notes.append("NudeNet skipped: the `nudenet` package is not installed (pip install nudenet==3.0.8)")
         else:
@@ -499,9 +494,6 @@ def print_results(metrics: dict, per_prompt: list[dict], notes: list[str]) -> No
     prompt_cols = [k for k in ("n", "shape", "color", "shape_acc", "color_acc", "both_acc")
                    if any(k in e for e in per_prompt)]
     if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
         console = Console()
         table = Table(title="SPM evaluation")
         table.add_column("metric")
@@ -526,9 +518,7 @@ def print_results(metrics: dict, per_prompt: list[dict], notes: list[str]) -> No
 
 
 def log_to_wandb(folder: Path, result: dict, name: str) -> None:
-    import wandb
-
-    from shared.cli import wandb_is_online
+    import wandb  # slow to import; only runs that log to wandb need it
 
     run = wandb.init(project="cv-papers-spm", name=name, dir=str(folder), job_type="evaluate",
                      config={k: result[k] for k in ("images", "reference", "real", "concepts")},
@@ -546,12 +536,8 @@ def log_to_wandb(folder: Path, result: dict, name: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Entry point; a missing file or bad input ends with a one-line message (``CV_PAPERS_DEBUG=1``: traceback)."""
     logging.basicConfig(level=logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; ours is enough
     args = parse_args(argv)
-    from shared.cli import run_with_clear_errors
-
     with torch.no_grad():
         return run_with_clear_errors(evaluate, args)
 

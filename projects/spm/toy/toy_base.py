@@ -1,34 +1,50 @@
-"""The toy text-to-image base model and the toy shape/colour classifier that judges its generations.
+"""The toy text-to-image base model: a 16x16 pixel-space UNet with a pretrained, frozen toy text encoder.
 
-``python -m projects.spm.toy_base [--out projects/spm/toy_model] [--steps 1200] [--seed 0]`` trains both on
-captioned toy-world scenes ("a red circle") and writes a diffusers folder (unet/, text_encoder/, tokenizer/,
-scheduler/; no vae/, the UNet works in pixel space) plus ``classifier.safetensors`` and ``toy_base.json``.
-The result is committed in ``projects/spm/toy_model/``; :func:`ensure_toy_base` retrains only when a folder
-lacks ``toy_base.json``. Deterministic for a given seed and thread count. ``--judge`` scores an existing folder.
+``python -m projects.spm.toy.toy_base [--out projects/spm/toy_model] [--steps 1600] [--seed 0]`` trains the judge
+(``classifier.py``), then the model on captioned toy-world scenes ("a red circle", ``scenes.py``), and writes a
+diffusers folder (unet/, text_encoder/, tokenizer/, scheduler/; no vae/, the UNet works in pixel space) plus
+``classifier.safetensors`` and ``toy_base.json``. The result is committed in ``projects/spm/toy_model/``;
+:func:`ensure_toy_base` retrains only when a folder lacks ``toy_base.json``. Deterministic for a given seed and
+thread count. ``--judge`` scores an existing folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
+import math
+import shutil
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DConditionModel
 from torch import nn
+from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-from projects.spm.data import TOY_COLORS, TOY_SHAPES, TOY_SIZE, grammar_vocabulary, render_toy_scenes, toy_caption
-from projects.spm.model import TOY_UNET_CONFIG
-from projects.spm.toy_text import phrase_cosines, pretrain_text_encoder
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.diffusion.sampling import sample
+from projects.spm.toy.classifier import load_classifier, train_classifier
+from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, TOY_SIZE, grammar_vocabulary, render_toy_scenes, toy_caption
+from projects.spm.toy.toy_text import phrase_cosines, pretrain_text_encoder
+from shared.backbones.text import build_clip_tokenizer
 
 logger = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
 # The committed toy model (about 8 MB, tracked in git); the script rewrites it (or another --out) when rerun.
-DEFAULT_DIR = Path(__file__).resolve().parent / "toy_model"
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "toy_model"
 DEFAULT_STEPS = 1600
 DEFAULT_BATCH = 64
+# The toy base model's UNet: pixel space, 16x16, attention only at 8x8 and 4x4 (cheap on CPU),
+# 7 Transformer2DModels (2 down, 1 mid, 4 up).
+TOY_UNET_CONFIG: dict = dict(
+    sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, cross_attention_dim=64,
+    attention_head_dim=16, norm_num_groups=8, block_out_channels=(32, 64, 64),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+)
 # 4 blocks, 4 heads (the first toy encoder had 2 and 2 and trained jointly with the UNet; see toy_text.py).
 TEXT_CONFIG = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
                    max_position_embeddings=16, projection_dim=64)
@@ -46,45 +62,7 @@ def save_toy_scheduler(scheduler, folder: Path) -> None:
     path.write_text(json.dumps({"_use_clipped_model_output": True, **config}, indent=2, sort_keys=True) + "\n")
 
 
-class ToyClassifier(nn.Module):
-    """A small CNN with a shape head and a colour head (TOY_SHAPES, TOY_COLORS); input [B, 3, H, W] in [0, 1]."""
-
-    def __init__(self, num_shapes: int = len(TOY_SHAPES), num_colors: int = len(TOY_COLORS)) -> None:
-        super().__init__()
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
-        self.features = nn.Sequential(block(3, 32), block(32, 64), block(64, 64), nn.AdaptiveAvgPool2d(1),
-                                      nn.Flatten())
-        self.shape_head = nn.Linear(64, num_shapes)
-        self.color_head = nn.Linear(64, num_colors)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(images * 2 - 1)
-        return self.shape_head(h), self.color_head(h)
-
-
-def load_classifier(path: str | Path) -> ToyClassifier:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from shared.backbones.weights import load_into, not_safetensors
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"toy classifier {path} does not exist (run `python -m projects.spm.toy_base`)")
-    try:
-        state = load_file(str(path))
-    except SafetensorError as err:
-        raise ValueError(not_safetensors(path, err)) from None
-    model = ToyClassifier()
-    load_into(model, state, "toy classifier", source=path)  # every tensor, of the right shape, or one line
-    return model.eval()
-
-
 def build_tokenizer(out_dir: Path | None):
-    from shared.backbones.text import build_clip_tokenizer
-
     captions = grammar_vocabulary() + ["an object", "a shape"]
     tok = build_clip_tokenizer(captions * 4, None, vocab_size=400)
     tok.model_max_length = TEXT_CONFIG["max_position_embeddings"]
@@ -93,37 +71,8 @@ def build_tokenizer(out_dir: Path | None):
     return tok
 
 
-def train_classifier(out: Path, steps: int = 800, seed: int = 1) -> float:
-    """Train the judge on fresh renders; returns held-out (shape and colour) accuracy."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    data = render_toy_scenes(6000, seed=seed)
-    test = render_toy_scenes(600, seed=seed + 1000)
-    model = ToyClassifier()
-    opt = torch.optim.AdamW(model.parameters(), 3e-3)
-    x_all = data["images"].float() / 255
-    for _ in range(steps):
-        idx = torch.randint(len(x_all), (128,))
-        x = x_all[idx]
-        x = x + 0.08 * torch.randn_like(x)  # generated images are noisier than renders
-        s, c = model(x)
-        loss = F.cross_entropy(s, data["shape"][idx]) + F.cross_entropy(c, data["color"][idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        s, c = model(test["images"].float() / 255)
-    acc = ((s.argmax(1) == test["shape"]) & (c.argmax(1) == test["color"])).float().mean().item()
-    save_file(model.state_dict(), str(out))
-    return acc
-
-
 def hue_rotation(degrees: float) -> torch.Tensor:
     """3x3 RGB matrix that rotates hues by ``degrees`` about the grey axis (greys, e.g. the background, stay put)."""
-    import math
-
     c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
     k = torch.full((3, 3), 1 / 3)
     cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
@@ -142,11 +91,6 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFA
     ``init_from`` fine-tunes an existing toy model folder instead of starting from random weights, and ``hue_shift``
     rotates the training images' hues (degrees): together they make the "derived" model of the transfer experiment
     (like a community checkpoint fine-tuned from SD v1.4, UNet and text encoder both change)."""
-    import copy
-
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
-
     torch.manual_seed(seed)
     text_info = None
     if init_from is not None:
@@ -217,7 +161,7 @@ def train_base(out_dir: Path, steps: int = DEFAULT_STEPS, batch_size: int = DEFA
     save(ema)
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "hue_shift": hue_shift,
             "init_from": None if init_from is None else str(init_from), "text_encoder": text_info,
-            "captions": f"data.grammar_caption, partial share {partial_captions:g}",
+            "captions": f"scenes.grammar_caption, partial share {partial_captions:g}",
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "train_s": round(time.perf_counter() - start, 1),
             "threads": torch.get_num_threads()}
 
@@ -226,15 +170,13 @@ def judge_base(folder: str | Path, images_per_prompt: int = 20, seed: int = 1234
                guidance: float = 5.0) -> dict:
     """Generate ``images_per_prompt`` images (fixed seed) for each of the 36 "a <colour> <shape>" prompts and judge
     them with the folder's toy classifier: shape, colour and both-right accuracy over all generations."""
-    from projects.spm.model import DiffusionModel
-
     folder = Path(folder)
     model = DiffusionModel.from_folder(folder)
     judge = load_classifier(folder / "classifier.safetensors")
     pairs = [(si, ci) for si in range(len(TOY_SHAPES)) for ci in range(len(TOY_COLORS))]
     prompts = [toy_caption(TOY_SHAPES[si], TOY_COLORS[ci]) for si, ci in pairs for _ in range(images_per_prompt)]
     labels = torch.tensor([p for p in pairs for _ in range(images_per_prompt)])
-    images = model.sample(prompts, seed=seed, steps=steps, guidance=guidance)
+    images = sample(model, prompts, seed=seed, steps=steps, guidance=guidance)
     with torch.no_grad():
         s, c = judge(images)
     shape_ok, color_ok = s.argmax(1) == labels[:, 0], c.argmax(1) == labels[:, 1]
@@ -245,9 +187,6 @@ def judge_base(folder: str | Path, images_per_prompt: int = 20, seed: int = 1234
 
 def write_random_base(out_dir: str | Path, unet_config: dict | None = None, seed: int = 0) -> Path:
     """An untrained tiny model in the same diffusers layout (for fast tests and the bench)."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(out_dir / "tokenizer")
@@ -263,8 +202,6 @@ def write_random_base(out_dir: str | Path, unet_config: dict | None = None, seed
 def build_toy_base(out_dir: str | Path = DEFAULT_DIR, steps: int = DEFAULT_STEPS, seed: int = 0,
                    batch_size: int = DEFAULT_BATCH, classifier: str | Path | None = None) -> Path:
     """Train the judge (or copy ``classifier``, an existing judge, so numbers stay comparable), then the model."""
-    import shutil
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if classifier is None:
@@ -277,7 +214,7 @@ def build_toy_base(out_dir: str | Path = DEFAULT_DIR, steps: int = DEFAULT_STEPS
     info["classifier_acc"] = classifier_acc
     info["generated"] = judge_base(out_dir)
     info.update(shapes=TOY_SHAPES, colors=TOY_COLORS, size=TOY_SIZE, seed=seed,
-                command=f"python -m projects.spm.toy_base --out {out_dir} --steps {steps} --seed {seed} "
+                command=f"python -m projects.spm.toy.toy_base --out {out_dir} --steps {steps} --seed {seed} "
                         f"--batch-size {batch_size}" + (f" --classifier {classifier}" if classifier else ""))
     (out_dir / "toy_base.json").write_text(json.dumps(info, indent=2))
     logger.warning("toy base model written to %s: %s", out_dir, info)
@@ -288,15 +225,13 @@ def derive_toy_model(source: str | Path, out_dir: str | Path, steps: int = 200, 
                      lr: float = 5e-4, seed: int = 1) -> Path:
     """The transfer experiment's "derived" model: ``source`` fine-tuned briefly on hue-shifted renders (same layout,
     different UNet and text-encoder weights), with the source's classifier copied alongside."""
-    import shutil
-
     source, out_dir = Path(source), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(source / "classifier.safetensors", out_dir / "classifier.safetensors")
     info = train_base(out_dir, steps=steps, lr=lr, seed=seed, init_from=source, hue_shift=hue_shift,
                       snapshot_every=0)
     info["generated"] = judge_base(out_dir)
-    info["command"] = (f"python -m projects.spm.toy_base --derive-from {source} --out {out_dir} --steps {steps} "
+    info["command"] = (f"python -m projects.spm.toy.toy_base --derive-from {source} --out {out_dir} --steps {steps} "
                        f"--hue-shift {hue_shift} --seed {seed}")
     (out_dir / "toy_base.json").write_text(json.dumps(info, indent=2))
     return out_dir

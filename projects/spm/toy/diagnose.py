@@ -1,6 +1,7 @@
-"""Why the toy model's phrases ("a red circle") escape an SPM that erases the bare word "circle" (issue 14, point 5).
+"""Why the toy model's phrases ("a red circle") escape an SPM that erases the bare word "circle" (NOTES.md, "Why
+phrases escape erasure").
 
-    python -m projects.spm.diagnose [--spm logs/spm/<run>/<name>_last.safetensors] [--base projects/spm/toy_model]
+    python -m projects.spm.toy.diagnose [--spm logs/spm/<run>/<name>_last.safetensors] [--base projects/spm/toy_model]
 
 Measured on a toy base model folder, all at matched noise (the same x_t for every prompt: toy renders of every
 shape, noised to a few timesteps):
@@ -33,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor
 
-from projects.spm.data import TOY_COLORS, TOY_SHAPES, render_toy_scenes
-from projects.spm.model import DiffusionModel
+from projects.spm.diffusion.model import DiffusionModel, swapped_parameters
 from projects.spm.network import SPMNetwork, adapted_layers
+from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, render_toy_scenes
+from projects.spm.toy.toy_base import DEFAULT_DIR as TOY_MODEL
 from shared.cli import logs_dir
 
-TOY_MODEL = Path(__file__).resolve().parent / "toy_model"
 WORD = "circle"
 PHRASES = ("a red circle", "a blue circle", "a yellow circle")
 OTHERS = ("a red square", "a blue star", "a purple ring", "square", "star", "red", "")
@@ -176,7 +177,7 @@ def matched_noise(model: DiffusionModel, per_timestep: int = 12, timesteps=TIMES
     g = torch.Generator().manual_seed(seed)
     xs, ts = [], []
     for t in timesteps:
-        a = model.alphas_cumprod[t]
+        a = model.ddim.alphas_cumprod[t]
         xs.append(a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g))
         ts.append(torch.full((per_timestep,), t))
     return torch.cat(xs), torch.cat(ts)
@@ -185,8 +186,6 @@ def matched_noise(model: DiffusionModel, per_timestep: int = 12, timesteps=TIMES
 def eps_per_prompt(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, prompts: list[str],
                    params: dict | None = None) -> torch.Tensor:
     """``[P, N, C, H, W]``: eps of every prompt at every (x_t, t), one batched UNet call."""
-    from projects.spm.model import swapped_parameters
-
     cond = model.encode_prompts(prompts)
     n = x.shape[0]
     with torch.inference_mode(), swapped_parameters(model.unet, params):

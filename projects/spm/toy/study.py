@@ -1,10 +1,11 @@
-"""The README's toy experiments on the committed toy model, one step at a time (each is resumable: done runs are kept).
+"""The toy experiments of NOTES.md on the committed toy model, one step at a time (each is resumable: done runs are
+kept).
 
-    python -m projects.spm.study anchoring   # erase "circle": anchoring none / official / paper and variants (part 1)
-    python -m projects.spm.study compose     # 1, 2, 3 SPMs at once; FT on/off; linear vs official composition
-    python -m projects.spm.study transfer    # the SPMs on a "derived" toy model (hue-shifted fine-tune), no retraining
-    python -m projects.spm.study capacity    # diagnostic: a full-batch fit on fixed x_t, can rank 1 erase at all?
-    python -m projects.spm.study phrases     # lambda 1000 x 3 seeds + a lambda sweep: results/study.json (make claims)
+    python -m projects.spm.toy.study anchoring  # erase "circle": anchoring none / official / paper and variants
+    python -m projects.spm.toy.study compose    # 1, 2, 3 SPMs at once; FT on/off; linear vs official composition
+    python -m projects.spm.toy.study transfer   # the SPMs on a "derived" toy model (hue-shifted fine-tune)
+    python -m projects.spm.toy.study capacity   # diagnostic: a full-batch fit on fixed x_t, can rank 1 erase at all?
+    python -m projects.spm.toy.study phrases    # lambda 1000 x 3 seeds + a lambda sweep: results/study.json
 
 Training runs are the normal CLI on ``configs/toy.yaml``; generation and judging are ``python -m projects.spm
 generate`` / ``evaluate`` (toy classifier, FID on its features). Everything lands in ``logs/spm/study/``, and each
@@ -20,10 +21,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-from projects.spm.data import TOY_COLORS, TOY_SHAPES, toy_caption
+import torch
+import torch.nn.functional as F
+
+from projects.spm.anchoring import vocabulary_words
+from projects.spm.diffusion.ddim import ddim_timesteps
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.diffusion.sampling import rollout, sample
+from projects.spm.losses import erasing_target
+from projects.spm.network import SPMNetwork
+from projects.spm.tools.evaluate import main as evaluate_main
+from projects.spm.tools.generate import main as generate_main
+from projects.spm.toy.classifier import load_classifier
+from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, toy_caption, toy_labels
+from projects.spm.toy.toy_base import DEFAULT_DIR as TOY_MODEL
+from projects.spm.toy.toy_base import derive_toy_model
 from shared.cli import logs_dir
 
-TOY_MODEL = Path(__file__).resolve().parent / "toy_model"
 CLASSIFIER = TOY_MODEL / "classifier.safetensors"
 STUDY = logs_dir() / "spm" / "study"   # the study is a script: its folder is fixed at start
 CONCEPTS = ("circle", "star", "triangle")  # erased cumulatively: 1, 2, 3 SPMs
@@ -39,7 +53,7 @@ def train_spm(concept: str, anchoring: str = "paper", tag: str = "", overrides: 
     spm_file = run / f"{name}_last.safetensors"
     if not spm_file.is_file():
         cmd = [sys.executable, "-m", "projects.spm", "fit", "--config", "projects/spm/configs/toy.yaml",
-               "--logger", "csv", "--run_name", name, "--model.target", concept, "--model.anchoring", anchoring,
+               "--logger", "csv", "--run_name", name, "--model.target", concept, "--model.anchoring.mode", anchoring,
                "--model.spm_name", name, *overrides]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
@@ -48,8 +62,6 @@ def train_spm(concept: str, anchoring: str = "paper", tag: str = "", overrides: 
 
 def generate(out: Path, base: Path, spms: list[str], *flags: str, bare: bool = False) -> Path:
     """The 36 "a <colour> <shape>" prompts x 10 seeds, or (``bare``) the 6 shape words x 50 seeds."""
-    from projects.spm.generate import main as generate_main
-
     prompts, seeds = (list(TOY_SHAPES), BARE_SEEDS) if bare else (PROMPTS, SEEDS)
     if not (out / "manifest.csv").is_file():
         generate_main(["--base_model", str(base), "--spm", *spms, "--prompts", *prompts, "--seeds", *seeds,
@@ -60,8 +72,6 @@ def generate(out: Path, base: Path, spms: list[str], *flags: str, bare: bool = F
 
 def toy_metrics(images: Path, concepts: list[str], reference: Path | None = None) -> dict:
     """``python -m projects.spm evaluate`` with the toy judge (and FID against ``reference`` when given)."""
-    from projects.spm.evaluate import main as evaluate_main
-
     ref = ["--reference", str(reference)] if reference is not None else []
     return evaluate_main(["--images", str(images), *ref, "--classifier", str(CLASSIFIER), "--concepts", *concepts,
                           "--logger", "none"])["metrics"]
@@ -95,13 +105,13 @@ def fmt(x: float | None, digits: int = 3) -> str:
 # Part 1 rows: (label, anchoring mode, run tag, CLI overrides of toy.yaml). toy.yaml is the toy-sized recipe; the
 # rows start from the paper recipe as far as a CPU allows: lambda 1000, alpha 1, no "" anchor, 1 latent per step,
 # 300 iterations at lr 1e-3 (paper 3000 at 1e-4), 40 warm-up steps.
-PAPER_TOY = ("--model.anchor_strength", "1000", "--model.anchor_alpha", "1", "--model.anchor_uncond", "false",
-             "--model.batch_size", "1", "--model.lr", "1e-3", "--data.iterations", "300",
-             "--model.lr_warmup_steps", "40")
-BATCH16 = ("--model.batch_size", "16")
-LAMBDA3 = ("--model.anchor_strength", "3")
-ALPHA0 = ("--model.anchor_alpha", "0")
-UNCOND = ("--model.anchor_uncond", "true")
+PAPER_TOY = ("--model.anchoring.strength", "1000", "--model.anchoring.alpha", "1", "--model.anchoring.uncond", "false",
+             "--model.rollout.batch_size", "1", "--model.optim.lr", "1e-3", "--data.iterations", "300",
+             "--model.optim.warmup_steps", "40")
+BATCH16 = ("--model.rollout.batch_size", "16")
+LAMBDA3 = ("--model.anchoring.strength", "3")
+ALPHA0 = ("--model.anchoring.alpha", "0")
+UNCOND = ("--model.anchoring.uncond", "true")
 ANCHORING_ROWS = [
     ("none", "none", "none", PAPER_TOY),
     ("official", "official", "official", PAPER_TOY),
@@ -115,9 +125,9 @@ ANCHORING_ROWS = [
     ("paper, lambda 3, alpha 0 + \"\" anchor, 16 latents/step", "paper", "paper_l3_a0u_b16",
      PAPER_TOY + LAMBDA3 + ALPHA0 + UNCOND + BATCH16),
     ("same, x_t rolled out by the frozen model", "paper", "paper_l3_a0u_b16_frozen",
-     PAPER_TOY + LAMBDA3 + ALPHA0 + UNCOND + BATCH16 + ("--model.rollout_membrane", "false")),
+     PAPER_TOY + LAMBDA3 + ALPHA0 + UNCOND + BATCH16 + ("--model.rollout.with_membrane", "false")),
     ("paper, the paper's schedule: 3000 iterations at lr 1e-4, 500 warm-up", "paper", "paper_3000",
-     PAPER_TOY + ("--data.iterations", "3000", "--model.lr", "1e-4", "--model.lr_warmup_steps", "500")),
+     PAPER_TOY + ("--data.iterations", "3000", "--model.optim.lr", "1e-4", "--model.optim.warmup_steps", "500")),
     ("toy.yaml (lambda 3, alpha 0 + \"\" anchor, 8 latents/step, lr 1e-2, 120 iterations)", "paper", "toy_default",
      ()),
 ]
@@ -183,8 +193,6 @@ def compose() -> None:
 
 def transfer(hue_shift: float = 30.0, steps: int = 200) -> None:
     """The SPMs trained on the toy base, applied unchanged to a derived model (gammas from its own text encoder)."""
-    from projects.spm.toy_base import derive_toy_model
-
     derived = STUDY / "derived_model"
     if not (derived / "toy_base.json").is_file():
         derive_toy_model(TOY_MODEL, derived, steps=steps, hue_shift=hue_shift)
@@ -216,25 +224,15 @@ def capacity(strength: float = 3.0, iterations: int = 120, bank: int = 64, lr: f
     Eq. 4-7 with every pool word except the target (uniform) plus 3 copies of "" as anchors, one anchor per latent.
     Judged like part 1, 50 images per prompt, each prompt its own batch from seed 1234.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from projects.spm.anchoring import vocabulary_words
-    from projects.spm.data import toy_labels
-    from projects.spm.model import DiffusionModel
-    from projects.spm.module import erasing_target
-    from projects.spm.network import SPMNetwork
-    from projects.spm.toy_base import load_classifier
-
     torch.manual_seed(0)
     d = DiffusionModel.from_folder(TOY_MODEL)
     net = SPMNetwork(d.unet)
     target, uncond = d.encode_prompts(["circle"]), d.encode_prompts([""])
     words = [w for w in vocabulary_words(d.tokenizer) if w != "circle"] + [""] * 3
     anchors = d.encode_prompts(words)
-    steps = d.ddim_timesteps(30, len(d.alphas_cumprod))
+    steps = ddim_timesteps(30, d.ddim.num_train_timesteps)
     ks = [1 + i % 29 for i in range(bank)]
-    x = torch.cat([d.rollout(torch.randn(1, 3, 16, 16), steps[:k], uncond, target, 3.0) for k in ks])
+    x = torch.cat([rollout(d, torch.randn(1, 3, 16, 16), steps[:k], uncond, target, 3.0) for k in ks])
     t = torch.tensor([999 - int(k * 1000 / 30) for k in ks])
     with torch.no_grad(), net.applied(0.0):
         eps_target = d.predict(x, t, target.expand(bank, -1, -1))
@@ -261,8 +259,8 @@ def capacity(strength: float = 3.0, iterations: int = 120, bank: int = 64, lr: f
         row = {"membrane": gamma}
         with torch.no_grad(), net.applied(0.0):
             for p in prompts:
-                shape_logits, color_logits = classifier(d.sample([p] * 50, seed=1234, steps=20, guidance=5.0,
-                                                                 unet_params=params))
+                shape_logits, color_logits = classifier(sample(d, [p] * 50, seed=1234, steps=20, guidance=5.0,
+                                                               unet_params=params))
                 shape, color = toy_labels(p)
                 right = shape_logits.argmax(1) == shape
                 row[p] = (right if color is None else right & (color_logits.argmax(1) == color)).float().mean().item()
@@ -272,22 +270,21 @@ def capacity(strength: float = 3.0, iterations: int = 120, bank: int = 64, lr: f
     write("capacity", rows, "| membrane | " + " | ".join(prompts) + " |", lines)
 
 
-# Part 3 (issue 14, point 5): Latent Anchoring with the paper's lambda on the toy model whose frozen text encoder was
+# Part 3: Latent Anchoring with the paper's lambda on the toy model whose frozen text encoder was
 # pretrained on compositional captions. Judged on bare "circle", the 6 "a <colour> circle" phrases and the 30
 # non-target phrases, 20 images each (10 for the sweep's other points; same noise before and after: paired).
 PHRASES = [toy_caption("circle", c) for c in TOY_COLORS]
-PHRASE_EVAL = ("--model.eval_target_prompts", json.dumps(["circle", *PHRASES]),
-               "--model.eval_other_prompts", json.dumps([p for p in PROMPTS if "circle" not in p]),
-               "--model.eval_images_per_prompt", "20")
+PHRASE_EVAL = ("--trainer.callbacks.target_prompts", json.dumps(["circle", *PHRASES]),
+               "--trainer.callbacks.other_prompts", json.dumps([p for p in PROMPTS if "circle" not in p]))
 PAPER_LAMBDA, CLAIM_SEEDS, SWEEP = 1000.0, (0, 1, 2), (0.0, 1.0, 10.0, 100.0, 1000.0)
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def phrase_run(strength: float, seed: int, images_per_prompt: int = 20) -> dict:
     """One PAPER_TOY run at lambda ``strength`` (0: no anchoring), rates in %: bare word, phrases, non-target."""
     mode = "paper" if strength else "none"
-    overrides = PAPER_TOY + PHRASE_EVAL + ("--model.anchor_strength", f"{strength:g}", "--seed_everything", str(seed),
-                                           "--model.eval_images_per_prompt", str(images_per_prompt))
+    overrides = PAPER_TOY + PHRASE_EVAL + ("--model.anchoring.strength", f"{strength:g}", "--seed_everything",
+                                           str(seed), "--trainer.callbacks.images_per_prompt", str(images_per_prompt))
     m = train_spm("circle", mode, f"phrase_l{strength:g}_s{seed}", overrides)["metrics"]
     row = {"lambda": strength, "seed": seed}
     for suffix in ("_before", ""):
@@ -298,7 +295,7 @@ def phrase_run(strength: float, seed: int, images_per_prompt: int = 20) -> dict:
 
 
 def plot_sweep(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # only the plot needs it, with the non-interactive backend chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -347,7 +344,7 @@ def phrases() -> None:
                    "bare circle, SPM": [r["bare"] for r in paper],
                    "non-target acc, base model": [r["nontarget_before"] for r in paper],
                    "non-target acc, SPM": [r["nontarget"] for r in paper]},
-        # The issue's aim as tests: the phrase rate at least halved (a gain of half the base rate), the bare word
+        # The aim as tests: the phrase rate at least halved (a gain of half the base rate), the bare word
         # erased too, non-target accuracy within 3 points of the base model.
         "comparisons": [
             {"method": "circle phrases, SPM", "baseline": "circle phrases, base model", "higher_is_better": False,
@@ -366,7 +363,7 @@ def phrases() -> None:
                 + f". Largest phrase-rate drop of any run: "
                   f"{max(r['phrase_before'] - r['phrase'] for r in rows):.1f} points.",
     }
-    (RESULTS / "study.json").write_text(json.dumps({"command": "python -m projects.spm.study phrases", "rows": rows,
+    (RESULTS / "study.json").write_text(json.dumps({"command": "python -m projects.spm.toy.study phrases", "rows": rows,
                                                     "table": table, "claim": claim},
                                                    indent=1))
 

@@ -20,6 +20,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import transformers
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from shared.backbones.weights import not_safetensors, torch_load
 
@@ -40,7 +46,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def load_single_file(path: str | Path, config: str | Path | None, torch_dtype: torch.dtype | None = None,
-                     flag: str = "--model.base_config") -> dict:
+                     flag: str = "--model.base.config") -> dict:
     """Load a single-file checkpoint with ``config`` (a diffusers folder of the same family) for the configs.
 
     Returns ``{"family": "sd1" | "sd2" | "sdxl", "unet", "vae", "text_encoder", "tokenizer", "scheduler_config"
@@ -51,9 +57,6 @@ def load_single_file(path: str | Path, config: str | Path | None, torch_dtype: t
     ``flag`` names the option that sets ``config`` in messages. Every error is one line naming the file and what was
     expected.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoTokenizer
-
     path = Path(path).expanduser()
     state = read_checkpoint(path)
     family = checkpoint_family(path, state)
@@ -87,9 +90,6 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: unsupported checkpoint format {path.suffix!r} (expected a single-file SD "
                          f"checkpoint, {' / '.join(CHECKPOINT_SUFFIXES)}, or a diffusers model folder)")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except SafetensorError as err:
@@ -182,9 +182,6 @@ def _prefixed(state: dict, prefix: str) -> dict:
 def _text_encoder(cls_name: str, state: dict, subfolder: str, folder: Path, torch_dtype):
     """diffusers' CLIP / OpenCLIP converter on this encoder's tensors only (the SDXL pair is told apart by prefix,
     not by width)."""
-    import transformers
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-
     return create_diffusers_clip_model_from_ldm(getattr(transformers, cls_name), state, subfolder=subfolder,
                                                 config=str(folder), torch_dtype=torch_dtype, local_files_only=True)
 
@@ -215,8 +212,6 @@ def _component(path: Path, folder: Path, name: str, load):
 
 def _folder_vae(path: Path, folder: Path, torch_dtype):
     """The folder's VAE weights for a checkpoint without one."""
-    from diffusers import AutoencoderKL
-
     vae = folder / "vae"
     if not any((vae / f).is_file() for f in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")):
         raise FileNotFoundError(f"{path}: has no VAE ({VAE_PREFIX}*) and {vae} has no weights; expected a "

@@ -1,4 +1,5 @@
-"""``generate --protocol official``: the released evaluation's generation settings in one flag (spec 5.2, 6.3).
+"""``generate --protocol official``: the released evaluation's generation settings in one flag
+(docs/papers/spm.md §5.2, §6.3).
 
 The official ``evaluate_task.py`` builds every image from ``GenerationConfig`` (512x512, 30 steps, CFG 7.5, seed
 2024, the default negative prompt below, the pipeline's default scheduler: PNDM for SD v1.4) and then lets each task
@@ -20,7 +21,7 @@ general    inline prompts                             none (``infer_spm.py``'s d
 SPMs: Facilitated Transport with ``clipcos_tokenuni``, the gamma-weighted state dict (``--composition official``:
 gamma^2 and cross terms) and ``facilitate_factor`` 1, which is how the paper's Table-1 object rows were made; the
 artists' "doubled gamma" is ``--facilitate_factor 2`` and the nudity figure's fixed gamma 2 is
-``--spm_multiplier 2`` (maintainer, Con6924/SPM issue #7), both given on the command line.
+``--spm_multiplier 2`` (the maintainer, in the official repository's issue #7), both given on the command line.
 
 Known difference: the official code seeds the global CUDA generator once per prompt (``torch.cuda.manual_seed``
 returns None, so ``generator=None``) and draws all of that prompt's images in one batch; here image k of a prompt

@@ -32,16 +32,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.fabric import Fabric
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
-from projects.spm.model import SAMPLERS
-from projects.spm.protocol import TASKS, apply_official_protocol
-from projects.spm.transport import METRICS
+from projects.spm.composition import SPMComposition
+from projects.spm.diffusion.model import DiffusionModel
+from projects.spm.diffusion.sampling import SAMPLERS, denoise, make_scheduler
+from projects.spm.tools.protocol import TASKS, apply_official_protocol
+from projects.spm.transport import METRICS, facilitated_gammas
+from shared.cli import run_with_clear_errors, wandb_is_online
 from shared.data.images import read_utf8
 
 logger = logging.getLogger(__name__)
 
-# The 80 CLIP ImageNet prompt templates (Radford et al. 2021), used by the object protocol (spec 5.2: 80 templates x
-# 10 images per concept, CLIP score against the bare concept name).
+# The 80 CLIP ImageNet prompt templates (Radford et al. 2021), used by the object protocol (docs/papers/spm.md §5.2:
+# 80 templates x 10 images per concept, CLIP score against the bare concept name).
 IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
     "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
@@ -214,8 +223,6 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def make_grid(paths: list[Path], columns: int | None = None, min_cell: int = 64):
     """A grid PIL image of the given PNGs (cells of the largest size; small images upscaled, nearest)."""
-    from PIL import Image
-
     images = [Image.open(p).convert("RGB") for p in paths]
     cw, ch = max(im.width for im in images), max(im.height for im in images)
     zoom = max(1, min_cell // max(cw, ch))
@@ -251,9 +258,6 @@ def print_gammas(rows: list[dict], columns: list[str], concepts: list[list[str]]
     items = list(seen.items())
     heads = [" | ".join(c) or col for c, col in zip(concepts, columns, strict=True)]
     if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
         table = Table(title="Facilitated Transport: gamma per prompt and SPM")
         table.add_column("prompt", overflow="fold")
         for head in heads:
@@ -269,9 +273,7 @@ def print_gammas(rows: list[dict], columns: list[str], concepts: list[list[str]]
 
 
 def log_to_wandb(out: Path, grid, rows: list[dict], columns: list[str], config: dict, name: str) -> None:
-    import wandb
-
-    from shared.cli import wandb_is_online
+    import wandb  # slow to import; only runs that log to wandb need it
 
     run = wandb.init(project="cv-papers-spm", name=name, dir=str(out), job_type="generate", config=config,
                      mode=None if wandb_is_online() else "offline", reinit="finish_previous")
@@ -337,7 +339,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="use a CSV row's guidance column (guidance / sd_guidance_scale / evaluation_guidance); "
                         "--no-row_guidance: --guidance for every row")
     p.add_argument("--protocol", default="ours", choices=("ours", "official"),
-                   help="official: the released evaluate_task.py's settings for the task (projects/spm/protocol.py: "
+                   help="official: the released evaluate_task.py's settings for the task (tools/protocol.py: "
                         "default scheduler, 30 steps, CFG 7.5, seed 2024, its negative prompt, FT with the official "
                         "composition); options given explicitly still win")
     p.add_argument("--task", default=None, choices=TASKS,
@@ -382,12 +384,6 @@ def fixed_gammas(args: argparse.Namespace, num: int) -> list[float] | None:
 
 
 def generate(args: argparse.Namespace) -> dict:
-    from lightning.fabric import Fabric
-
-    from projects.spm.composition import SPMComposition
-    from projects.spm.model import DiffusionModel
-    from projects.spm.transport import facilitated_gammas
-
     check_inputs(args)
     if args.protocol_line:
         print(args.protocol_line)
@@ -420,9 +416,7 @@ def generate(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     uncond = model.encode([args.negative_prompt])  # SDXL: + pooled (the time ids follow from the latent size)
-    sampler = args.sampler if args.sampler == "ddim" else model.make_scheduler(args.sampler)
-
-    from tqdm.auto import tqdm
+    sampler = args.sampler if args.sampler == "ddim" else make_scheduler(model, args.sampler)
 
     bar = tqdm(total=len(batches) * args.steps, desc=f"generate (rank {rank})" if world > 1 else "generate",
                unit="step", disable=rank != 0 or None)
@@ -442,12 +436,10 @@ def generate(args: argparse.Namespace) -> dict:
         else:
             gammas, ctx = torch.zeros(len(batch), 0), contextlib.nullcontext()
         with ctx:
-            latents = model.denoise(noise, cond, uncond, guidance, args.steps,
-                                    sampler if isinstance(sampler, str) else copy.deepcopy(sampler),
-                                    unet_params=merged, generators=gens, callback=lambda i: bar.update(1))
+            latents = denoise(model, noise, cond, uncond, guidance, args.steps,
+                              sampler if isinstance(sampler, str) else copy.deepcopy(sampler),
+                              unet_params=merged, generators=gens, callback=lambda i: bar.update(1))
         images = to_uint8(model.decode(latents))
-        from PIL import Image
-
         for job, image, g in zip(batch, images, gammas.cpu().tolist(), strict=True):
             Image.fromarray(image.numpy()).save(out / job.file)
             row = {"index": job.index, "file": job.file, "prompt": job.prompt, "seed": job.seed, "width": job.width,
@@ -504,13 +496,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Entry point; a missing file or a bad input ends the run with its one-line message (``CV_PAPERS_DEBUG=1``:
     the traceback)."""
     logging.basicConfig(level=logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; ours is enough
     torch.set_float32_matmul_precision("high")
     args = parse_args(argv)
-    from shared.cli import run_with_clear_errors
-
     return run_with_clear_errors(generate, args)
 
 

@@ -1,12 +1,12 @@
 """The toy text encoder's pretraining: a CLIP text transformer taught what a caption names, position by position.
 
-It plays SD's frozen, pretrained CLIP text encoder for the toy world (issue 14, point 5). The first toy encoder was
-trained jointly with the UNet on one caption form and gave "circle" no stable meaning inside a phrase (README, "Why
-phrases escape erasure"), so an SPM trained on the bare word never met the phrases. Here the encoder is trained
-alone, before the UNet, on the compositional grammar of ``data.grammar_caption`` ("circle", "a circle", "a red
-circle", "a circle in red", ...): two linear probe heads read, at EVERY position p of the padded sequence (all of
-it reaches the UNet's cross-attention), the shape and the colour named by tokens 0..p, or "none". The encoder is
-causal, so the targets are cumulative: a word is known from its own position on, padding included.
+It plays SD's frozen, pretrained CLIP text encoder for the toy world. The first toy encoder was trained jointly
+with the UNet on one caption form and gave "circle" no stable meaning inside a phrase (NOTES.md, "Why phrases escape
+erasure"), so an SPM trained on the bare word never met the phrases. Here the encoder is trained alone, before the
+UNet, on the compositional grammar of ``scenes.grammar_caption`` ("circle", "a circle", "a red circle", "a circle
+in red", ...): two linear probe heads read, at EVERY position p of the padded sequence (all of it reaches the
+UNet's cross-attention), the shape and the colour named by tokens 0..p, or "none". The encoder is causal, so the
+targets are cumulative: a word is known from its own position on, padding included.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from projects.spm.data import TOY_COLORS, TOY_SHAPES, grammar_caption
+from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, grammar_caption
 
 NONE = 0  # probe class 0 = "not named (yet)"; shape / colour k is class k + 1
 
@@ -30,7 +30,7 @@ def word_token_ids(tokenizer, words: tuple[str, ...]) -> torch.Tensor:
         tokens = tokenizer(word, add_special_tokens=False).input_ids
         if len(tokens) != 1:
             raise ValueError(f"toy tokenizer splits {word!r} into {len(tokens)} tokens; every shape and colour "
-                             "word must be one token (rebuild the tokenizer from data.grammar_vocabulary())")
+                             "word must be one token (rebuild the tokenizer from scenes.grammar_vocabulary())")
         ids.append(tokens[0])
     return torch.tensor(ids)
 

@@ -83,7 +83,7 @@ def test_model_scales_layouts_and_gradients(cls_layout: str, num_scales: int) ->
     assert len(out["boxes"]) == len(out["inputs"]) - 1 == num_scales - 1
     for k, boxes in enumerate(out["boxes"]):
         assert boxes.dtype == torch.long and (boxes[:, :2] <= boxes[:, 2:]).all() and (boxes <= 31).all()
-        assert not out["inputs"][k + 1].requires_grad                  # the crop is detached (docs/papers/rams_trans.md §3)
+        assert not out["inputs"][k + 1].requires_grad  # the crop is detached (docs/papers/rams_trans.md §3)
     sum(z.sum() for z in out["logits"]).backward()
     grads = model.cls_tokens.grad
     assert grads is not None and (grads.flatten(1).abs().sum(1) > 0).all()   # every scale's CLS trains

@@ -163,7 +163,7 @@ def _render_one(result: dict, f: Path, root: Path, doc: list[str]) -> str:
     doc += ["", f"**Verdict: {v}.** " + "; ".join(evidence) + ".", ""]
     if claim.get("note"):
         doc += [claim["note"], ""]
-    doc += [f"![{f.stem}]({rel_png})", "", f"Source: `{rel_json}` (`{result['command']}`).", ""]
+    doc += [f"![{f.parents[1].name}: {f.stem}]({rel_png})", "", f"Source: `{rel_json}` (`{result['command']}`).", ""]
     c0 = claim["comparisons"][0]
     meas = (f"{c0['method']} {fmt(claim['series'][c0['method']])} vs {c0['baseline']} "
             f"{fmt(claim['series'][c0['baseline']])} ({claim['unit']})")

@@ -69,8 +69,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         train(replace(TINY, lr=0.5), tmp_path / "b", data, threads=1, progress=False)
 
 
-def test_committed_weights_load_by_path_with_every_key_and_match_their_card(caplog):
-    weights, card_file = DEFAULT_OUT.with_suffix(".safetensors"), DEFAULT_OUT.with_suffix(".json")
+COMMITTED = [DEFAULT_OUT, DEFAULT_OUT.with_name("toy_vit_p4")]  # the 8x8-grid ViT (patch 8) and the 16x16 one (patch 4)
+
+
+@pytest.mark.parametrize("out", COMMITTED, ids=lambda p: p.name)
+def test_committed_weights_load_by_path_with_every_key_and_match_their_card(out, caplog):
+    weights, card_file = out.with_suffix(".safetensors"), out.with_suffix(".json")
     card = json.loads(card_file.read_text())
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["sha256"]
     assert weights.stat().st_size < 10 * 2**20
@@ -85,7 +89,10 @@ def test_committed_weights_load_by_path_with_every_key_and_match_their_card(capl
     assert card["held_out"]["mAP"] > 5 * 4.7  # far above chance (the positive rate, 4.7 % of labels)
 
 
-def test_card_says_how_to_regenerate():
-    card = json.loads(Path(DEFAULT_OUT.with_suffix(".json")).read_text())
+@pytest.mark.parametrize("out", COMMITTED, ids=lambda p: p.name)
+def test_card_says_how_to_regenerate(out):
+    card = json.loads(Path(out.with_suffix(".json")).read_text())
     assert card["regenerate"].startswith("python -m shared.pretrain")
+    if card["recipe"]["patch_size"] != 8:
+        assert f"--patch-size {card['recipe']['patch_size']}" in card["regenerate"]
     assert card["samples_seen"] == card["steps"] * card["recipe"]["batch_size"]

@@ -355,7 +355,8 @@ def phrases() -> None:
             "values": [100 * r["phrase"] / max(r["phrase_before"], 1e-9) for r in paper], "unit": "%", "aim": 50,
             "higher_is_better": False}},
         "note": "Toy base model: a frozen text encoder pretrained on compositional captions "
-                "(projects/spm/toy/toy_text.py), then the UNet. Recipe: study.PAPER_TOY (lambda 1000, alpha 1, 300 iterations at lr 1e-3); the "
+                "(projects/spm/toy/toy_text.py), then the UNet. Recipe: study.PAPER_TOY (lambda 1000, alpha 1, 300 "
+                "iterations at lr 1e-3); the "
                 "base-model rows are the same images for every seed (paired). Lambda sweep on seed 0 "
                 "(projects/spm/results/lambda_sweep.png), bare word / phrases / non-target %: "
                 + "; ".join(f"lambda {r['lambda']:g}: {r['bare']:.0f} / {r['phrase']:.1f} / {r['nontarget']:.1f}"

@@ -85,9 +85,12 @@ def test_toy_config_model(tmp_path: Path) -> None:
     build_and_forward(CONFIGS[[c.stem for c in CONFIGS].index("toy")], depth=None)
 
 
-def test_toy_config_starts_from_the_committed_pretrained_vit(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("stem", ["toy", "toy_grid16"])
+def test_toy_config_starts_from_the_committed_pretrained_vit_and_steps(stem: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """toy.yaml loads toy_vit (8x8 grid), toy_grid16.yaml toy_vit_p4 (16x16 grid), by path; one SGD step runs."""
     monkeypatch.chdir(CONFIGS[0].parents[3])          # the config's path is relative to the repository root
-    cfg = load(CONFIGS[[c.stem for c in CONFIGS].index("toy")])
+    cfg = load(CONFIGS[[c.stem for c in CONFIGS].index(stem)])
     module = build(cfg)
     state = load_file(cfg["model"]["net"]["init_args"]["pretrained"])
     own = module.net.vit.model.state_dict()
@@ -96,6 +99,15 @@ def test_toy_config_starts_from_the_committed_pretrained_vit(monkeypatch: pytest
         assert torch.equal(v, state[k]), k
     for k in range(cfg["model"]["net"]["init_args"]["num_scales"]):  # each scale's CLS starts as the pretrained CLS
         assert torch.equal(module.net.cls_tokens[k], state["cls_token"][0])
+    torch.manual_seed(0)
+    s, classes = cfg["data"]["crop"], cfg["data"]["num_classes"]
+    assert module.net.grid == (s // cfg["model"]["net"]["init_args"]["patch_size"],) * 2
+    labels = torch.randint(0, classes, (2,))
+    loss = sum(torch.nn.functional.cross_entropy(z, labels) for z in module(torch.randn(2, 3, s, s))["logits"])
+    loss.backward()
+    before = module.net.vit.model.patch_embed.proj.weight.detach().clone()
+    torch.optim.SGD(module.parameters(), lr=0.1).step()
+    assert torch.isfinite(loss) and not torch.equal(before, module.net.vit.model.patch_embed.proj.weight)
 
 
 def test_the_recipe_refuses_an_unknown_optimizer_and_builds_the_official_sgd() -> None:

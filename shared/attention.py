@@ -206,7 +206,7 @@ def mask_to_box(mask: Tensor, measure: RegionMeasure = "pixels", labelling: Labe
 
     * ``boxes`` int64 ``[B, 4]`` = ``(x0, y0, x1, y1)`` in cell units with ``x1``/``y1`` EXCLUSIVE (a single
       cell at row r, column c gives ``(c, r, c + 1, r + 1)``); an empty map gives the whole map
-      ``(0, 0, W, H)`` (the defined fallback; the official RAMS-Trans code crashes there, issue #3);
+      ``(0, 0, W, H)`` (the defined fallback; the official RAMS-Trans code crashes there: docs/papers/rams_trans.md §3);
     * ``found`` bool ``[B]``, False for an empty map.
 
     Components are 8-connected (``skimage.measure.label(connectivity=2)`` in RAMS-Trans). Equal-area ties go

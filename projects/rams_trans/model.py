@@ -63,7 +63,8 @@ def dppm_boxes(scores: Tensor, grid: tuple[int, int], patch_size: int, eta: floa
 
     ``g = s / max(s)``; mask ``g > eta * mean(g)`` (strict); largest 8-connected component; its cell box times
     the patch size. ``official_shift`` moves x0/y0 one pixel up-left (clamped at 0) as the official code does.
-    An empty mask (flat or NaN map) falls back to the whole image (the official code crashes: its issue #3).
+    An empty mask (flat or NaN map) falls back to the whole image (the official code crashes:
+    docs/papers/rams_trans.md §3).
     Returns ``(boxes (x0, y0, x1, y1) inclusive pixels, found [B] bool, normalised map g [B, gh, gw])``.
     """
     gh, gw = grid

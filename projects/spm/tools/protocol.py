@@ -21,7 +21,8 @@ general    inline prompts                             none (``infer_spm.py``'s d
 SPMs: Facilitated Transport with ``clipcos_tokenuni``, the gamma-weighted state dict (``--composition official``:
 gamma^2 and cross terms) and ``facilitate_factor`` 1, which is how the paper's Table-1 object rows were made; the
 artists' "doubled gamma" is ``--facilitate_factor 2`` and the nudity figure's fixed gamma 2 is
-``--spm_multiplier 2`` (the maintainer, in the official repository's issue #7), both given on the command line.
+``--spm_multiplier 2`` (the maintainer's answer to a user: docs/papers/spm.md §7.4), both given on the command
+line.
 
 Known difference: the official code seeds the global CUDA generator once per prompt (``torch.cuda.manual_seed``
 returns None, so ``generator=None``) and draws all of that prompt's images in one batch; here image k of a prompt

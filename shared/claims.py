@@ -6,12 +6,14 @@ Every study writes its committed result file ``projects/<name>/results/<study>.j
      "series": {"<name>": [one value per seed], ...},              # every measured row, same unit
      "comparisons": [{"method": "<series>", "baseline": "<series>", "higher_is_better": true,
                       "margin": 3}, ...],                            # margin: optional, see below
-     "mechanism": {"<name>": {"values": [...], "unit": "%", "aim": 80, "higher_is_better": true}, ...},
+     "mechanism": {"<name>": {"values": [...], "unit": "%", "aim": 80, "higher_is_better": true,
+                              "digits": 1}, ...},                  # digits: optional, decimals shown
      "note": "what the numbers mean, in a sentence or two"}
 
-A ``"setting"`` (e.g. the toy world's geometry) tells two studies of one claim apart. This module only reads
-those files (it imports no project), computes each verdict from the numbers, and writes ``CLAIMS.md``, one PNG per
-claim (``projects/<name>/results/<study>.png``) and the results table of the top-level README (between its
+A ``"setting"`` (e.g. the toy world's geometry) tells two studies of one claim apart. A study that measures one
+claim under several settings writes ``"claims": [{...}, ...]`` instead (e.g. SPM's two recipes). This module only
+reads those files (it imports no project), computes each verdict from the numbers, and writes ``CLAIMS.md``, one PNG
+per claim (``projects/<name>/results/<study>.png``; ``<study>_<i>.png`` for the i-th of a list) and the results table of the top-level README (between its
 ``claims`` markers). ``--full`` first re-runs every study with the command its result file records.
 
 Verdict, per comparison: the mean difference ``d`` (signed so that positive favours the method) against twice
@@ -120,12 +122,20 @@ def projects(root: Path = REPO_ROOT) -> list[str]:
 
 
 def result_files(root: Path = REPO_ROOT) -> dict[str, list[Path]]:
-    """Project -> its result files that hold a ``claim`` block, in file-name order (projects without one: [])."""
+    """Project -> its result files that hold a ``claim`` block (or a ``claims`` list), in file-name order (projects
+    without one: [])."""
     found = {}
     for project in projects(root):
         files = sorted((root / "projects" / project / "results").glob("*.json"))
-        found[project] = [f for f in files if "claim" in json.loads(f.read_text())]
+        found[project] = [f for f in files if {"claim", "claims"} & json.loads(f.read_text()).keys()]
     return found
+
+
+def claims_of(result: dict, f: Path) -> list[tuple[dict, Path]]:
+    """A result file's claims, each with the path of its plot."""
+    if "claim" in result:
+        return [(result["claim"], f.with_suffix(".png"))]
+    return [(c, f.with_name(f"{f.stem}_{i}.png")) for i, c in enumerate(result["claims"], 1)]
 
 
 def render(root: Path = REPO_ROOT) -> tuple[str, str]:
@@ -141,15 +151,14 @@ def render(root: Path = REPO_ROOT) -> tuple[str, str]:
             doc += [f"## {project}", "", f"No result file with a claim yet (`projects/{project}/results/`).", ""]
             table.append(f"| {project} | - | - | not measured yet | - | - |")
         for f in found:
-            table.append(_render_one(json.loads(f.read_text()), f, root, doc))
+            result = json.loads(f.read_text())
+            table += [_render_one(result, claim, f, png, root, doc) for claim, png in claims_of(result, f)]
     return "\n".join(doc), "\n".join(table)
 
 
-def _render_one(result: dict, f: Path, root: Path, doc: list[str]) -> str:
+def _render_one(result: dict, claim: dict, f: Path, png: Path, root: Path, doc: list[str]) -> str:
     """Append one claim's section to ``doc``; return its README table row."""
-    claim = result["claim"]
     v, evidence = verdict(claim)
-    png = f.with_suffix(".png")
     plot(claim, png)
     rel_png, rel_json = png.relative_to(root), f.relative_to(root)
     setting = claim.get("setting", "")
@@ -158,16 +167,16 @@ def _render_one(result: dict, f: Path, root: Path, doc: list[str]) -> str:
     doc += [f"| {k} | {fmt(vals)} | {len(vals)} |" for k, vals in claim["series"].items()]
     if claim.get("mechanism"):
         doc += ["", "| mechanism | mean ± std | aim |", "|---|---|---|"]
-        doc += [f"| {k} ({m.get('unit', '')}) | {fmt(m['values'])} | {aim_status(m)} |"
+        doc += [f"| {k} ({m.get('unit', '')}) | {fmt(m['values'], m.get('digits', 1))} | {aim_status(m)} |"
                 for k, m in claim["mechanism"].items()]
     doc += ["", f"**Verdict: {v}.** " + "; ".join(evidence) + ".", ""]
     if claim.get("note"):
         doc += [claim["note"], ""]
-    doc += [f"![{f.parents[1].name}: {f.stem}]({rel_png})", "", f"Source: `{rel_json}` (`{result['command']}`).", ""]
+    doc += [f"![{f.parents[1].name}: {png.stem}]({rel_png})", "", f"Source: `{rel_json}` (`{result['command']}`).", ""]
     c0 = claim["comparisons"][0]
     meas = (f"{c0['method']} {fmt(claim['series'][c0['method']])} vs {c0['baseline']} "
             f"{fmt(claim['series'][c0['baseline']])} ({claim['unit']})")
-    mech = "; ".join(f"{k} {fmt(m['values'])} {m.get('unit', '')}".strip()
+    mech = "; ".join(f"{k} {fmt(m['values'], m.get('digits', 1))} {m.get('unit', '')}".strip()
                      for k, m in (claim.get("mechanism") or {}).items()) or "-"
     return f"| {claim['paper']} | {claim['statement']} | {setting or '-'} | {meas} | {mech} | **{v}** |"
 

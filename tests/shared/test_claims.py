@@ -59,10 +59,19 @@ def test_render_writes_the_table_the_plot_and_a_pointer_for_missing_studies(tmp_
                                                                                            mech)}))
     second = {**claim([60, 61, 62], [70, 71, 72]), "setting": "16x16 grid"}   # a second study of the same claim
     (res / "study_grid16.json").write_text(json.dumps({"command": "python -m x --grid 16", "claim": second}))
+    spm = tmp_path / "projects" / "spm" / "results"     # one study, two settings: a "claims" list
+    spm.mkdir(parents=True)
+    ratio = {"ratio": {"values": [0.0123, 0.0125, 0.0127], "unit": "ratio", "digits": 3}}
+    (spm / "recipes.json").write_text(json.dumps({"command": "python -m y", "claims": [
+        {**claim([10, 11, 12], [70, 71, 72], ratio), "setting": "recipe A"},
+        {**claim([90, 91, 92], [70, 71, 72]), "setting": "recipe B"}]}))
     doc, table = render(tmp_path)
+    assert "## P: recipe A" in doc and "## P: recipe B" in doc and "| ratio (ratio) | 0.013 ± 0.000 |" in doc
+    assert (spm / "recipes_1.png").is_file() and (spm / "recipes_2.png").is_file()
     assert "**Verdict: supported.**" in doc and "81.0 ± 1.0" in doc and "aim >= 80: met" in doc
     assert "## P: 16x16 grid" in doc and "**Verdict: not supported.**" in doc
     assert (res / "study.png").stat().st_size > 1000 and (res / "study_grid16.png").stat().st_size > 1000
-    assert doc.count("No result file with a claim yet") == 3  # did, drdf, spm have none in this tree
+    assert doc.count("No result file with a claim yet") == 2  # did, drdf have none in this tree
     rows = table.splitlines()[2:]
-    assert len(rows) == 5 and "**supported**" in rows[2] and "| 16x16 grid |" in rows[3]
+    assert len(rows) == 6 and "**supported**" in rows[2] and "| 16x16 grid |" in rows[3]
+    assert "| recipe A |" in rows[4] and "| recipe B |" in rows[5]

@@ -18,7 +18,11 @@ What it adds to :class:`lightning.pytorch.cli.LightningCLI`:
   module's ``monitor`` metric),
   LearningRateMonitor, a progress bar, :class:`RunSummary`, ``shared.predict.PredictionWriter`` (``predict``
   writes ``predictions.jsonl`` / ``.csv`` in the run folder; ``--write_overlays true`` draws the boxes), and
-  ``shared.resume.RandomStates`` (the random states in every checkpoint, so a resume is exact).
+  ``shared.resume.RandomStates`` (the random states in every checkpoint, so a resume is exact),
+  ``shared.nonfinite.NonFiniteGuard`` (a non-finite loss or gradient stops the run, ``--on_nonfinite skip``
+  skips such steps instead) and ``shared.interrupt.GracefulStop`` (SIGTERM / SIGINT / SIGUSR1 stop after the
+  current step with a checkpoint); the exit code and ``summary.json``'s ``outcome`` tell ``finished``,
+  ``interrupted`` and ``diverged`` apart (``shared.interrupt``).
 
 A LightningModule tells the launcher what to monitor with two class attributes::
 
@@ -46,9 +50,12 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from shared.backbones.weights import torch_load
 from shared.hparams import HPARAMS_FORMAT, HPARAMS_FORMAT_KEY, HparamsFormat
+from shared.interrupt import EXIT_DIVERGED, EXIT_INTERRUPTED, GracefulStop
+from shared.nonfinite import NonFiniteGuard, TrainingDiverged
 from shared.predict import PredictionWriter
 from shared.resume import RandomStates
 
@@ -121,8 +128,8 @@ class RunSummary(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
 
-    def _write(self, trainer: Trainer, stage: str) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
+    def _write(self, trainer: Trainer, stage: str, outcome: dict[str, Any] | None = None) -> None:
+        if not trainer.is_global_zero or (trainer.sanity_checking and outcome is None):
             return
         metrics = {k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
         best = trainer.checkpoint_callback
@@ -140,11 +147,40 @@ class RunSummary(Callback):
             "wall_s": round(time.perf_counter() - self._start, 1),
             "metrics": metrics,
         }
+        if stage == "fit":
+            guard = next((c for c in trainer.callbacks if isinstance(c, NonFiniteGuard)), None)
+            summary.update(outcome or {"outcome": "finished"}, max_steps=trainer.max_steps,
+                           nonfinite_skips=guard.skipped if guard is not None else 0)
+        bad_files = getattr(trainer.datamodule, "bad_files", None)
+        if bad_files is not None:
+            summary["bad_files"] = bad_files.summary()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, "fit")
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A fit that ends early says how: ``interrupted`` (a signal, with the step reached and its checkpoint),
+        ``diverged`` (a non-finite loss, gradient or weights) or ``failed`` (any other error)."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        if isinstance(exception, SIGTERMException):
+            stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
+            sig = stop.received(trainer) if stop is not None else None
+            outcome = {"outcome": "interrupted", "signal": sig, "resume": "fit --ckpt_path last (same arguments)"}
+            if trainer.is_global_zero:
+                sys.stderr.write(f"interrupted by {sig or 'a signal'} at step {trainer.global_step} of "
+                                 f"{trainer.max_steps if trainer.max_steps > 0 else '?'}: last.ckpt holds this "
+                                 f"step; run the same command with --ckpt_path last to continue (exit code "
+                                 f"{EXIT_INTERRUPTED})\n")
+        elif isinstance(exception, TrainingDiverged):
+            outcome = {"outcome": "diverged", "error": str(exception)}
+        elif isinstance(exception, KeyboardInterrupt):
+            outcome = {"outcome": "interrupted", "signal": "SIGINT", "resume": "from the last checkpoint only"}
+        else:
+            outcome = {"outcome": "failed", "error": one_line(exception)}
+        self._write(trainer, "fit", outcome)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == "validate":
@@ -206,6 +242,12 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._save_last_if_behind(trainer)
 
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A signal (SIGTERM, or SIGINT / SIGUSR1 through ``GracefulStop``) stops the loop after a whole training
+        step: ``last.ckpt`` then holds that step, and ``--ckpt_path last`` continues exactly."""
+        if isinstance(exception, SIGTERMException):
+            self._save_last_if_behind(trainer)
+
 
 class ProjectCLI(LightningCLI):
     """The shared LightningCLI: one ``project`` name, one module class and one data module class."""
@@ -232,6 +274,11 @@ class ProjectCLI(LightningCLI):
                                  "in or WANDB_MODE is set), csv, or none.")
         parser.add_argument("--write_overlays", type=bool, default=False,
                             help="predict: also draw each image's boxes into <run folder>/overlays/.")
+        parser.add_argument("--on_nonfinite", type=Literal["stop", "skip"], default="stop",
+                            help="fit: a non-finite loss or gradient norm stops the run (exit code 3), or skips "
+                                 "the step (at most --max_nonfinite_skips times).")
+        parser.add_argument("--max_nonfinite_skips", type=int, default=10,
+                            help="fit, --on_nonfinite skip: the run stops at the next non-finite step after these.")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse; a bad key or value ends the run with one line naming it (no usage dump)."""
@@ -335,6 +382,8 @@ class ProjectCLI(LightningCLI):
             PredictionWriter(run_dir, bool(self._get(self.config, "write_overlays"))),
             RandomStates(),
             HparamsFormat(),
+            NonFiniteGuard(self._get(self.config, "on_nonfinite"), self._get(self.config, "max_nonfinite_skips")),
+            GracefulStop(),
         ]
         if has_logger:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -384,9 +433,17 @@ def main(model_class: type[LightningModule], datamodule_class: type[LightningDat
 def run_with_clear_errors(fn, *args, **kwargs):
     """``fn(*args, **kwargs)``; a ``FileNotFoundError`` / ``ValueError``, or an ``OSError`` about a path (a file
     where a folder is needed, no permission), exits with code 2 and its one-line message (``CV_PAPERS_DEBUG=1``
-    re-raises it with the traceback). Shared by every command-line entry point."""
+    re-raises it with the traceback). A diverged run exits with ``EXIT_DIVERGED`` and its one line, an interrupted
+    one with ``EXIT_INTERRUPTED`` (``shared.interrupt``). Shared by every command-line entry point."""
     try:
         return fn(*args, **kwargs)
+    except SIGTERMException:            # a SystemExit with code 0 in Lightning: an interrupted run is not finished
+        sys.exit(EXIT_INTERRUPTED)
+    except TrainingDiverged as err:
+        if os.environ.get("CV_PAPERS_DEBUG"):
+            raise
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(EXIT_DIVERGED)
     except (ValueError, OSError) as err:
         user_error = isinstance(err, ValueError | FileNotFoundError) or err.filename is not None  # OSError: a path
         if os.environ.get("CV_PAPERS_DEBUG") or not user_error:

@@ -62,12 +62,16 @@ class TinyModule(LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.mse_loss(self.linear(x), y)
+        if str(self.global_step) == os.environ.get("TINY_NAN_AT_STEP"):              # the non-finite guard tests
+            loss = loss * float("nan")
         self.log("train/loss", loss)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if str(self.trainer.global_step) == os.environ.get("TINY_KILL_AT_STEP"):   # the kill-and-resume test
             os.kill(os.getpid(), signal.SIGKILL)
+        if str(self.trainer.global_step) == os.environ.get("TINY_SIGNAL_AT_STEP"):  # the interruption tests
+            os.kill(os.getpid(), signal.Signals[os.environ.get("TINY_SIGNAL", "SIGTERM")])
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

@@ -1,0 +1,114 @@
+"""Long runs that end well: a non-finite loss stops the run (or, opted in, skips the step), a signal stops it with a
+checkpoint of the step reached and a distinct exit code, and ``summary.json`` says which ending it was.
+
+In process, on the tiny project of ``tiny_project.py`` (its ``TINY_*`` variables inject a nan loss or a signal at
+a given step), through ``shared.cli.main`` as ``python -m projects.<name>`` runs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import shared.cli as cli
+from shared.interrupt import EXIT_DIVERGED, EXIT_INTERRUPTED
+
+REPO = Path(__file__).resolve().parents[2]
+COMMON = ["fit", "--logger", "none", "--trainer.max_steps", "16", "--trainer.val_check_interval", "3",
+          "--data.shuffle", "true"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    spec = importlib.util.spec_from_file_location("tiny_project", REPO / "tests" / "shared" / "tiny_project.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CV_PAPERS_LOGS", str(tmp_path / "logs"))
+    monkeypatch.setenv("PROGRESS_REFRESH", "0")
+    for var in ("TINY_SIGNAL_AT_STEP", "TINY_SIGNAL", "TINY_NAN_AT_STEP", "TINY_KILL_AT_STEP"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def run(tiny, name: str, *args: str) -> int:
+    """Exit code of ``fit`` for run ``name`` (0 when it returns)."""
+    try:
+        cli.main(tiny.TinyModule, tiny.TinyData, "tiny", args=[*COMMON, "--run_name", name, *args])
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def outcome(name: str) -> dict:
+    return json.loads((cli.logs_dir() / "tiny" / name / "summary.json").read_text())
+
+
+def last_ckpt(name: str) -> dict:
+    return torch.load(cli.logs_dir() / "tiny" / name / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_finite_weights(tiny, capsys):
+    assert run(tiny, "div", "--model.lr", "1e6") == EXIT_DIVERGED
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: the loss became inf (train/loss inf) at step ") and "(lr 1e+06)" in err
+    summary, ckpt = outcome("div"), last_ckpt("div")
+    assert summary["outcome"] == "diverged" and summary["error"] in err
+    assert 0 < ckpt["global_step"] <= summary["global_step"] < 16
+    assert all(bool(v.isfinite().all()) for v in ckpt["state_dict"].values())
+
+
+def test_a_nan_step_stops_the_run_or_is_skipped_when_asked(tiny, monkeypatch, capsys):
+    monkeypatch.setenv("TINY_NAN_AT_STEP", "5")
+    assert run(tiny, "stop") == EXIT_DIVERGED
+    assert "error: the loss became nan (train/loss nan) at step 5" in capsys.readouterr().err
+    assert outcome("stop")["outcome"] == "diverged" and last_ckpt("stop")["global_step"] == 3
+
+    assert run(tiny, "skip", "--on_nonfinite", "skip") == 0
+    assert "warning: the loss became nan (train/loss nan) at step 5: step skipped (1 of at most 10" in \
+        capsys.readouterr().err
+    summary = outcome("skip")
+    assert summary["outcome"] == "finished" and summary["nonfinite_skips"] == 1 and summary["global_step"] == 16
+    assert all(bool(v.isfinite().all()) for v in last_ckpt("skip")["state_dict"].values())
+
+    assert run(tiny, "no_skips_left", "--on_nonfinite", "skip", "--max_nonfinite_skips", "0") == EXIT_DIVERGED
+
+
+def test_a_skipped_step_leaves_the_weights_and_the_optimiser_as_they_were(tiny, monkeypatch):
+    """Skipping step 5 of 6 ends with step 4's weights (SGD without momentum: nothing else moves them)."""
+    assert run(tiny, "to4", "--trainer.max_steps", "5") == 0
+    monkeypatch.setenv("TINY_NAN_AT_STEP", "5")
+    assert run(tiny, "skip5", "--trainer.max_steps", "6", "--on_nonfinite", "skip") == 0
+    for key, value in last_ckpt("to4")["state_dict"].items():
+        torch.testing.assert_close(last_ckpt("skip5")["state_dict"][key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGUSR1"])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_exit_code_75(tiny, monkeypatch, capsys, sig):
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    monkeypatch.setenv("TINY_SIGNAL_AT_STEP", "11")
+    monkeypatch.setenv("TINY_SIGNAL", sig)
+    assert run(tiny, "part") == EXIT_INTERRUPTED
+    assert f"interrupted by {sig} at step 11 of 16: last.ckpt holds this step" in capsys.readouterr().err
+    summary = outcome("part")
+    assert (summary["outcome"], summary["signal"], summary["global_step"], summary["max_steps"]) == \
+        ("interrupted", sig, 11, 16)
+    assert last_ckpt("part")["global_step"] == 11
+    assert {s: signal.getsignal(s) for s in handlers} == handlers      # the run leaves the handlers as it found them
+    if sig != "SIGTERM":
+        return
+    monkeypatch.delenv("TINY_SIGNAL_AT_STEP")
+    assert run(tiny, "part", "--ckpt_path", "last") == 0 and outcome("part")["outcome"] == "finished"
+    assert run(tiny, "full") == 0
+    full, resumed = last_ckpt("full"), last_ckpt("part")
+    assert full["global_step"] == resumed["global_step"] == 16
+    for key, value in full["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0)

@@ -339,6 +339,8 @@ class DiDData(SplitDataModule):
 
     ``num_classes`` must match the dataset (checked in ``setup``): configs interpolate it into the model.
     VOC 2012 test labels are withheld (evaluation server), so its default validation split is ``val``.
+    ``skip_bad_files``: an unreadable image is replaced by the next sample and counted instead of ending the run,
+    up to ``max_bad_fraction`` of a pass (``shared.data.bad_files``; in ``predict`` it is skipped).
     """
 
     def __init__(self, dataset: DatasetName = "toy", root: str = "data/did/toy", num_classes: int = 10,
@@ -348,7 +350,8 @@ class DiDData(SplitDataModule):
                  toy_train: int = 2048, toy_val: int = 512, toy_seed: int = 0,
                  toy_object_frac: tuple[float, float] = (0.16, 0.26), nus_train_list: str | None = None,
                  nus_val_list: str | None = None, nus_classes: str | None = None, predict_dir: str | None = None,
-                 skip_bad_files: bool = False, predict_threshold: float = 0.5) -> None:
+                 skip_bad_files: bool = False, max_bad_fraction: float = 0.001,
+                 predict_threshold: float = 0.5) -> None:
         super().__init__()
         if dataset not in DEFAULT_SPLITS:
             raise ValueError(f"data.dataset must be one of {tuple(DEFAULT_SPLITS)}, got {dataset!r}")

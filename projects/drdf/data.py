@@ -385,6 +385,8 @@ class DRDFDataModule(SplitDataModule):
     ``tokenizer``: a local tokenizer folder (e.g. bert-base-uncased); defaults to ``<data_dir>/tokenizer`` for
     the toy set. ``num_classes``: the classes the model has (checked against the labels in ``setup``); None = the
     dataset's own count (2 for memes, 10 / 100 for CIFAR, the lines of ``wnids.txt``).
+    ``skip_bad_files``: an unreadable image (memes, TinyImageNet) is replaced by the next sample and counted
+    instead of ending the run, up to ``max_bad_fraction`` of a pass (``shared.data.bad_files``).
     """
 
     def __init__(self, dataset: Literal["hateful_memes", "toy_memes", "cifar10", "cifar100", "tiny_imagenet"] =
@@ -393,7 +395,7 @@ class DRDFDataModule(SplitDataModule):
                  max_length: int = 128, train_split: str = "train", val_split: str = "dev_seen",
                  test_split: str = "test_seen", predict_split: str = "test_unseen", augment: bool = True,
                  toy_sizes: dict[str, int] | None = None, toy_seed: int = 0, predict_dir: str | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, skip_bad_files: bool = False, max_bad_fraction: float = 0.001) -> None:
         super().__init__()
         self.save_hyperparameters()
         for name in ("image_size", "max_length"):

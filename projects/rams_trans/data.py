@@ -322,6 +322,8 @@ class FGVCDataModule(SplitDataModule):
     """One datamodule for CUB / Dogs / iNat2017 and the toy CUB-format set (``dataset: toy`` writes it first).
 
     The test split doubles as validation (FGVC practice, §5). ``batch_size`` is per process.
+    ``skip_bad_files``: an unreadable image is replaced by the next sample and counted instead of ending the run,
+    up to ``max_bad_fraction`` of a pass (``shared.data.bad_files``; in ``predict`` it is skipped).
     """
 
     def __init__(self, dataset: Literal["cub", "dogs", "inat2017", "toy"] = "toy", root: str = "data/rams_trans_toy",
@@ -329,7 +331,7 @@ class FGVCDataModule(SplitDataModule):
                  batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
                  toy_num_train: int = 1200, toy_num_test: int = 400, toy_part_frac: float = 0.02,
                  toy_clutter: int = 14, toy_seed: int = 0, predict_dir: str | None = None,
-                 skip_bad_files: bool = False) -> None:
+                 skip_bad_files: bool = False, max_bad_fraction: float = 0.001) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {sorted(DATASETS)}, got {dataset!r}")

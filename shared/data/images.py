@@ -12,7 +12,14 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 class ImageReadError(ValueError):
-    """An image file exists but PIL cannot read or convert it."""
+    """An image file exists but PIL cannot read or convert it; ``path`` is the file, ``reason`` PIL's complaint."""
+
+    def __init__(self, message: str, path: Path | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.path, self.reason = path, reason or message
+
+    def __reduce__(self):          # a DataLoader worker sends it to the main process pickled
+        return type(self), (str(self), self.path, self.reason)
 
 
 def _hint(expected_layout: str | None) -> str:
@@ -90,4 +97,5 @@ def load_rgb(path: str | Path, expected_layout: str | None = None,
             out = _to_rgb(im, alpha_background)
             return out.copy() if out is im else out
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"cannot read image {p}: {type(e).__name__}: {e}{_hint(expected_layout)}") from e
+        raise ImageReadError(f"cannot read image {p}: {type(e).__name__}: {e}{_hint(expected_layout)}", p,
+                             f"{type(e).__name__}: {e}") from e

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
+from shared.data.bad_files import BadFiles, SkipBadFiles, collate_marked
+
 
 def run_seed() -> int:
     """The run's ``seed_everything`` value (Lightning exports it as ``PL_GLOBAL_SEED``), else 0."""
@@ -99,7 +101,26 @@ class ShardSampler(DistributedSampler):
         return iter(mine + [self.pad_with] * (self.num_samples - len(mine)))
 
 
-class ResumableLoader(DataLoader):
+class WatchedLoader(DataLoader):
+    """A DataLoader that, given ``bad_files`` (a :class:`~shared.data.bad_files.BadFiles`), reads the marks of
+    :class:`~shared.data.bad_files.SkipBadFiles` off its batches and yields the batches as the model expects them."""
+
+    bad_files: BadFiles | None = None
+    split: str = ""
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        if self.bad_files is None:
+            return batches
+        return self.bad_files.watch(batches, self.split, len(self.sampler))
+
+
+def watched(loader: WatchedLoader, bad_files: BadFiles | None, split: str) -> WatchedLoader:
+    loader.bad_files, loader.split = bad_files, split
+    return loader
+
+
+class ResumableLoader(WatchedLoader):
     """A DataLoader over an :class:`EpochSampler` that follows the trainer's position. It tells Lightning it is
     resumable (``state_dict`` / ``load_state_dict``) so a mid-epoch resume does not warn; it has no state of its own:
     the position is the trainer's loop state, which Lightning saves and restores."""
@@ -116,8 +137,9 @@ def _trainer(datamodule: Any) -> Any:
 
 
 def train_loader(datamodule: Any, dataset: Dataset, batch_size: int, num_workers: int, *, drop_last: bool = True,
-                 collate_fn: Callable | None = None) -> ResumableLoader:
-    """The training loader of ``datamodule`` (a LightningDataModule, attached to its trainer or not)."""
+                 collate_fn: Callable | None = None, bad_files: BadFiles | None = None) -> ResumableLoader:
+    """The training loader of ``datamodule`` (a LightningDataModule, attached to its trainer or not); with
+    ``bad_files``, unreadable images are replaced and counted (``shared.data.bad_files``)."""
     trainer = _trainer(datamodule)
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
@@ -129,14 +151,18 @@ def train_loader(datamodule: Any, dataset: Dataset, batch_size: int, num_workers
 
     sampler = EpochSampler(dataset, seed=run_seed(), num_replicas=world, rank=rank,
                            position=position if trainer is not None else None)
-    return ResumableLoader(SeededSamples(dataset), batch_size=batch_size, sampler=sampler,
-                           drop_last=drop_last and len(sampler) >= batch_size, num_workers=num_workers,
-                           persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
-                           collate_fn=collate_fn, generator=torch.Generator())
+    if bad_files is not None:
+        dataset, collate_fn = SkipBadFiles(dataset), collate_marked(collate_fn)
+    loader = ResumableLoader(SeededSamples(dataset), batch_size=batch_size, sampler=sampler,
+                             drop_last=drop_last and len(sampler) >= batch_size, num_workers=num_workers,
+                             persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+                             collate_fn=collate_fn, generator=torch.Generator())
+    return watched(loader, bad_files, "train")
 
 
 def eval_loader(datamodule: Any, dataset: Dataset, batch_size: int, num_workers: int, *,
-                collate_fn: Callable | None = None, pad_with: int | None = None) -> DataLoader:
+                collate_fn: Callable | None = None, pad_with: int | None = None, bad_files: BadFiles | None = None,
+                split: str = "val") -> DataLoader:
     """A validation / test / predict loader: in order, every sample once over all processes. Fewer samples than
     processes (and no ``pad_with``) is a ``ValueError``: a process with an empty loader stops Lightning."""
     trainer = _trainer(datamodule)
@@ -149,6 +175,9 @@ def eval_loader(datamodule: Any, dataset: Dataset, batch_size: int, num_workers:
                                pad_with=pad_with)
     else:
         sampler = SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
-                      collate_fn=collate_fn, generator=torch.Generator())
+    if bad_files is not None:
+        dataset, collate_fn = SkipBadFiles(dataset), collate_marked(collate_fn)
+    loader = WatchedLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                           persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+                           collate_fn=collate_fn, generator=torch.Generator())
+    return watched(loader, bad_files, split)

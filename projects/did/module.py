@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from projects.did.losses import multilabel_targets, two_view_loss
 from projects.did.model import DiD
 from projects.did.viz import instance_panel
+from shared.data.loaders import scored
 from shared.hparams import group, save_hparams
 from shared.metrics import multilabel_metrics
 from shared.optim import SGDOrAdamW
@@ -104,8 +105,9 @@ class DiDModule(LightningModule):
     def _eval_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, t = batch
         out = self.net(x)
+        k = scored(self, t.shape[0])           # 0 in a padding step (more processes than samples)
         for b in self.branches:
-            self.val_metrics[b].update(out[b].float(), t)
+            self.val_metrics[b].update(out[b][:k].float(), t[:k])
         if batch_idx == 0 and self.trainer.is_global_zero and "views" in out and self.hparams.panel_images > 0:
             k = self.hparams.panel_images
             top = out["top_classes"][:k]

@@ -11,13 +11,15 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from projects.drdf.losses import drdf_loss
 from projects.drdf.model import DRDF
 from projects.drdf.viz import log_routing_panels, toy_routing_metrics
+from shared.data.loaders import scored
 from shared.hparams import group, save_hparams
-from shared.metrics import binary_metrics, topk_accuracy
+from shared.metrics import IGNORE_INDEX, binary_metrics, topk_accuracy
 
 Task = Literal["binary", "multiclass"]
 
@@ -132,6 +134,9 @@ class DRDFModule(LightningModule):
         make = (lambda p: binary_metrics(prefix=p)) if task == "binary" else (
             lambda p: topk_accuracy(net.num_classes, ks=(1, 5), prefix=p))
         self.metrics = nn.ModuleDict({"val": make("val/"), "test": make("test/")})
+        # the evaluation loss as a weighted mean metric: exact over processes (a padding step weighs 0), where
+        # Lightning's own mean divides its integer sample count by the processes with an integer division (gloo)
+        self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         self._records: list[dict[str, Any]] = []
         self._vocab_checked = False
 
@@ -185,17 +190,21 @@ class DRDFModule(LightningModule):
         self._check_batch(batch)
         self.net.temperature = self.temperature.value
         out = self(batch)
-        self.metrics[stage].update(self._scores(out["logits"]), batch["label"])
-        self.log(f"{stage}/loss", F.cross_entropy(out["logits"], batch["label"]), batch_size=batch["label"].shape[0],
-                 sync_dist=True)
+        k = scored(self, batch["label"].shape[0])      # 0 in a padding step (more processes than samples)
+        logits, labels = out["logits"][:k], batch["label"][:k]
+        self.metrics[stage].update(self._scores(out["logits"]),
+                                   batch["label"] if k else torch.full_like(batch["label"], IGNORE_INDEX))
+        loss = F.cross_entropy(logits, labels) if k else out["logits"].sum() * 0
+        self.eval_loss[stage].update(loss, weight=k)
+        self.log(f"{stage}/loss", self.eval_loss[stage], on_epoch=True)
         if stage == "val":
             unknown = torch.full_like(batch["label"], -1)
             self._records.append({
-                "a_t": out["modality"][:, 0].detach(), "weights": out["weights"].detach(), "label": batch["label"],
-                "decided_by": batch.get("decided_by", unknown), "aspect": batch.get("aspect", unknown),
-                "correct": (out["logits"].argmax(-1) == batch["label"]).long(),
-                "prob": torch.softmax(out["logits"].float(), -1).detach(), "id": batch["id"],
-                "text": batch.get("text", [""] * batch["label"].shape[0]),
+                "a_t": out["modality"][:k, 0].detach(), "weights": out["weights"][:k].detach(), "label": labels,
+                "decided_by": batch.get("decided_by", unknown)[:k], "aspect": batch.get("aspect", unknown)[:k],
+                "correct": (logits.argmax(-1) == labels).long(),
+                "prob": torch.softmax(logits.float(), -1).detach(), "id": batch["id"][:k],
+                "text": batch.get("text", [""] * batch["label"].shape[0])[:k],
             })
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -9,13 +9,15 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from projects.rams_trans.losses import multi_scale_loss
 from projects.rams_trans.model import RAMSTrans
 from projects.rams_trans.viz import boxes_in_input_frame, dppm_panels
+from shared.data.loaders import scored
 from shared.hparams import group, save_hparams
-from shared.metrics import topk_accuracy
+from shared.metrics import IGNORE_INDEX, topk_accuracy
 from shared.optim import SGDOrAdamW
 from shared.panels import log_images
 from shared.schedules import warmup_cosine_schedule
@@ -60,6 +62,9 @@ class RAMSTransModule(L.LightningModule):
         for stage in ("val", "test"):
             for h in self.heads:
                 setattr(self, f"{stage}_{h}_acc", topk_accuracy(num_classes, (1, 5), prefix=f"{stage}/{h}_"))
+        # the evaluation loss as a weighted mean metric: exact over processes (a padding step weighs 0), where
+        # Lightning's own mean divides its integer sample count by the processes with an integer division (gloo)
+        self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         self._panel_batch: tuple[Tensor, dict] | None = None
 
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
@@ -88,11 +93,14 @@ class RAMSTransModule(L.LightningModule):
     def _eval_step(self, stage: str, batch, batch_idx: int) -> None:
         x, y = batch
         out = self.net(x)
+        k = scored(self, y.shape[0])           # 0 in a padding step (more processes than samples)
         for h, z in self.predictions(out).items():
             metric = getattr(self, f"{stage}_{h}_acc")
-            metric.update(z, y)
+            metric.update(z, y if k else torch.full_like(y, IGNORE_INDEX))
             self.log_dict(metric, on_epoch=True, sync_dist=True)
-        self.log(f"{stage}/loss", F.cross_entropy(out["logits"][-1], y), sync_dist=True)
+        loss = F.cross_entropy(out["logits"][-1][:k], y[:k]) if k else out["logits"][-1].sum() * 0
+        self.eval_loss[stage].update(loss, weight=k)
+        self.log(f"{stage}/loss", self.eval_loss[stage], on_epoch=True)
         if stage == "val" and batch_idx == 0 and self._panel_batch is None:
             n = self.hparams.num_panels
             self._panel_batch = (x[:n].detach().cpu(), {k: [t[:n].detach().cpu() for t in v] for k, v in out.items()})

@@ -45,8 +45,8 @@ class SkipBadFiles(Dataset):
         bad: list[str] = []
         n = len(self.dataset)
         for step in range(n):
-            try:
-                return self.dataset[(index + step) % n], tuple(bad)
+            try:   # the index as given first (a padding index included), then the next ones in order
+                return self.dataset[index if step == 0 else (index + step) % n], tuple(bad)
             except ImageReadError as err:
                 bad.append(f"{err.path or '?'}: {err.reason}")
         raise ValueError(f"no readable image in the {n} samples of {type(self.dataset).__name__}: {bad[:3]}")

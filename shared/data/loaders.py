@@ -13,7 +13,9 @@ Training (:func:`train_loader`)
 
 Evaluation (:func:`eval_loader`): in order; on several processes each sample is scored by exactly one of them
 (:class:`ShardSampler`: no padding with repeated samples, so mAP and top-1 on 8 GPUs are the 1-GPU
-numbers; the metrics gather uneven shards through torchmetrics).
+numbers; the metrics gather uneven shards through torchmetrics). A set smaller than the number of processes
+leaves some process no sample: that process runs one marked step instead (the set's first sample, which
+:func:`scored` tells the module to count as none), so every process validates and logs alike.
 
 Neither loader draws from the global random generator when its iterator starts (each has its own
 ``torch.Generator``), so validation passes do not shift the training's dropout stream.
@@ -101,12 +103,31 @@ class ShardSampler(DistributedSampler):
         return iter(mine + [self.pad_with] * (self.num_samples - len(mine)))
 
 
+PAD = -1   # the index of a padding step's sample in an evaluation shard
+
+
+class PaddedSamples(Dataset):
+    """``dataset[i]``, and for :data:`PAD` the first sample (a real input for the forward; :func:`scored` says it
+    counts as none)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[0 if index == PAD else index]
+
+
 class WatchedLoader(DataLoader):
     """A DataLoader that, given ``bad_files`` (a :class:`~shared.data.bad_files.BadFiles`), reads the marks of
-    :class:`~shared.data.bad_files.SkipBadFiles` off its batches and yields the batches as the model expects them."""
+    :class:`~shared.data.bad_files.SkipBadFiles` off its batches and yields the batches as the model expects them.
+    ``padding_only``: this process's evaluation shard is one padding step (see :func:`scored`)."""
 
     bad_files: BadFiles | None = None
     split: str = ""
+    padding_only: bool = False
 
     def __iter__(self) -> Iterator[Any]:
         batches = super().__iter__()
@@ -164,13 +185,16 @@ def eval_loader(datamodule: Any, dataset: Dataset, batch_size: int, num_workers:
                 collate_fn: Callable | None = None, pad_with: int | None = None, bad_files: BadFiles | None = None,
                 split: str = "val") -> DataLoader:
     """A validation / test / predict loader: in order, every sample once over all processes. Fewer samples than
-    processes (and no ``pad_with``) is a ``ValueError``: a process with an empty loader stops Lightning."""
+    processes: a process left without one gets a padding step (``pad_with``, which the dataset reads as "nothing
+    to score", else :data:`PAD` through :class:`PaddedSamples` and :func:`scored`)."""
     trainer = _trainer(datamodule)
+    padding_only = False
     if trainer is not None and trainer.world_size > 1:
         if pad_with is None and len(dataset) < trainer.world_size:
-            raise ValueError(f"the evaluation set ({type(dataset).__name__}) has {len(dataset)} sample(s), fewer "
-                             f"than the {trainer.world_size} processes (devices x nodes): every process needs at "
-                             f"least one; run on at most {len(dataset)} device(s) or evaluate a larger split")
+            if len(dataset) == 0:
+                raise ValueError(f"the evaluation set ({type(dataset).__name__}) is empty")
+            dataset, pad_with = PaddedSamples(dataset), PAD
+            padding_only = trainer.global_rank >= len(dataset)
         sampler = ShardSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
                                pad_with=pad_with)
     else:
@@ -180,4 +204,16 @@ def eval_loader(datamodule: Any, dataset: Dataset, batch_size: int, num_workers:
     loader = WatchedLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                            persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
                            collate_fn=collate_fn, generator=torch.Generator())
+    loader.padding_only = padding_only
     return watched(loader, bad_files, split)
+
+
+def scored(module: Any, batch_size: int) -> int:
+    """How many samples of the current evaluation batch count: all ``batch_size``, or 0 in a padding step (a
+    process of more processes than evaluation samples). The step still runs the forward and logs every key, with
+    its metrics updated by the first 0 samples and its logged means weighted by ``batch_size=0``, so every process
+    makes the same collective calls and the numbers are the 1-process ones."""
+    trainer = module.trainer
+    loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
+    loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+    return 0 if any(getattr(loader, "padding_only", False) for loader in loaders) else batch_size

@@ -4,7 +4,7 @@ Multi-label (ML-GCN/MCAR/DiD protocol, docs/papers/did.md §7.2): mAP with VOC d
 (+ top-k). Classification: top-k accuracy and binary AUROC/accuracy factories.
 """
 
-from shared.metrics.classification import binary_metrics, topk_accuracy
+from shared.metrics.classification import IGNORE_INDEX, binary_metrics, topk_accuracy
 from shared.metrics.multilabel import (
     MultiLabelAveragePrecision,
     MultiLabelMetrics,
@@ -16,6 +16,7 @@ from shared.metrics.multilabel import (
 )
 
 __all__ = [
+    "IGNORE_INDEX",
     "MultiLabelAveragePrecision",
     "MultiLabelMetrics",
     "MultiLabelThresholdMetrics",

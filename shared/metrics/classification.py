@@ -17,16 +17,20 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassA
 __all__ = ["binary_metrics", "topk_accuracy"]
 
 
+IGNORE_INDEX = -1   # a label the metrics skip: evaluation padding steps score as none, and sync like any other
+
+
 def topk_accuracy(
     num_classes: int, ks: Sequence[int] = (1, 5), prefix: str | None = None
 ) -> MetricCollection:
     """Micro top-k accuracies in [0, 1] with keys ``top{k}``; ``update(logits [N, C], labels [N])``.
 
-    ``top_k`` is capped at ``num_classes`` (``top5`` with 3 classes is top-3 accuracy, i.e. always 1).
+    ``top_k`` is capped at ``num_classes`` (``top5`` with 3 classes is top-3 accuracy, i.e. always 1). A label
+    :data:`IGNORE_INDEX` is not counted (an evaluation padding step, ``shared.data.loaders.scored``).
     """
     metrics = {
         f"top{k}": MulticlassAccuracy(
-            num_classes=num_classes, top_k=min(int(k), num_classes), average="micro"
+            num_classes=num_classes, top_k=min(int(k), num_classes), average="micro", ignore_index=IGNORE_INDEX
         )
         for k in ks
     }
@@ -55,8 +59,10 @@ def binary_metrics(
     ``preds`` is the positive-class logit (``from_logits=True``, sigmoid applied here on every batch) or its
     probability (``from_logits=False``). Applying the sigmoid ourselves avoids torchmetrics' per-batch guess
     (sigmoid only if a batch leaves [0, 1]), which could mix logits and probabilities across batches.
-    ``acc`` predicts positive iff probability > ``threshold`` (torchmetrics uses a strict ``>``).
+    ``acc`` predicts positive iff probability > ``threshold`` (torchmetrics uses a strict ``>``). A target
+    :data:`IGNORE_INDEX` is not counted (an evaluation padding step, ``shared.data.loaders.scored``).
     """
     auroc_cls, acc_cls = (_SigmoidAUROC, _SigmoidAccuracy) if from_logits else (BinaryAUROC, BinaryAccuracy)
-    metrics = {"auroc": auroc_cls(), "acc": acc_cls(threshold=threshold)}
+    metrics = {"auroc": auroc_cls(ignore_index=IGNORE_INDEX),
+               "acc": acc_cls(threshold=threshold, ignore_index=IGNORE_INDEX)}
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)

@@ -47,16 +47,18 @@ def run_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo DDP subprocess test")
-def test_two_process_cpu_ddp_validation_equals_one_process(run_cli, tmp_path: Path) -> None:
-    """9 test images over 2 processes (5 + 4, none repeated): the 2-process top-1 is the 1-process top-1 exactly."""
+@pytest.mark.parametrize("images", [9, 1])
+def test_two_process_cpu_ddp_validation_equals_one_process(run_cli, tmp_path: Path, images: int) -> None:
+    """9 test images over 2 processes (5 + 4, none repeated), or 1 (the second process runs a padding step that
+    counts as none): the 2-process top-1 is the 1-process top-1 exactly."""
     common = ["validate", "--config", str(TOY), "--logger", "none", "--data.root", str(tmp_path / "toy"),
-              "--trainer.accelerator", "cpu", *SMALL, "--data.toy_num_test", "9", "--model.num_panels", "0"]
+              "--trainer.accelerator", "cpu", *SMALL, "--data.toy_num_test", str(images), "--model.num_panels", "0"]
     one = run_cli("rams_trans", *common, "--run_name", "one")
     two = run_subprocess(tmp_path, *common, "--run_name", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp")
     assert "Starting with 2 processes" in two.stdout + two.stderr
     one_m = one.summary("one")["metrics"]
     two_m = json.loads((tmp_path / "logs" / "rams_trans" / "two" / "summary.json").read_text())["metrics"]
-    for key in ("val/local_top1", "val/global_top1", "val/fused_top1", "val/local_top5"):
+    for key in ("val/local_top1", "val/global_top1", "val/fused_top1", "val/local_top5", "val/loss"):
         assert two_m[key] == pytest.approx(one_m[key], abs=1e-6), key
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from shared.cli import one_line
-from shared.data.loaders import EpochSampler, SeededSamples, eval_loader, sample_seed, train_loader
+from shared.data.loaders import EpochSampler, SeededSamples, eval_loader, sample_seed, scored, train_loader
 
 
 class Noisy(Dataset):
@@ -89,11 +89,18 @@ def test_evaluation_scores_every_sample_exactly_once_on_two_processes(n: int) ->
     assert [int(i) for idx, _ in eval_loader(_module(), Noisy(n), 3, 0) for i in idx] == list(range(n))
 
 
-def test_fewer_evaluation_samples_than_processes_is_one_clear_error() -> None:
-    """1 sample on 2 processes would leave one process an empty loader, which Lightning stops on mid-run."""
-    with pytest.raises(ValueError, match=r"\(Noisy\) has 1 sample\(s\), fewer than the 2 processes.*at most 1 dev"):
-        eval_loader(_module(world=2, rank=1), Noisy(1), 3, 0)
-    assert len(eval_loader(_module(), Noisy(1), 3, 0)) == 1            # one process: fine
+def test_fewer_evaluation_samples_than_processes_pad_with_a_step_that_counts_as_none() -> None:
+    """1 sample on 2 processes: the second process runs one padding step (the first sample as input) and
+    ``scored`` tells its module to count none of it; an empty set is one clear error."""
+    loaders = [eval_loader(_module(world=2, rank=r), Noisy(1), 3, 0) for r in (0, 1)]
+    assert [[int(i) for idx, _ in loader for i in idx] for loader in loaders] == [[0], [0]]
+    assert [loader.padding_only for loader in loaders] == [False, True]
+    for loader, counted in zip(loaders, (4, 0), strict=True):
+        module = SimpleNamespace(trainer=SimpleNamespace(testing=False, val_dataloaders=loader))
+        assert scored(module, 4) == counted
+    with pytest.raises(ValueError, match=r"the evaluation set \(Noisy\) is empty"):
+        eval_loader(_module(world=2, rank=1), Noisy(0), 3, 0)
+    assert len(eval_loader(_module(), Noisy(1), 3, 0)) == 1            # one process: no padding
 
 
 def test_padded_shards_run_as_many_steps_and_mark_the_padding() -> None:

@@ -12,9 +12,10 @@ Every study writes its committed result file ``projects/<name>/results/<study>.j
 
 A ``"setting"`` (e.g. the toy world's geometry) tells two studies of one claim apart. A study that measures one
 claim under several settings writes ``"claims": [{...}, ...]`` instead (e.g. SPM's two recipes). This module only
-reads those files (it imports no project), computes each verdict from the numbers, and writes ``CLAIMS.md``, one PNG
-per claim (``projects/<name>/results/<study>.png``; ``<study>_<i>.png`` for the i-th of a list) and the results table of the top-level README (between its
-``claims`` markers). ``--full`` first re-runs every study with the command its result file records.
+reads those files (it imports no project), computes each verdict from the numbers, and writes ``CLAIMS.md``, one
+PNG per claim (``projects/<name>/results/<study>.png``; ``<study>_<i>.png`` for the i-th of a list) and the
+results table of the top-level README (between its ``claims`` markers). ``--full`` first re-runs every study
+with the command its result file records.
 
 Verdict, per comparison: the mean difference ``d`` (signed so that positive favours the method) against twice
 its standard error ``se = sqrt(s_m^2 / n_m + s_b^2 / n_b)``: ``d > 2 se`` favours the method, ``d < -2 se``

@@ -32,10 +32,12 @@ A LightningModule tells the launcher what to monitor with two class attributes::
 
 from __future__ import annotations
 
+import difflib
 import errno
 import inspect
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -260,7 +262,8 @@ class ProjectCLI(LightningCLI):
             datamodule_class,
             save_config_callback=LoggedConfigCallback,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False},
+            # no abbreviations: `--trainer.max_step 5` is a typo to name, not `max_steps` to guess
+            parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False, "allow_abbrev": False},
             seed_everything_default=42,
             args=args,
             run=run,
@@ -287,11 +290,22 @@ class ProjectCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            message = str(err).strip().splitlines()
-            sys.stderr.write(f"error: {' '.join(line.strip() for line in message)}\n"
+            message = " ".join(line.strip() for line in str(err).strip().splitlines())
+            sys.stderr.write(f"error: {message}{self._suggest(parser, message)}\n"
                              f"(see `python -m projects.{self.project} {self._requested_subcommand()} --help`)\n")
             sys.exit(2)
         self._check_ckpt_path()
+
+    def _suggest(self, parser: LightningArgumentParser, message: str) -> str:
+        """``; did you mean --model.optim.lr?`` for each unrecognised ``--key`` close to a known one."""
+        unknown = re.findall(r"(--[\w.]+)", message.split("unrecognized arguments:", 1)[-1]) \
+            if "unrecognized arguments:" in message else []
+        sub = parser._subcommands_action._name_parser_map.get(self._requested_subcommand()) \
+            if getattr(parser, "_subcommands_action", None) else None
+        known = [k for k in (sub or parser)._option_string_actions if k.startswith("--")]
+        hints = [f"{key} -> {' / '.join(close)}" for key in unknown
+                 if (close := difflib.get_close_matches(key, known, n=3, cutoff=0.75))]
+        return f"; did you mean: {'; '.join(hints)}" if hints else ""
 
     def _parse_ckpt_path(self) -> None:
         """Lightning replaces the model's settings with the ``--ckpt_path`` checkpoint's hyper-parameters (so the

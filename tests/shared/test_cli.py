@@ -170,3 +170,15 @@ def test_missing_data_folder_fails_with_one_line_naming_it(workdir: Path, run_cl
     monkeypatch.setenv("CV_PAPERS_DEBUG", "1")
     debug = run_cli("tiny", *args, check=False, entry=tiny_main)
     assert debug.code != 0 and "Traceback" in debug.err
+
+
+def test_an_abbreviated_or_misspelt_key_is_refused_with_the_nearest_keys(run_cli) -> None:
+    """argparse would take ``--trainer.max_step`` as ``max_steps``; here it is a typo, named with its neighbours."""
+    cfg = ["fit", "--config", "projects/rams_trans/configs/toy.yaml", "--print_config"]
+    run = run_cli("rams_trans", *cfg, "--trainer.max_step", "5", check=False)
+    assert run.code == 2 and run.err.startswith("error: unrecognized arguments: --trainer.max_step 5; did you mean: "
+                                                "--trainer.max_step -> --trainer.max_steps")
+    run = run_cli("rams_trans", *cfg, "--model.optim.lrr", "0.1", check=False)
+    assert run.code == 2 and "--model.optim.lrr -> --model.optim.lr" in run.err.splitlines()[0]
+    run = run_cli("rams_trans", *cfg, "--zzz", "3", check=False)
+    assert run.code == 2 and "did you mean" not in run.err

@@ -36,10 +36,12 @@ import difflib
 import errno
 import inspect
 import json
+import logging
 import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 from weakref import proxy
@@ -82,6 +84,35 @@ def wandb_is_online() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger without its ``anonymous=None`` argument, which wandb answers on every run with
+    "The anonymous setting has no effect and will be removed" (the setting is gone from wandb; nothing changes)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+
+def quiet_known_warnings() -> None:
+    """Silence the library lines every run printed that say nothing about the run (each one read and judged
+    harmless here); every other warning still shows."""
+    # Lightning 2.6's own pytree helper builds torch's LeafSpec, which torch 2.14 deprecates: Lightning's business
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    # the frozen parts (SPM's text encoder and UNet, DRDF's experts, a pretrained backbone's dropout-free blocks)
+    # are in eval mode on purpose: each module sets train / eval itself
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertisement lines ("💡 Tip: For seamless cloud logging ... try installing litlogger")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
 def build_logger(choice: str, project: str, run_name: str, run_dir: Path) -> Logger | bool:
     if choice == "none":
         return False
@@ -90,8 +121,8 @@ def build_logger(choice: str, project: str, run_name: str, run_dir: Path) -> Log
     if choice == "wandb":
         run_dir.mkdir(parents=True, exist_ok=True)
         # WANDB_MODE, when set, wins inside wandb itself; offline=True only when nothing says otherwise.
-        return WandbLogger(project=f"cv-papers-{project}", name=run_name, save_dir=str(run_dir),
-                           offline=not wandb_is_online(), log_model=False)
+        return QuietWandbLogger(project=f"cv-papers-{project}", name=run_name, save_dir=str(run_dir),
+                                offline=not wandb_is_online(), log_model=False)
     raise ValueError(f"--logger must be one of wandb, csv, none; got {choice!r}")
 
 
@@ -171,11 +202,11 @@ class RunSummary(Callback):
             stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
             sig = stop.received(trainer) if stop is not None else None
             outcome = {"outcome": "interrupted", "signal": sig, "resume": "fit --ckpt_path last (same arguments)"}
-            if trainer.is_global_zero:
-                sys.stderr.write(f"interrupted by {sig or 'a signal'} at step {trainer.global_step} of "
+            # the launcher prints it last (run_with_clear_errors), after the logger's closing lines
+            exception.message = (f"interrupted by {sig or 'a signal'} at step {trainer.global_step} of "
                                  f"{trainer.max_steps if trainer.max_steps > 0 else '?'}: last.ckpt holds this "
                                  f"step; run the same command with --ckpt_path last to continue (exit code "
-                                 f"{EXIT_INTERRUPTED})\n")
+                                 f"{EXIT_INTERRUPTED})") if trainer.is_global_zero else ""
         elif isinstance(exception, TrainingDiverged):
             outcome = {"outcome": "diverged", "error": str(exception)}
         elif isinstance(exception, KeyboardInterrupt):
@@ -441,6 +472,7 @@ def main(model_class: type[LightningModule], datamodule_class: type[LightningDat
     with its one-line message; ``CV_PAPERS_DEBUG=1`` shows the traceback instead.
     """
     torch.set_float32_matmul_precision("high")
+    quiet_known_warnings()
     return run_with_clear_errors(ProjectCLI, model_class, datamodule_class, project, args=args)
 
 
@@ -451,19 +483,32 @@ def run_with_clear_errors(fn, *args, **kwargs):
     one with ``EXIT_INTERRUPTED`` (``shared.interrupt``). Shared by every command-line entry point."""
     try:
         return fn(*args, **kwargs)
-    except SIGTERMException:            # a SystemExit with code 0 in Lightning: an interrupted run is not finished
+    except SIGTERMException as stop:    # a SystemExit with code 0 in Lightning: an interrupted run is not finished
+        finish_wandb(EXIT_INTERRUPTED)
+        if getattr(stop, "message", ""):
+            sys.stderr.write(f"{stop.message}\n")
         sys.exit(EXIT_INTERRUPTED)
     except TrainingDiverged as err:
         if os.environ.get("CV_PAPERS_DEBUG"):
             raise
+        finish_wandb(EXIT_DIVERGED)
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_DIVERGED)
     except (ValueError, OSError) as err:
         user_error = isinstance(err, ValueError | FileNotFoundError) or err.filename is not None  # OSError: a path
         if os.environ.get("CV_PAPERS_DEBUG") or not user_error:
             raise
+        finish_wandb(2)
         sys.stderr.write(f"error: {one_line(err)}\n(set CV_PAPERS_DEBUG=1 for the traceback)\n")
         sys.exit(2)
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close a wandb run now (it prints its "wandb sync ..." lines), so the error is the last line printed
+    rather than followed by them at exit. Nothing when wandb was never imported."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 PATH_HINTS = {errno.ENOTDIR: "a part of this path is a file; expected a folder there",

@@ -182,3 +182,24 @@ def test_an_abbreviated_or_misspelt_key_is_refused_with_the_nearest_keys(run_cli
     assert run.code == 2 and "--model.optim.lrr -> --model.optim.lr" in run.err.splitlines()[0]
     run = run_cli("rams_trans", *cfg, "--zzz", "3", check=False)
     assert run.code == 2 and "did you mean" not in run.err
+
+
+def test_the_known_harmless_library_lines_are_filtered_and_nothing_else(tmp_path: Path) -> None:
+    import logging
+    import warnings
+
+    from shared.cli import QuietWandbLogger, quiet_known_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_known_warnings()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        warnings.warn("Found 417 module(s) in eval mode at the start of training. This may ...", UserWarning,
+                      stacklevel=1)
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else is deprecated"]
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tip, other = (logging.LogRecord(rank_zero.name, logging.INFO, "", 0, msg, None, None)
+                  for msg in ("💡 Tip: For seamless cloud logging ...", "GPU available: False"))
+    assert not rank_zero.filter(tip) and rank_zero.filter(other)
+    assert "anonymous" not in QuietWandbLogger(save_dir=str(tmp_path), offline=True)._wandb_init

@@ -458,16 +458,27 @@ def recipe_claim(rows: list[dict], tag: str, setting: str) -> dict:
 
 
 def knobs() -> None:
-    """Part 4: the knob table (seed 0), then 3 seeds for both recipes and the knobs that flip the outcome."""
-    rows = [knob_run(label, tag, overrides, 0) for label, tag, overrides in KNOBS]
+    """Part 4: the knob table (seed 0), then seeds 1 and 2 for both recipes and the knobs that flip the outcome.
+    The result file is rewritten after every run, so a stopped study leaves what it has (and resumes)."""
+    rows: list[dict] = []
+    for label, tag, overrides in KNOBS:
+        rows.append(knob_run(label, tag, overrides, 0))
+        write_knobs(rows)
     paper_flips = flips(rows[0])
-    again = {tag for (_, tag, _), r in zip(KNOBS, rows, strict=True)
-             if tag in ("paper", "toy") or flips(r) != paper_flips}
-    rows += [knob_run(label, tag, overrides, seed) for seed in (1, 2)
-             for label, tag, overrides in KNOBS if tag in again]
+    again = [k for k, r in zip(KNOBS, rows, strict=True) if k[1] in ("paper", "toy") or flips(r) != paper_flips]
+    for seed in (1, 2):
+        for label, tag, overrides in again:
+            rows.append(knob_run(label, tag, overrides, seed))
+            write_knobs(rows)
+
+
+def write_knobs(rows: list[dict]) -> None:
+    """The knob table (mean +- std over the seeds run so far) and ``results/recipes.json`` with both SPM rows."""
     lines = []
     for label, tag, _ in KNOBS:
         runs = [r for r in rows if r["tag"] == tag]
+        if not runs:
+            continue
         cells = [cell([r[k] for r in runs], digits=3 if k == "ratio" else 1)
                  for k in ("bare", "phrase", "nontarget", "ratio")]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
@@ -477,12 +488,13 @@ def knobs() -> None:
               f"non-target {base['nontarget_before']:.0f}) | bare \"circle\" % | \"a <colour> circle\" % | "
               f"non-target acc % | lambda x L_anc / L_era, steps 0-{RATIO_STEPS - 1} | seeds erasing phrases |")
     table = write("knobs", rows, header, lines)
+    settings = {"paper": "paper recipe: lambda 1000, pool anchors, 1 latent/step, lr 1e-3",
+                "toy": "toy-scaled recipe: lambda 3, uniform anchors + \"\", 8 latents/step, lr 1e-2"}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "recipes.json").write_text(json.dumps({
         "command": "python -m projects.spm.toy.study knobs", "rows": rows, "table": table,
-        "claims": [recipe_claim(rows, "paper", "paper recipe: lambda 1000, pool anchors, 1 latent/step, lr 1e-3"),
-                   recipe_claim(rows, "toy", "toy-scaled recipe: lambda 3, uniform anchors + \"\", 8 latents/step, "
-                                             "lr 1e-2")]}, indent=1))
+        "claims": [recipe_claim(rows, tag, setting) for tag, setting in settings.items()
+                   if any(r["tag"] == tag for r in rows)]}, indent=1))
 
 
 def main() -> None:

@@ -34,15 +34,17 @@ $(STAMP): pyproject.toml
 train: $(STAMP) ## Train every project on its toy default, then print and save a summary table
 	@if [ -z "$(PROJECTS)" ]; then echo "make train: no project exists yet under projects/ (nothing to train)."; \
 	else set -e; for p in $(PROJECTS); do \
-	  echo "=== $$p: $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml $(ARGS)"; \
-	  $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml $(ARGS); done; \
+	  echo "=== $$p: $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml --overwrite true $(ARGS)"; \
+	  $(PY) -m projects.$$p fit --config projects/$$p/configs/toy.yaml --overwrite true $(ARGS); done; \
 	  $(PY) -m shared.summary --projects $(PROJECTS); fi
 
-train-%: $(STAMP)
+# the name and the config are checked before anything is installed
+train-%:
 	@test -f projects/$(project)/__main__.py || { echo "no project projects/$(project) (have: $(PROJECTS))"; exit 2; }
 	@test -f projects/$(project)/configs/$(CONFIG) || \
 	  { echo "no config projects/$(project)/configs/$(CONFIG) (have: $$(ls projects/$(project)/configs))"; exit 2; }
-	$(PY) -m projects.$(project) fit --config projects/$(project)/configs/$(CONFIG) $(ARGS)
+	@$(MAKE) --no-print-directory $(STAMP)
+	$(PY) -m projects.$(project) fit --config projects/$(project)/configs/$(CONFIG) --overwrite true $(ARGS)
 
 test: $(STAMP) ## Run the test suite (fast tests; `slow` ones excluded)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

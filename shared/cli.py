@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -148,8 +149,14 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
+def summary_file(stage: str) -> str:
+    """``summary.json`` for ``fit``; ``validate_summary.json`` / ``test_summary.json`` beside it, never over it."""
+    return "summary.json" if stage == "fit" else f"{stage}_summary.json"
+
+
 class RunSummary(Callback):
-    """Writes ``summary.json`` (headline metric, all scalar metrics, best checkpoint) in the run folder.
+    """Writes ``summary.json`` (headline metric, all scalar metrics, best checkpoint) in the run folder at the end
+    of ``fit``; ``validate`` and ``test`` write ``validate_summary.json`` / ``test_summary.json`` beside it.
 
     ``make train`` collects these files into its table and ``logs/train_summary.json``.
     """
@@ -188,7 +195,7 @@ class RunSummary(Callback):
         if bad_files is not None:
             summary["bad_files"] = bad_files.summary()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (self.run_dir / summary_file(stage)).write_text(json.dumps(summary, indent=2))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, "fit")
@@ -308,6 +315,9 @@ class ProjectCLI(LightningCLI):
                                  "in or WANDB_MODE is set), csv, or none.")
         parser.add_argument("--write_overlays", type=bool, default=False,
                             help="predict: also draw each image's boxes into <run folder>/overlays/.")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: replace the checkpoints and summaries of an earlier run of this name (by "
+                                 "default a new fit goes to <name>-2, -3, ... instead).")
         parser.add_argument("--on_nonfinite", type=Literal["stop", "skip"], default="stop",
                             help="fit: a non-finite loss or gradient norm stops the run (exit code 3), or skips "
                                  "the step (at most --max_nonfinite_skips times).")
@@ -406,8 +416,33 @@ class ProjectCLI(LightningCLI):
         # omegaconf+ drops the parsed ``config`` list when it resolves, so the names come from the arguments
         return Path(self._config_files[0]).stem if self._config_files else "default"
 
+    def _fit_run_name(self) -> str:
+        """The run folder of this command. A ``fit`` without ``--ckpt_path`` never writes into a folder that holds
+        an earlier run (its ``summary.json`` or ``last.ckpt``): it takes ``<name>-2``, ``-3``, ... and says so, or,
+        with ``--overwrite true``, clears that run's checkpoints and summaries first. Every process of a DDP run
+        picks the same folder (the new one holds neither file until the first checkpoint)."""
+        name = self._run_name()
+        subcommand = self.config.get("subcommand")
+        if subcommand != "fit" or self.config[subcommand].get("ckpt_path") is not None:
+            return name
+        base = logs_dir() / self.project
+        if self._get(self.config, "overwrite"):
+            if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
+                shutil.rmtree(base / name / "checkpoints", ignore_errors=True)
+                for old in (base / name).glob("*summary.json"):
+                    old.unlink()
+            return name
+        chosen, k = name, 1
+        while holds_a_run(base / chosen):
+            k += 1
+            chosen = f"{name}-{k}"
+        if chosen != name and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            sys.stderr.write(f"note: {base / name} holds an earlier run; this one is {base / chosen} "
+                             f"(--ckpt_path last continues the earlier one, --overwrite true replaces it)\n")
+        return chosen
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        run_name = self._run_name()
+        run_name = self._fit_run_name()
         run_dir = logs_dir() / self.project / run_name
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
@@ -435,6 +470,11 @@ class ProjectCLI(LightningCLI):
         user_callbacks = trainer_cfg.get("callbacks") or []
         kwargs["callbacks"] = [*callbacks, *(user_callbacks if isinstance(user_callbacks, list) else [user_callbacks])]
         return super().instantiate_trainer(**kwargs)
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """A run folder that a ``fit`` finished or checkpointed (what a new ``fit`` must not write into)."""
+    return (run_dir / "summary.json").is_file() or (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 def _flat(namespace: Any, prefix: str = "") -> dict[str, Any]:

@@ -31,6 +31,7 @@ def run_fit(project: str, config: str, name: str, seed: int, overrides: Sequence
     """
     cmd = [sys.executable, "-m", f"projects.{project}", "fit", "--config", config, "--seed_everything", str(seed),
            "--run_name", name, "--logger", "csv", *overrides]
+    rerun = ["--overwrite", "true"]     # an unfinished earlier run of this name is replaced, not continued
     run_dir = logs_dir() / project / name
     stamp = run_dir / "study_command.json"
     if stamp.is_file() and json.loads(stamp.read_text())["args"] == cmd[1:] and (run_dir / "summary.json").is_file():
@@ -40,7 +41,7 @@ def run_fit(project: str, config: str, name: str, seed: int, overrides: Sequence
     print("$", " ".join(cmd[1:]), flush=True)
     stamp.unlink(missing_ok=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL if quiet else None)
+    subprocess.run([*cmd, *rerun], check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL if quiet else None)
     wall = round(time.perf_counter() - start, 1)
     stamp.write_text(json.dumps({"args": cmd[1:], "wall_s": wall}))
     return {**json.loads((run_dir / "summary.json").read_text()), "wall_s": wall, "run_dir": str(run_dir)}

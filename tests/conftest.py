@@ -66,8 +66,10 @@ class CLIRun:
     def run_dir(self, name: str) -> Path:
         return self.logs / self.project / name
 
-    def summary(self, name: str) -> dict:
-        return json.loads((self.run_dir(name) / "summary.json").read_text())
+    def summary(self, name: str, stage: str = "fit") -> dict:
+        """The run's ``summary.json`` (``fit``), or ``<stage>_summary.json`` of a ``validate`` / ``test``."""
+        return json.loads((self.run_dir(name) / ("summary.json" if stage == "fit" else f"{stage}_summary.json"))
+                          .read_text())
 
     @property
     def last_line(self) -> str:

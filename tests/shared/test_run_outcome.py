@@ -112,3 +112,26 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_exit_code_75(tiny, 
     assert full["global_step"] == resumed["global_step"] == 16
     for key, value in full["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0)
+
+
+def test_a_second_fit_of_a_name_gets_its_own_folder_unless_asked_to_resume_or_overwrite(tiny, capsys):
+    base = cli.logs_dir() / "tiny"
+    assert run(tiny, "toy", "--trainer.max_steps", "6") == 0
+    first = (base / "toy" / "summary.json").read_text()
+    assert run(tiny, "toy", "--trainer.max_steps", "4") == 0
+    assert f"note: {base / 'toy'} holds an earlier run; this one is {base / 'toy-2'}" in capsys.readouterr().err
+    assert (base / "toy" / "summary.json").read_text() == first and outcome("toy-2")["global_step"] == 4
+    assert run(tiny, "toy", "--trainer.max_steps", "3", "--overwrite", "true") == 0
+    assert outcome("toy")["global_step"] == 3 and not (base / "toy-3").exists()
+    assert sorted(p.name for p in (base / "toy" / "checkpoints").iterdir()) == ["best-epoch0-step3.ckpt", "last.ckpt"]
+
+
+def test_validate_writes_its_own_summary_beside_the_training_one(tiny):
+    assert run(tiny, "toy", "--trainer.max_steps", "3") == 0
+    fit_summary = (cli.logs_dir() / "tiny" / "toy" / "summary.json").read_text()
+    ckpt = str(cli.logs_dir() / "tiny" / "toy" / "checkpoints" / "last.ckpt")
+    cli.main(tiny.TinyModule, tiny.TinyData, "tiny", args=["validate", "--logger", "none", "--run_name", "toy",
+                                                           "--ckpt_path", ckpt])
+    run_dir = cli.logs_dir() / "tiny" / "toy"
+    assert (run_dir / "summary.json").read_text() == fit_summary
+    assert json.loads((run_dir / "validate_summary.json").read_text())["stage"] == "validate"

@@ -58,7 +58,7 @@ def train_spm(concept: str, anchoring: str = "paper", tag: str = "", overrides: 
     if not spm_file.is_file():
         cmd = [sys.executable, "-m", "projects.spm", "fit", "--config", "projects/spm/configs/toy.yaml",
                "--logger", "csv", "--run_name", name, "--model.target", concept, "--model.anchoring.mode", anchoring,
-               "--model.spm_name", name, *overrides]
+               "--model.spm_name", name, "--overwrite", "true", *overrides]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     return {**summary, "spm_file": str(spm_file)}

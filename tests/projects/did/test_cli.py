@@ -66,8 +66,8 @@ def test_two_process_ddp_metrics_equal_one_process(run_cli, toy_root: Path, tmp_
                          "--run_name", "two")
     log = two.stdout + two.stderr
     assert "MEMBER: 2/2" in log or "Starting with 2 processes" in log, log[-2000:]
-    one_m = one.summary("one")["metrics"]
-    two_m = json.loads((tmp_path / "logs" / "did" / "two" / "summary.json").read_text())["metrics"]
+    one_m = one.summary("one", "validate")["metrics"]
+    two_m = json.loads((tmp_path / "logs" / "did" / "two" / "validate_summary.json").read_text())["metrics"]
     for key in ("val/global/mAP", "val/local/mAP", "val/fused/mAP", "val/fused/OF1", "val/fused/CP_top3"):
         assert two_m[key] == pytest.approx(one_m[key], abs=1e-4), key
 

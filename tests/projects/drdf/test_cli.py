@@ -62,7 +62,7 @@ def test_two_process_cpu_ddp_validation_equals_one_process(run_cli, toy_memes: P
                            "2", "--trainer.strategy", "ddp"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    one_m, two_m = one.summary("one")["metrics"], one.summary("two")["metrics"]
+    one_m, two_m = one.summary("one", "validate")["metrics"], one.summary("two", "validate")["metrics"]
     for key in ("val/auroc", "val/acc", "val/a_t_mean", "val/w_max_mean", "val/loss"):
         assert two_m[key] == pytest.approx(one_m[key], abs=1e-6), key
 

@@ -56,8 +56,8 @@ def test_two_process_cpu_ddp_validation_equals_one_process(run_cli, tmp_path: Pa
     one = run_cli("rams_trans", *common, "--run_name", "one")
     two = run_subprocess(tmp_path, *common, "--run_name", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp")
     assert "Starting with 2 processes" in two.stdout + two.stderr
-    one_m = one.summary("one")["metrics"]
-    two_m = json.loads((tmp_path / "logs" / "rams_trans" / "two" / "summary.json").read_text())["metrics"]
+    one_m = one.summary("one", "validate")["metrics"]
+    two_m = json.loads((tmp_path / "logs" / "rams_trans" / "two" / "validate_summary.json").read_text())["metrics"]
     for key in ("val/local_top1", "val/global_top1", "val/fused_top1", "val/local_top5", "val/loss"):
         assert two_m[key] == pytest.approx(one_m[key], abs=1e-6), key
 

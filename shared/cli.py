@@ -164,6 +164,7 @@ class RunSummary(Callback):
     def __init__(self, project: str, run_name: str, run_dir: Path, headline: str | None) -> None:
         self.project, self.run_name, self.run_dir, self.headline = project, run_name, run_dir, headline
         self._start = time.perf_counter()
+        self.result_line = ""
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
@@ -199,6 +200,12 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, "fit")
+        if trainer.is_global_zero:            # the launcher prints it as the last line of a finished fit
+            summary = json.loads((self.run_dir / "summary.json").read_text())
+            value, best = summary["headline"], summary["best"]
+            self.result_line = (f"result: {self.headline} {value:.4g}" if value is not None else "result: finished") \
+                + (f" (best {best:.4g})" if best is not None else "") \
+                + f" at step {trainer.global_step}; summary.json in {self.run_dir}"
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """A fit that ends early says how: ``interrupted`` (a signal, with the step reached and its checkpoint),
@@ -513,7 +520,13 @@ def main(model_class: type[LightningModule], datamodule_class: type[LightningDat
     """
     torch.set_float32_matmul_precision("high")
     quiet_known_warnings()
-    return run_with_clear_errors(ProjectCLI, model_class, datamodule_class, project, args=args)
+    cli = run_with_clear_errors(ProjectCLI, model_class, datamodule_class, project, args=args)
+    summary = next((c for c in getattr(getattr(cli, "trainer", None), "callbacks", []) if isinstance(c, RunSummary)),
+                   None)
+    if summary is not None and summary.result_line:
+        finish_wandb(0)                       # its closing lines first: the result is the last line
+        sys.stderr.write(summary.result_line + "\n")
+    return cli
 
 
 def run_with_clear_errors(fn, *args, **kwargs):

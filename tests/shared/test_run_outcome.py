@@ -135,3 +135,10 @@ def test_validate_writes_its_own_summary_beside_the_training_one(tiny):
     run_dir = cli.logs_dir() / "tiny" / "toy"
     assert (run_dir / "summary.json").read_text() == fit_summary
     assert json.loads((run_dir / "validate_summary.json").read_text())["stage"] == "validate"
+
+
+def test_a_finished_fit_ends_with_one_result_line(tiny, capsys):
+    assert run(tiny, "done", "--trainer.max_steps", "3") == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("result: val/mse ") and "(best " in last
+    assert last.endswith(f"at step 3; summary.json in {cli.logs_dir() / 'tiny' / 'done'}")

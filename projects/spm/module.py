@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
@@ -248,10 +249,12 @@ class SPMModule(LightningModule):
 
     # ------------------------------------------------------------------ images for the callbacks
     @torch.no_grad()
-    def generate(self, prompts: list[str], gamma: float, seed: int, steps: int, guidance: float) -> torch.Tensor:
+    def generate(self, prompts: list[str], gamma: float, seed: int, steps: int, guidance: float,
+                 on_step: Callable[[], Any] | None = None) -> torch.Tensor:
         """One image per prompt, [N, 3, H, W] in [0, 1]: DDIM + CFG with the membrane at ``gamma`` (0: the frozen
-        model), merged into the weights; sample i's noise depends only on (seed, i)."""
+        model), merged into the weights; sample i's noise depends only on (seed, i). ``on_step``: called after each
+        DDIM step (a progress bar)."""
         d = self.diffusion
         params = self.network.merged_weights(d.unet, gamma) if gamma else None
         with self.network.applied(0.0):
-            return sample(d, prompts, seed=seed, steps=steps, guidance=guidance, unet_params=params)
+            return sample(d, prompts, seed=seed, steps=steps, guidance=guidance, unet_params=params, on_step=on_step)

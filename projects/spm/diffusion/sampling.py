@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import diffusers
 import torch
@@ -58,23 +59,28 @@ def guided_eps(model: DiffusionModel, x: torch.Tensor, t: int, uncond: Condition
 @torch.no_grad()
 def rollout(model: DiffusionModel, x: torch.Tensor, timesteps: list[int], uncond: Conditioning | torch.Tensor,
             cond: Conditioning | torch.Tensor, guidance: float, unet_params: dict | None = None,
-            rescale: float = 0.0) -> torch.Tensor:
+            rescale: float = 0.0, on_step: Callable[[], Any] | None = None) -> torch.Tensor:
     """Run DDIM over ``timesteps`` (the consecutive steps of one schedule) with CFG; returns x after them.
-    ``rescale``: CFG rescale (official SDXL roll-out ``diffusion_xl``: 0.7; SD v1/v2: none)."""
+    ``rescale``: CFG rescale (official SDXL roll-out ``diffusion_xl``: 0.7; SD v1/v2: none). ``on_step``: called
+    after each step (a progress bar's ``update``)."""
     ratio = timesteps[0] - timesteps[1] if len(timesteps) > 1 else 1000 // 30
     with swapped_parameters(model.unet, unet_params):
         for t in timesteps:
             x = model.ddim.step(x, guided_eps(model, x, t, uncond, cond, guidance, rescale), t, t - ratio)
+            if on_step is not None:
+                on_step()
     return x
 
 
 @torch.no_grad()
 def sample(model: DiffusionModel, prompts: list[str], seed: int = 0, steps: int = 20, guidance: float = 7.5,
            height: int | None = None, width: int | None = None, negative: str = "",
-           unet_params: dict | None = None, chunk: int = 512) -> torch.Tensor:
+           unet_params: dict | None = None, chunk: int = 512, on_step: Callable[[], Any] | None = None
+           ) -> torch.Tensor:
     """Batched DDIM + CFG generation of one image per prompt (repeat prompts for more); [N, 3, H, W] in [0, 1].
 
-    Sample i's noise depends only on (seed, i), so chunking does not change the images.
+    Sample i's noise depends only on (seed, i), so chunking does not change the images. ``on_step``: called after
+    each DDIM step of each chunk (``steps x ceil(N / chunk)`` calls).
     """
     size = model.unet.config.sample_size * model.latent_scale
     height, width = height or size, width or size
@@ -87,7 +93,8 @@ def sample(model: DiffusionModel, prompts: list[str], seed: int = 0, steps: int 
     out = []
     for start in range(0, len(prompts), chunk):
         x = noise[start:start + chunk].to(device, dtype=next(model.unet.parameters()).dtype)
-        x = rollout(model, x, timesteps, uncond, cond_all[start:start + chunk], guidance, unet_params)
+        x = rollout(model, x, timesteps, uncond, cond_all[start:start + chunk], guidance, unet_params,
+                    on_step=on_step)
         out.append(model.decode(x).cpu())
     return torch.cat(out)
 

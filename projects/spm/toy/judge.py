@@ -9,10 +9,12 @@ erased; the monitored, headline metric), one ``val/target_rate/<prompt>`` per ta
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from tqdm.auto import tqdm
 
 from projects.spm.toy.classifier import ToyClassifier, load_classifier
 from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, toy_labels
@@ -80,9 +82,13 @@ class ToyJudge(Callback):
             raise ValueError(f"model.target {module.targets[0]!r}: the toy judge needs a toy shape {TOY_SHAPES} or "
                              f"colour {TOY_COLORS}")
         attr, value = (0, shape) if shape is not None else (1, color)
+        prompts = [p for p in targets + others for _ in range(n)]
+        # the judge generates for a minute or more on a CPU: a bar over its DDIM steps, base model then SPM
+        bar = tqdm(total=2 * self.steps * -(-len(prompts) // 512), desc=f"toy judge ({len(prompts)} images x 2)",
+                   leave=False, disable=not trainer.is_global_zero or os.environ.get("PROGRESS_REFRESH") == "0")
         for gamma, suffix in ((0.0, "_before"), (1.0, "")):
-            images = module.generate([p for p in targets + others for _ in range(n)], gamma, self.seed + index,
-                                     self.steps, self.guidance).to(module.device)
+            images = module.generate(prompts, gamma, self.seed + index, self.steps, self.guidance,
+                                     on_step=bar.update).to(module.device)
             with torch.no_grad():
                 shape_logits, color_logits = self.classifier(images)
             pred = torch.stack([shape_logits.argmax(1), color_logits.argmax(1)], 1)
@@ -96,6 +102,7 @@ class ToyJudge(Callback):
                             for i, p in enumerate(targets)})
             for key, mean in metrics.items():
                 self._sums[key] = self._sums.get(key, 0.0) + mean.detach().double()
+        bar.close()
         self._batches += 1
 
     def on_validation_epoch_end(self, trainer: Trainer, module: LightningModule) -> None:

@@ -24,7 +24,9 @@ def test_the_judge_counts_the_target_in_both_passes():
     non-target images stay right). The target rate is the share judged circle in both passes: 1, then 0.5."""
     targets, others = ["circle", "a red circle"], ["a blue star"]
 
-    def generate(prompts, gamma, seed, steps, guidance) -> torch.Tensor:
+    def generate(prompts, gamma, seed, steps, guidance, on_step=None) -> torch.Tensor:
+        for _ in range(steps):
+            on_step()                                  # the judge's progress bar
         images = torch.zeros(len(prompts), 3, 2, 2)
         for i, prompt in enumerate(prompts):
             shape = TOY_SHAPES.index("star") if "star" in prompt else (2 if gamma and i % 2 == 0 else 0)
@@ -36,7 +38,7 @@ def test_the_judge_counts_the_target_in_both_passes():
     judge = ToyJudge(targets, others, images_per_prompt=2)
     judge.classifier = StubClassifier()
     judge.on_validation_epoch_start(None, module)
-    judge.on_validation_batch_end(None, module, None, torch.tensor([0]), 0)
+    judge.on_validation_batch_end(SimpleNamespace(is_global_zero=True), module, None, torch.tensor([0]), 0)
     rates = {k: float(v) for k, v in judge._sums.items() if k.startswith("val/target_rate")}
     assert rates == {"val/target_rate_before": 1.0, "val/target_rate_before/circle": 1.0,
                      "val/target_rate_before/a red circle": 1.0, "val/target_rate": 0.5,

@@ -392,17 +392,19 @@ RATIO_STEPS = 10    # "the first steps": the ratio of the means over steps 0-9
 TOY_PHRASES = ("a red circle", "a blue circle", "a yellow circle")
 
 
-def loss_ratio(run: Path, strength: float, steps: int = RATIO_STEPS) -> float:
-    """lambda x mean L_anc / mean L_era over the run's first ``steps`` training steps (its CSV log)."""
+def loss_ratio(run: Path, strength: float, steps: int = RATIO_STEPS, last: bool = False) -> float:
+    """lambda x mean L_anc / mean L_era over the run's first (``last``: final) ``steps`` training steps, from its
+    CSV log."""
     erase, anchor = {}, {}
     for f in sorted(run.glob("csv/version_*/metrics.csv")):
         for r in csv.DictReader(f.open()):
-            s = int(r["step"])
-            if s < steps and r.get("train/loss_erase"):
-                erase[s], anchor[s] = float(r["train/loss_erase"]), float(r["train/loss_anchor"])
-    if len(erase) < steps:
-        raise RuntimeError(f"{run}: the CSV log holds {len(erase)} of the first {steps} steps' losses")
-    return strength * statistics.mean(anchor.values()) / statistics.mean(erase.values())
+            if r.get("train/loss_erase"):
+                step = int(r["step"])
+                erase[step], anchor[step] = float(r["train/loss_erase"]), float(r["train/loss_anchor"])
+    chosen = sorted(erase)[-steps:] if last else [s for s in sorted(erase) if s < steps]
+    if len(chosen) < steps:
+        raise RuntimeError(f"{run}: the CSV log holds {len(chosen)} of the first {steps} steps' losses")
+    return strength * statistics.mean(anchor[s] for s in chosen) / statistics.mean(erase[s] for s in chosen)
 
 
 def knob_run(label: str, tag: str, overrides: tuple[str, ...], seed: int) -> dict:
@@ -412,10 +414,10 @@ def knob_run(label: str, tag: str, overrides: tuple[str, ...], seed: int) -> dic
     summary = train_spm("circle", "paper", name, flags)
     run = Path(summary["spm_file"]).parent
     m = summary["metrics"]
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = yaml.safe_load(next(run.glob("csv/version_*/config.yaml")).read_text())   # the run's whole config
     strength = float(config["model"]["anchoring"]["strength"])
     row = {"setting": label, "tag": tag, "seed": seed, "lambda": strength,
-           "ratio": loss_ratio(run, strength)}
+           "ratio": loss_ratio(run, strength), "ratio_last": loss_ratio(run, strength, last=True)}
     for suffix in ("_before", ""):
         row[f"bare{suffix}"] = 100 * m[f"val/target_rate{suffix}/circle"]
         row[f"phrase{suffix}"] = 100 * statistics.mean(m[f"val/target_rate{suffix}/{p}"] for p in TOY_PHRASES)
@@ -449,7 +451,9 @@ def recipe_claim(rows: list[dict], tag: str, setting: str) -> dict:
             {"method": "bare circle, SPM", "baseline": "bare circle, base model", "higher_is_better": False},
             {"method": "non-target acc, SPM", "baseline": "non-target acc, base model", "margin": 3.0}],
         "mechanism": {f"lambda x L_anc / L_era, steps 0-{RATIO_STEPS - 1}": {
-            "values": [r["ratio"] for r in runs], "unit": "ratio", "digits": 3}},
+            "values": [r["ratio"] for r in runs], "unit": "ratio", "digits": 3},
+            f"lambda x L_anc / L_era, last {RATIO_STEPS} steps": {
+            "values": [r["ratio_last"] for r in runs], "unit": "ratio", "digits": 3}},
         "note": "Toy base model (projects/spm/toy_model), judged by toy.yaml's ToyJudge (50 images per prompt; "
                 "phrases: a red / blue / yellow circle; five non-target phrases). The ratio lambda x L_anc / L_era "
                 "over the first steps says how hard the anchor term pulls against the erasing term: to carry "
@@ -479,14 +483,14 @@ def write_knobs(rows: list[dict]) -> None:
         runs = [r for r in rows if r["tag"] == tag]
         if not runs:
             continue
-        cells = [cell([r[k] for r in runs], digits=3 if k == "ratio" else 1)
-                 for k in ("bare", "phrase", "nontarget", "ratio")]
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
-                     f"{sum(flips(r) for r in runs)}/{len(runs)} |")
+        cells = [cell([r[k] for r in runs], digits=3 if k.startswith("ratio") else 1)
+                 for k in ("bare", "phrase", "nontarget", "ratio", "ratio_last")]
+        lines.append(f"| {label} | {' | '.join(cells)} | {sum(flips(r) for r in runs)}/{len(runs)} |")
     base = rows[0]
     header = (f"| recipe (base model: bare {base['bare_before']:.0f}, phrases {base['phrase_before']:.0f}, "
               f"non-target {base['nontarget_before']:.0f}) | bare \"circle\" % | \"a <colour> circle\" % | "
-              f"non-target acc % | lambda x L_anc / L_era, steps 0-{RATIO_STEPS - 1} | seeds erasing phrases |")
+              f"non-target acc % | lambda x L_anc / L_era, steps 0-{RATIO_STEPS - 1} | "
+              f"same, last {RATIO_STEPS} steps | seeds erasing phrases |")
     table = write("knobs", rows, header, lines)
     settings = {"paper": "paper recipe: lambda 1000, pool anchors, 1 latent/step, lr 1e-3",
                 "toy": "toy-scaled recipe: lambda 3, uniform anchors + \"\", 8 latents/step, lr 1e-2"}

@@ -46,7 +46,7 @@ def test_the_knob_study_reruns_both_recipes_and_every_flipping_knob_and_writes_t
     def run(label, tag, overrides, seed):
         calls.append((tag, seed))
         after = 10.0 if tag in erasing else 100.0
-        return {"setting": label, "tag": tag, "seed": seed, "lambda": 3.0, "ratio": 0.01 + seed,
+        return {"setting": label, "tag": tag, "seed": seed, "lambda": 3.0, "ratio": 0.01 + seed, "ratio_last": 0.5,
                 "bare_before": 100.0, "bare": after, "phrase_before": 100.0, "phrase": after + seed,
                 "nontarget_before": 90.0, "nontarget": 89.0}
 
@@ -73,5 +73,6 @@ def test_the_loss_ratio_reads_the_first_steps_of_the_csv_log(tmp_path):
                                                               for s in range(12)] + ["12,,,0.3"]
     (log / "metrics.csv").write_text("\n".join(rows) + "\n")
     assert study.loss_ratio(tmp_path, 1000.0) == pytest.approx(1000 * 0.0045 / 0.5)
+    assert study.loss_ratio(tmp_path, 1000.0, steps=2, last=True) == pytest.approx(1000 * 0.0105 / 0.5)
     with pytest.raises(RuntimeError, match="holds 12 of the first 20 steps"):
         study.loss_ratio(tmp_path, 1000.0, steps=20)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
@@ -82,17 +82,59 @@ class ImageFolderDataset(Dataset):
         return self.to_input(self.view(i)), i
 
 
-def draw_boxes(image: Image.Image, boxes: list[dict]) -> Image.Image:
-    """``image`` with each ``{"box": [x0, y0, x1, y1] inclusive, "label": str}`` drawn and labelled."""
-    out = image.convert("RGB")
+OVERLAY_SIDE = 384   # overlays are upscaled so their shorter side is at least this many pixels
+
+
+def tag_spots(anchors: list[tuple[int, int]], sizes: list[tuple[int, int]], width: int, height: int
+              ) -> list[tuple[int, int, int, int]]:
+    """Label tags ``(x0, y0, x1, y1)``: each at its anchor (a box's top left, kept inside the image), moved down
+    by its own height until it overlaps no tag placed before it."""
+    taken: list[tuple[int, int, int, int]] = []
+    for (ax, ay), (w, h) in zip(anchors, sizes, strict=True):
+        x, y = min(max(0, ax), width - w), ay
+        while any(x < t[2] and x + w > t[0] and y < t[3] and y + h > t[1] for t in taken) and y < height - h:
+            y += h
+        taken.append((x, y, x + w, y + h))
+    return taken
+
+
+def draw_boxes(image: Image.Image, boxes: list[dict], title: str = "", min_side: int = OVERLAY_SIDE) -> Image.Image:
+    """``image`` upscaled to ``min_side`` (nearest: the model's pixels stay visible), with each ``{"box": [x0,
+    y0, x1, y1] inclusive, in ``image``'s pixels, "label": str}`` drawn; a box with ``"draw": false`` is left out.
+    Labels sit on a filled tag at the box's top left, moved down past the tags already placed (never over one),
+    and ``title`` goes in a band above the image."""
+    scale = max(1, -(-min_side // min(image.size)))
+    img = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+    font = ImageFont.load_default(size=max(12, img.height // 28))
+    band = (font.size + 8) if title else 0
+    out = Image.new("RGB", (img.width, img.height + band), "black")
+    out.paste(img, (0, band))
     draw = ImageDraw.Draw(out)
-    for k, b in enumerate(boxes):
-        colour = BOX_COLOURS[k % len(BOX_COLOURS)]
-        x0, y0, x1, y1 = (int(v) for v in b["box"])
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, min(out.size) // 100))
-        if b.get("label"):
-            draw.text((x0 + 2, y0 + 1), str(b["label"]), fill=colour)
+    if title:
+        draw.text((4, 3), title, fill="white", font=font)
+    shown = [(BOX_COLOURS[k % len(BOX_COLOURS)], [int(round(v * scale)) for v in b["box"]], str(b.get("label") or ""))
+             for k, b in enumerate(b for b in boxes if b.get("draw", True))]
+    for colour, (x0, y0, x1, y1), _ in shown:                        # inclusive pixels cover whole cells
+        draw.rectangle([x0, y0 + band, x1 + scale - 1, y1 + scale - 1 + band], outline=colour,
+                       width=max(2, img.height // 150))
+    labelled = [(colour, box, label) for colour, box, label in shown if label]
+    sizes = [tuple(v + 4 for v in draw.textbbox((0, 0), label, font=font)[2:]) for _, _, label in labelled]
+    spots = tag_spots([(box[0], box[1] + band) for _, box, _ in labelled], sizes, out.width, out.height)
+    for (colour, _, label), spot in zip(labelled, spots, strict=True):   # the tags over every box outline
+        draw.rectangle(spot, fill=colour)
+        draw.text((spot[0] + 2, spot[1] + 1), label, fill="black", font=font)
     return out
+
+
+def overlay_title(record: dict) -> str:
+    """What the model said about the image, for the overlay's title: RAMS-Trans' top-1, DiD's labels."""
+    if record.get("top5"):
+        top = record["top5"][0]
+        return f"top-1: {top['class']} ({top['score']:.2f})"
+    if "labels" in record:
+        labels = ", ".join(f"{lab['class']} {lab['score']:.2f}" for lab in record["labels"][:4])
+        return f"labels: {labels or 'none above the threshold'}"
+    return ""
 
 
 def _cell(value) -> str | float | int:
@@ -129,7 +171,7 @@ class PredictionWriter(Callback):
     def _overlay(self, dataset: ImageFolderDataset, record: dict) -> None:
         out = self.run_dir / "overlays" / Path(record["file"]).with_suffix(".png")
         out.parent.mkdir(parents=True, exist_ok=True)
-        draw_boxes(dataset.view(record["index"]), record["boxes"]).save(out)
+        draw_boxes(dataset.view(record["index"]), record["boxes"], overlay_title(record)).save(out)
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.records:

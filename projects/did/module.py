@@ -158,9 +158,10 @@ class DiDModule(LightningModule):
                                                   for c in scores[n].argsort(descending=True).tolist()
                                                   if scores[n, c] >= threshold],
                       "scores": {names[c]: round(float(v), 4) for c, v in enumerate(scores[n].tolist())}}
-            if out.get("boxes") is not None:
-                record["boxes"] = [{"box": out["boxes"][n, k].tolist(), "label": names[c],
-                                    "found": bool(out["found"][n, k])}
+            if out.get("boxes") is not None:   # overlays draw the boxes of the labels above the threshold
+                record["boxes"] = [{"box": out["boxes"][n, k].tolist(), "class": names[c],
+                                    "label": f"{names[c]} {float(scores[n, c]):.2f}",
+                                    "found": bool(out["found"][n, k]), "draw": bool(scores[n, c] >= threshold)}
                                    for k, c in enumerate(out["top_classes"][n].tolist())]
             records.append(record)
         return records

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from projects.rams_trans.viz import boxes_in_input_frame
-from shared.predict import draw_boxes, scan_image_folder
+from shared.predict import draw_boxes, scan_image_folder, tag_spots
 
 
 def write_folder(root: Path) -> Path:
@@ -43,7 +43,8 @@ def test_missing_or_empty_folder(tmp_path: Path) -> None:
 
 
 def test_draw_boxes_marks_the_box_outline() -> None:
-    out = np.asarray(draw_boxes(Image.new("RGB", (20, 20), "black"), [{"box": [2, 3, 10, 12], "label": ""}]))
+    out = np.asarray(draw_boxes(Image.new("RGB", (20, 20), "black"), [{"box": [2, 3, 10, 12], "label": ""}],
+                                min_side=1))
     assert out[3, 2:11].any(axis=-1).all() and out[12, 2:11].any(axis=-1).all()   # top and bottom edges
     assert not out[7, 5].any()                                                    # inside stays untouched
 
@@ -55,3 +56,16 @@ def test_rams_boxes_compose_into_the_input_frame() -> None:
     got = boxes_in_input_frame([first, second], 64)
     assert got[0].tolist() == [[16, 8, 47, 39]]
     assert got[1].tolist() == [[16.0, 24.0, 31.0, 39.0]]   # 16 px wide / high in the input
+
+
+def test_overlays_are_upscaled_titled_and_their_labels_never_overlap() -> None:
+    boxes = [{"box": [2, 2, 20, 20], "label": "dog 0.91"}, {"box": [3, 3, 25, 25], "label": "cat 0.80"},
+             {"box": [40, 40, 60, 60], "label": "hidden", "draw": False}]
+    out = draw_boxes(Image.new("RGB", (64, 64), "black"), boxes, title="labels: dog 0.91, cat 0.80")
+    band = out.height - out.width
+    assert out.width == 384 and 0 < band < 40                      # 6x, a title band on top
+    pixels = np.asarray(out)
+    assert pixels[band + 12 * 6, 2 * 6].any() and not pixels[band + 50 * 6, 40 * 6].any()   # drawn / left out
+    spots = tag_spots([(12, 12), (18, 18), (300, 100)], [(60, 20), (60, 20), (120, 20)], 384, 384)
+    assert spots[0] == (12, 12, 72, 32) and spots[1] == (18, 38, 78, 58)   # moved below the first, not over it
+    assert spots[2] == (264, 100, 384, 120)                                # kept inside the image

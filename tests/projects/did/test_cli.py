@@ -41,7 +41,7 @@ def test_short_fit_logs_every_branch_and_predict_writes_labels_and_instance_boxe
     for r in records:
         assert set(r["scores"]) == names and len(r["labels"]) == len(names)          # threshold 0: every label
         assert [x["score"] for x in r["labels"]] == sorted((x["score"] for x in r["labels"]), reverse=True)
-        assert len(r["boxes"]) == 4 and all(b["label"] in names for b in r["boxes"])  # top_n = 4 instances
+        assert len(r["boxes"]) == 4 and all(b["class"] in names for b in r["boxes"])  # top_n = 4 instances
         assert all(0 <= v <= 63 for b in r["boxes"] for v in b["box"])
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["p0.png", "p1.png"]
 

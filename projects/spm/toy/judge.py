@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from projects.spm.toy.classifier import ToyClassifier, load_classifier
 from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, toy_labels
+from shared.panels import log_images
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -86,9 +87,11 @@ class ToyJudge(Callback):
         # the judge generates for a minute or more on a CPU: a bar over its DDIM steps, base model then SPM
         bar = tqdm(total=2 * self.steps * -(-len(prompts) // 512), desc=f"toy judge ({len(prompts)} images x 2)",
                    leave=False, disable=not trainer.is_global_zero or os.environ.get("PROGRESS_REFRESH") == "0")
+        firsts = []                          # each prompt's first image, base model then SPM: the grid logged
         for gamma, suffix in ((0.0, "_before"), (1.0, "")):
             images = module.generate(prompts, gamma, self.seed + index, self.steps, self.guidance,
                                      on_step=bar.update).to(module.device)
+            firsts += [images[i * n] for i in range(len(targets + others))]
             with torch.no_grad():
                 shape_logits, color_logits = self.classifier(images)
             pred = torch.stack([shape_logits.argmax(1), color_logits.argmax(1)], 1)
@@ -103,6 +106,11 @@ class ToyJudge(Callback):
             for key, mean in metrics.items():
                 self._sums[key] = self._sums.get(key, 0.0) + mean.detach().double()
         bar.close()
+        if trainer.is_global_zero and index == 0 and not getattr(trainer, "sanity_checking", False):
+            names = targets + others      # 16 px images: 4x, nearest, so a shape reads without zooming
+            grid = torch.nn.functional.interpolate(torch.stack(firsts).float().cpu(), scale_factor=4, mode="nearest")
+            log_images(module, "val/judge_samples", list(grid),
+                       [f"{p} | {which}" for which in ("original", "SPM") for p in names])
         self._batches += 1
 
     def on_validation_epoch_end(self, trainer: Trainer, module: LightningModule) -> None:

@@ -19,7 +19,7 @@ class StubClassifier(torch.nn.Module):
                 torch.nn.functional.one_hot(pixels[:, 1].long(), len(TOY_COLORS)).float())
 
 
-def test_the_judge_counts_the_target_in_both_passes():
+def test_the_judge_counts_the_target_in_both_passes(monkeypatch):
     """Membrane off: every target image is a circle; on: the first of two is a triangle, the second a circle (the
     non-target images stay right). The target rate is the share judged circle in both passes: 1, then 0.5."""
     targets, others = ["circle", "a red circle"], ["a blue star"]
@@ -38,7 +38,14 @@ def test_the_judge_counts_the_target_in_both_passes():
     judge = ToyJudge(targets, others, images_per_prompt=2)
     judge.classifier = StubClassifier()
     judge.on_validation_epoch_start(None, module)
-    judge.on_validation_batch_end(SimpleNamespace(is_global_zero=True), module, None, torch.tensor([0]), 0)
+    logged = []
+    monkeypatch.setattr("projects.spm.toy.judge.log_images", lambda m, key, images, captions: logged.append(
+        (key, [tuple(i.shape) for i in images], captions)))
+    judge.on_validation_batch_end(SimpleNamespace(is_global_zero=True, sanity_checking=False), module, None,
+                                  torch.tensor([0]), 0)
+    assert logged == [("val/judge_samples", [(3, 8, 8)] * 6,      # 3 prompts x (original, SPM), 4x upscaled
+                       ["circle | original", "a red circle | original", "a blue star | original",
+                        "circle | SPM", "a red circle | SPM", "a blue star | SPM"])]
     rates = {k: float(v) for k, v in judge._sums.items() if k.startswith("val/target_rate")}
     assert rates == {"val/target_rate_before": 1.0, "val/target_rate_before/circle": 1.0,
                      "val/target_rate_before/a red circle": 1.0, "val/target_rate": 0.5,

@@ -426,13 +426,16 @@ class ProjectCLI(LightningCLI):
     def _fit_run_name(self) -> str:
         """The run folder of this command. A ``fit`` without ``--ckpt_path`` never writes into a folder that holds
         an earlier run (its ``summary.json`` or ``last.ckpt``): it takes ``<name>-2``, ``-3``, ... and says so, or,
-        with ``--overwrite true``, clears that run's checkpoints and summaries first. Every process of a DDP run
-        picks the same folder (the new one holds neither file until the first checkpoint)."""
+        with ``--overwrite true``, clears that run's checkpoints and summaries first. A folder with a SLURM
+        ``hpc_ckpt_<n>.ckpt`` is a requeued job's: it stays (Lightning resumes from that checkpoint). Every process
+        of a DDP run picks the same folder (the new one holds neither file until the first checkpoint)."""
         name = self._run_name()
         subcommand = self.config.get("subcommand")
         if subcommand != "fit" or self.config[subcommand].get("ckpt_path") is not None:
             return name
         base = logs_dir() / self.project
+        if any((base / name).glob("hpc_ckpt_*.ckpt")):
+            return name     # a job SLURM requeued: Lightning resumes it from its hpc checkpoint, in this folder
         if self._get(self.config, "overwrite"):
             if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
                 shutil.rmtree(base / name / "checkpoints", ignore_errors=True)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +145,46 @@ def test_a_finished_fit_ends_with_one_result_line(tiny, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("result: val/mse ") and "(best " in last
     assert last.endswith(f"at step 3; summary.json in {cli.logs_dir() / 'tiny' / 'done'}")
+
+
+def test_under_slurm_auto_requeue_sigusr1_is_left_to_lightning():
+    """Lightning's SLURM auto-requeue saves an hpc checkpoint and requeues on SIGUSR1: GracefulStop then only
+    takes SIGINT (SIGTERM stays Lightning's own); outside SLURM it takes SIGINT and SIGUSR1."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from shared.interrupt import GracefulStop
+
+    def trainer(env):
+        return SimpleNamespace(_accelerator_connector=SimpleNamespace(cluster_environment=env))
+
+    assert GracefulStop._signals(trainer(SLURMEnvironment(auto_requeue=True))) == [signal.SIGINT]
+    assert GracefulStop._signals(trainer(SLURMEnvironment(auto_requeue=False))) == [signal.SIGINT, signal.SIGUSR1]
+    assert GracefulStop._signals(trainer(LightningEnvironment())) == [signal.SIGINT, signal.SIGUSR1]
+
+
+def test_a_slurm_job_checkpoints_on_sigusr1_and_its_requeued_run_resumes_from_it(tmp_path):
+    """As far as it goes without SLURM: under SLURM's environment variables Lightning's auto-requeue takes
+    SIGUSR1, writes ``hpc_ckpt_1.ckpt`` and calls ``scontrol requeue`` (absent here: it says so and trains on);
+    the same command again (what a requeued job runs) stays in the run folder and resumes from that checkpoint,
+    ending with the first run's weights."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB", "TINY_"))}
+    env.update(CV_PAPERS_LOGS=str(tmp_path / "logs"), PROGRESS_REFRESH="0", OMP_NUM_THREADS="1", SLURM_NTASKS="1",
+               SLURM_NTASKS_PER_NODE="1", SLURM_JOB_ID="4242", SLURM_JOB_NAME="train", SLURM_NODELIST="localhost",
+               SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")
+    cmd = [sys.executable, str(REPO / "tests" / "shared" / "tiny_project.py"), *COMMON, "--run_name", "job"]
+    first = subprocess.run(cmd, env={**env, "TINY_SIGNAL_AT_STEP": "5", "TINY_SIGNAL": "SIGUSR1"},
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Handling auto-requeue signal: 10" in first.stderr and "Requeuing SLURM job 4242" in first.stderr
+    run_dir = tmp_path / "logs" / "tiny" / "job"
+    assert torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 5
+    done = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"Restoring states from the checkpoint path at {run_dir / 'hpc_ckpt_1.ckpt'}" \
+        in again.stderr + again.stdout
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == done["global_step"] == 16
+    for key, value in done["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0)

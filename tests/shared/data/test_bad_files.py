@@ -1,7 +1,7 @@
 """Unreadable images during training and evaluation: one line by default; with ``skip_bad_files`` replaced,
 named once, counted, resumable, and a stop over the bad-fraction budget.
 
-Units on a fake dataset; the whole path on the RAMS-Trans toy set (CUB layout, JPEG files) with truncated JPEGs,
+Units on a fake dataset; the whole path on the RAMS-Trans toy set (CUB layout, PNG files) with truncated images,
 through the CLI in process.
 """
 
@@ -70,8 +70,8 @@ ARGS = ["--config", "projects/rams_trans/configs/toy.yaml", "--data.toy_num_trai
 
 
 @pytest.fixture
-def toy_with_bad_jpegs(tmp_path: Path) -> tuple[Path, list[str]]:
-    """The 16 + 6 image toy set with 2 training JPEGs and 1 test JPEG cut to a third of their bytes."""
+def toy_with_bad_images(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The 16 + 6 image toy set with 2 training images and 1 test image (PNG) cut to a third of their bytes."""
     root = tmp_path / "toy"
     write_toy_cub(root, 16, 6, 72, 0.02, 14, 0)
     names = dict(line.split() for line in (root / "images.txt").read_text().splitlines())
@@ -85,15 +85,15 @@ def toy_with_bad_jpegs(tmp_path: Path) -> tuple[Path, list[str]]:
     return root, cut
 
 
-def test_a_truncated_jpeg_stops_the_run_with_its_name_by_default(run_cli, toy_with_bad_jpegs):
-    root, cut = toy_with_bad_jpegs
+def test_a_truncated_image_stops_the_run_with_its_name_by_default(run_cli, toy_with_bad_images):
+    root, cut = toy_with_bad_images
     r = run_cli("rams_trans", "fit", *ARGS, "--data.root", root, "--run_name", "strict", check=False)
     assert r.code == 2 and "cannot read image" in r.last_line and any(name in r.last_line for name in cut)
 
 
-def test_skip_bad_files_replaces_counts_and_resumes_exactly_after_a_sigterm(run_cli, toy_with_bad_jpegs,
+def test_skip_bad_files_replaces_counts_and_resumes_exactly_after_a_sigterm(run_cli, toy_with_bad_images,
                                                                              monkeypatch):
-    root, cut = toy_with_bad_jpegs
+    root, cut = toy_with_bad_images
     skip = ["--data.root", root, "--data.skip_bad_files", "true", "--data.max_bad_fraction", "0.2"]
     full = run_cli("rams_trans", "fit", *ARGS, *skip, "--run_name", "full")
     summary = full.summary("full")
@@ -119,8 +119,8 @@ def test_skip_bad_files_replaces_counts_and_resumes_exactly_after_a_sigterm(run_
         {k: v for k, v in summary["metrics"].items() if k.startswith("val/")}
 
 
-def test_more_bad_files_than_the_budget_stop_the_run_with_one_line(run_cli, toy_with_bad_jpegs):
-    root, _ = toy_with_bad_jpegs
+def test_more_bad_files_than_the_budget_stop_the_run_with_one_line(run_cli, toy_with_bad_images):
+    root, _ = toy_with_bad_images
     r = run_cli("rams_trans", "fit", *ARGS, "--data.root", root, "--data.skip_bad_files", "true", "--run_name",
                 "budget", check=False)
     assert r.code == 2

@@ -58,6 +58,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from shared.backbones.weights import torch_load
+from shared.ema import ema_callback
 from shared.hparams import HPARAMS_FORMAT, HPARAMS_FORMAT_KEY, HparamsFormat
 from shared.interrupt import EXIT_DIVERGED, EXIT_INTERRUPTED, GracefulStop
 from shared.nonfinite import NonFiniteGuard, TrainingDiverged
@@ -477,6 +478,9 @@ class ProjectCLI(LightningCLI):
         ]
         if has_logger:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        ema = ema_callback(self.model) if self.config.get("subcommand") in ("fit", None) else None
+        if ema is not None:        # --model.ema_decay: the other commands read the EMA weights from the checkpoint
+            callbacks.append(ema)
         user_callbacks = trainer_cfg.get("callbacks") or []
         kwargs["callbacks"] = [*callbacks, *(user_callbacks if isinstance(user_callbacks, list) else [user_callbacks])]
         return super().instantiate_trainer(**kwargs)

@@ -14,6 +14,7 @@ from projects.did.losses import multilabel_targets, two_view_loss
 from projects.did.model import DiD
 from projects.did.viz import instance_panel
 from shared.data.loaders import scored
+from shared.ema import check_ema_decay
 from shared.hparams import group, save_hparams
 from shared.metrics import multilabel_metrics
 from shared.optim import SGDOrAdamW
@@ -62,9 +63,10 @@ class DiDModule(LightningModule):
     headline_metric = "val/fused/mAP"
 
     def __init__(self, net: DiD, loss: Loss = Loss(), optim: Optimization = Optimization(), panel_images: int = 4,
-                 cpu_threads: int | None = None) -> None:
+                 cpu_threads: int | None = None, ema_decay: float | None = None) -> None:
         super().__init__()
         save_hparams(self)
+        self.ema_decay = check_ema_decay(ema_decay)   # shared.ema: the launcher adds the EMA callback
         self.net, self.loss, self.optim = net, group(Loss, loss), group(Optimization, optim)
         self.branches = ("global", "local", "fused") if net.local_views else ("global", "fused")
         self.val_metrics = nn.ModuleDict({b: multilabel_metrics(net.num_classes, prefix=f"{b}/")

@@ -18,6 +18,7 @@ from projects.drdf.losses import drdf_loss
 from projects.drdf.model import DRDF
 from projects.drdf.viz import log_routing_panels, toy_routing_metrics
 from shared.data.loaders import scored
+from shared.ema import check_ema_decay
 from shared.hparams import group, save_hparams
 from shared.metrics import IGNORE_INDEX, binary_metrics, topk_accuracy
 
@@ -120,7 +121,8 @@ class DRDFModule(LightningModule):
     monitor_mode = "max"
 
     def __init__(self, net: DRDF, task: Task = "binary", loss: Loss = Loss(), temperature: Temperature = Temperature(),
-                 optim: Optimization = Optimization(), panel_rows: int = 8, cpu_threads: int | None = None) -> None:
+                 optim: Optimization = Optimization(), panel_rows: int = 8, cpu_threads: int | None = None,
+                 ema_decay: float | None = None) -> None:
         super().__init__()
         if task not in ("binary", "multiclass"):
             raise ValueError(f"model.task must be binary or multiclass, got {task!r}")
@@ -128,6 +130,7 @@ class DRDFModule(LightningModule):
             raise ValueError(f"model.task=binary needs model.net.num_classes=2, got {net.num_classes}")
         save_hparams(self)
         self.net = net
+        self.ema_decay = check_ema_decay(ema_decay)   # shared.ema: the launcher adds the EMA callback
         self.loss, self.temperature = group(Loss, loss), group(Temperature, temperature)
         self.optim = group(Optimization, optim)
         self.monitor = self.headline_metric = "val/auroc" if task == "binary" else "val/top1"

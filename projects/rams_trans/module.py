@@ -16,6 +16,7 @@ from projects.rams_trans.losses import multi_scale_loss
 from projects.rams_trans.model import RAMSTrans
 from projects.rams_trans.viz import boxes_in_input_frame, dppm_panels
 from shared.data.loaders import scored
+from shared.ema import check_ema_decay
 from shared.hparams import group, save_hparams
 from shared.metrics import IGNORE_INDEX, topk_accuracy
 from shared.optim import SGDOrAdamW
@@ -50,12 +51,13 @@ class RAMSTransModule(L.LightningModule):
     monitor_mode = "max"
 
     def __init__(self, net: RAMSTrans, local_loss_weight: float = 1.0, report: Report = "local",
-                 optim: Optimization = Optimization(), num_panels: int = 4) -> None:
+                 optim: Optimization = Optimization(), num_panels: int = 4, ema_decay: float | None = None) -> None:
         super().__init__()
         if report not in ("global", "local", "fused"):
             raise ValueError(f"model.report must be 'global', 'local' or 'fused', got {report!r}")
         save_hparams(self)
         self.net, self.optim = net, group(Optimization, optim)
+        self.ema_decay = check_ema_decay(ema_decay)   # shared.ema: the launcher adds the EMA callback
         self.monitor = self.headline_metric = f"val/{report}_top1"
         num_classes = net.head.out_features
         self.heads = ["global", "local", "fused"] + [f"scale{k + 1}" for k in range(1, net.num_scales - 1)]

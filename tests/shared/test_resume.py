@@ -86,12 +86,12 @@ def project_classes(name: str):
     return SPMModule, SPMStepData
 
 
-def fit(name: str, tmp: Path, run: str, *, stop: int | None = None, resume: bool = False):
+def fit(name: str, tmp: Path, run: str, *, stop: int | None = None, resume: bool = False, extra: tuple = ()):
     args, _, _ = project_args(name, tmp)
     model_class, data_class = project_classes(name)
     project = cli.ProjectCLI(model_class, data_class, name, run=False, args=[
         *args, "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_model_summary", "false",
-        "--logger", "none", "--run_name", run])
+        "--logger", "none", "--run_name", run, *extra])
     if stop is not None:
         project.trainer.callbacks.append(StopAtStep(stop))
     ckpt = str(cli.logs_dir() / name / run / "checkpoints" / "last.ckpt") if resume else None
@@ -109,19 +109,34 @@ def _logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROGRESS_REFRESH", "0")
 
 
-@pytest.mark.parametrize("name", ["rams_trans", "did", "drdf", "spm"])
-def test_a_run_stopped_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name,extra", [("rams_trans", ()), ("did", ()), ("drdf", ()), ("spm", ()),
+                                        ("rams_trans", ("--model.ema_decay", "0.9")),
+                                        ("drdf", ("--model.ema_decay", "0.9"))],
+                         ids=["rams_trans", "did", "drdf", "spm", "rams_trans-ema", "drdf-ema"])
+def test_a_run_stopped_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(name: str, extra: tuple,
+                                                                           tmp_path: Path) -> None:
+    """With ``--model.ema_decay`` too: the EMA weights (the checkpoint's ``state_dict``) and the raw ones
+    (``current_model_state``) both resume exactly."""
     _, steps, stop = project_args(name, tmp_path)
-    full = fit(name, tmp_path, "full")
-    assert fit(name, tmp_path, "part", stop=stop) is None
+    full = fit(name, tmp_path, "full", extra=extra)
+    assert fit(name, tmp_path, "part", stop=stop, extra=extra) is None
     saved = torch.load(cli.logs_dir() / name / "part" / "checkpoints" / "last.ckpt", weights_only=True)
     assert 0 < saved["global_step"] < stop            # the resume starts from an earlier checkpoint ...
-    resumed = fit(name, tmp_path, "part", resume=True)
+    if extra:                                         # both weight sets in the checkpoint, and they differ
+        raw = saved["current_model_state"]
+        assert saved["averaging_state"]["n_averaged"] == saved["global_step"]
+        assert any(not torch.equal(raw[k], v) for k, v in saved["state_dict"].items() if v.is_floating_point())
+    resumed = fit(name, tmp_path, "part", resume=True, extra=extra)
     assert resumed.trainer.global_step == full.trainer.global_step == steps
     expected, got = full.model.state_dict(), resumed.model.state_dict()
     assert expected.keys() == got.keys()
     for key, value in expected.items():                # ... and ends where the uninterrupted run ended
         torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+    if extra:
+        ends = [torch.load(cli.logs_dir() / name / r / "checkpoints" / "last.ckpt", weights_only=True)
+                for r in ("full", "part")]
+        for key, value in ends[0]["current_model_state"].items():
+            torch.testing.assert_close(ends[1]["current_model_state"][key], value, rtol=0, atol=0, msg=key)
     metrics = [json.loads((cli.logs_dir() / name / r / "summary.json").read_text())["metrics"]
                for r in ("full", "part")]
     val = {k for k in metrics[0] if k.startswith("val/")}

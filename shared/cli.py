@@ -58,6 +58,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from shared.backbones.weights import torch_load
+from shared.batching import EffectiveBatch
 from shared.ema import ema_callback
 from shared.hparams import HPARAMS_FORMAT, HPARAMS_FORMAT_KEY, HparamsFormat
 from shared.interrupt import EXIT_DIVERGED, EXIT_INTERRUPTED, GracefulStop
@@ -191,8 +192,11 @@ class RunSummary(Callback):
         }
         if stage == "fit":
             guard = next((c for c in trainer.callbacks if isinstance(c, NonFiniteGuard)), None)
+            batch = next((c for c in trainer.callbacks if isinstance(c, EffectiveBatch)), None)
             summary.update(outcome or {"outcome": "finished"}, max_steps=trainer.max_steps,
-                           nonfinite_skips=guard.skipped if guard is not None else 0)
+                           nonfinite_skips=guard.skipped if guard is not None else 0,
+                           accumulate_grad_batches=trainer.accumulate_grad_batches,
+                           effective_batch_size=batch.size if batch is not None else None)
         bad_files = getattr(trainer.datamodule, "bad_files", None)
         if bad_files is not None:
             summary["bad_files"] = bad_files.summary()
@@ -475,6 +479,7 @@ class ProjectCLI(LightningCLI):
             HparamsFormat(),
             NonFiniteGuard(self._get(self.config, "on_nonfinite"), self._get(self.config, "max_nonfinite_skips")),
             GracefulStop(),
+            EffectiveBatch(),
         ]
         if has_logger:
             callbacks.append(LearningRateMonitor(logging_interval="step"))

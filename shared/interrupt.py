@@ -41,6 +41,7 @@ class GracefulStop(Callback):
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self._deferred = False
         self._previous: dict[int, Any] = {}
         self._trainer: Trainer | None = None
 
@@ -59,7 +60,7 @@ class GracefulStop(Callback):
 
     def received(self, trainer: Trainer) -> str | None:
         """The signal that stopped the run (SIGTERM when Lightning's own handler saw it), else None."""
-        return self.signal_name or ("SIGTERM" if trainer.received_sigterm else None)
+        return self.signal_name or ("SIGTERM" if trainer.received_sigterm or self._deferred else None)
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -71,6 +72,16 @@ class GracefulStop(Callback):
             self.signal_name = name
             sys.stderr.write(f"\n{name} received: stopping after this training step, with a checkpoint"
                              + (" (Ctrl+C again to abort without one)" if signum == signal.SIGINT else "") + "\n")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """A signal that came in the middle of a gradient accumulation waits for its optimiser step: a checkpoint
+        between two steps would lose the summed gradients (the loop's own check follows this hook)."""
+        connector = trainer._signal_connector
+        if connector.received_sigterm and trainer.fit_loop.epoch_loop._should_accumulate():
+            connector.received_sigterm, self._deferred = False, True
+        elif self._deferred:
+            connector.received_sigterm, self._deferred = True, False
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():

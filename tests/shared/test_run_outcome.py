@@ -188,3 +188,25 @@ def test_a_slurm_job_checkpoints_on_sigusr1_and_its_requeued_run_resumes_from_it
     assert resumed["global_step"] == done["global_step"] == 16
     for key, value in done["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0)
+
+
+def test_gradient_accumulation_says_its_effective_batch_and_never_checkpoints_between_steps(tiny, monkeypatch,
+                                                                                          capsys):
+    acc = ["--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "4"]
+    assert run(tiny, "full", *acc) == 0
+    assert ("effective batch size 16 = data.batch_size 8 x accumulate_grad_batches 2 x 1 device(s) x 1 node(s)"
+            in capsys.readouterr().err)
+    summary = outcome("full")
+    assert (summary["effective_batch_size"], summary["accumulate_grad_batches"], summary["global_step"]) == \
+        (16, 2, 16)                                                        # max_steps counts optimiser steps
+    # SIGTERM after batch 10, the first half of step 6: the run stops after batch 11, at step 6, and resumes exactly
+    monkeypatch.setenv("TINY_SIGNAL_AT_BATCH", "10")
+    assert run(tiny, "part", *acc) == EXIT_INTERRUPTED
+    assert last_ckpt("part")["global_step"] == 6 and outcome("part")["signal"] == "SIGTERM"
+    monkeypatch.delenv("TINY_SIGNAL_AT_BATCH")
+    assert run(tiny, "part", *acc, "--ckpt_path", "last") == 0
+    for key, value in last_ckpt("full")["state_dict"].items():
+        torch.testing.assert_close(last_ckpt("part")["state_dict"][key], value, rtol=0, atol=0)
+    assert run(tiny, "odd", "--trainer.accumulate_grad_batches", "2") == 2            # validation every 3 batches
+    assert "every 3 batches falls between two optimiser steps of trainer.accumulate_grad_batches 2" in \
+        capsys.readouterr().err

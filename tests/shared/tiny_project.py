@@ -64,6 +64,8 @@ class TinyModule(LightningModule):
         loss = nn.functional.mse_loss(self.linear(x), y)
         if str(self.global_step) == os.environ.get("TINY_NAN_AT_STEP"):              # the non-finite guard tests
             loss = loss * float("nan")
+        if str(self.trainer.fit_loop.epoch_loop.total_batch_idx) == os.environ.get("TINY_SIGNAL_AT_BATCH"):
+            os.kill(os.getpid(), signal.SIGTERM)                                    # mid-step, as a real one comes
         self.log("train/loss", loss)
         return loss
 

@@ -9,20 +9,22 @@ What it adds to :class:`lightning.pytorch.cli.LightningCLI`:
   interpolations resolve after the command-line overrides: ``--data.num_classes 5`` reaches
   ``model.num_classes: ${data.num_classes}`` too (plain omegaconf mode resolves each file as it loads it);
 * one run folder ``logs/<project>/<run_name>/`` (``run_name`` defaults to the first config file's stem),
-  holding the checkpoints, the logger files, ``config.yaml`` and ``summary.json``. Because the folder is
-  fixed, ``fit --ckpt_path last`` resumes an interrupted run;
-* the default logger: wandb, offline unless the user has logged in or set ``WANDB_MODE``
-  (``--logger csv`` switches to the CSV logger, ``--logger none`` disables logging); the run's whole
-  config is saved to the logger;
-* the default callbacks: :class:`RunCheckpoint` (``last``, the run's end state, plus the best on the
-  module's ``monitor`` metric),
-  LearningRateMonitor, a progress bar, :class:`RunSummary`, ``shared.predict.PredictionWriter`` (``predict``
-  writes ``predictions.jsonl`` / ``.csv`` in the run folder; ``--write_overlays true`` draws the boxes), and
-  ``shared.resume.RandomStates`` (the random states in every checkpoint, so a resume is exact),
+  holding the checkpoints, the logger files, ``config.yaml`` and ``summary.json`` (``shared.run_folder``); a
+  second ``fit`` of a name gets ``<name>-2`` unless ``--ckpt_path last`` continues it or ``--overwrite true``
+  replaces it;
+* the default logger (``shared.console``): wandb, offline unless the user has logged in or set ``WANDB_MODE``
+  (``--logger csv`` switches to the CSV logger, ``--logger none`` disables logging); the run's whole config is
+  saved to the logger; the library lines every run printed are filtered;
+* the default callbacks: ``RunCheckpoint`` (``last``, the run's end state, plus the best on the module's
+  ``monitor`` metric), LearningRateMonitor, a progress bar, ``RunSummary``, ``shared.predict.PredictionWriter``
+  (``predict`` writes ``predictions.jsonl`` / ``.csv`` in the run folder; ``--write_overlays true`` draws the
+  boxes), ``shared.resume.RandomStates`` (the random states in every checkpoint, so a resume is exact),
   ``shared.nonfinite.NonFiniteGuard`` (a non-finite loss or gradient stops the run, ``--on_nonfinite skip``
-  skips such steps instead) and ``shared.interrupt.GracefulStop`` (SIGTERM / SIGINT / SIGUSR1 stop after the
-  current step with a checkpoint); the exit code and ``summary.json``'s ``outcome`` tell ``finished``,
-  ``interrupted`` and ``diverged`` apart (``shared.interrupt``).
+  skips such steps instead), ``shared.interrupt.GracefulStop`` (SIGTERM / SIGINT / SIGUSR1 stop after the
+  current step with a checkpoint), ``shared.batching.EffectiveBatch`` and, with ``--model.ema_decay``,
+  ``shared.ema``'s EMA of the weights;
+* errors (``shared.errors``): a bad input is one line and exit code 2; the exit code and ``summary.json``'s
+  ``outcome`` tell ``finished``, ``interrupted`` (75) and ``diverged`` (3) apart (``shared.interrupt``).
 
 A LightningModule tells the launcher what to monitor with two class attributes::
 
@@ -33,38 +35,33 @@ A LightningModule tells the launcher what to monitor with two class attributes::
 from __future__ import annotations
 
 import difflib
-import errno
 import inspect
-import json
-import logging
 import os
 import re
 import shutil
 import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any, Literal
-from weakref import proxy
 
 import torch
 import yaml
 from jsonargparse import ArgumentError, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.loggers import WandbLogger
 
 from shared.backbones.weights import torch_load
 from shared.batching import EffectiveBatch
+from shared.console import build_logger, quiet_known_warnings
 from shared.ema import ema_callback
+from shared.errors import finish_wandb, one_line, run_with_clear_errors
 from shared.hparams import HPARAMS_FORMAT, HPARAMS_FORMAT_KEY, HparamsFormat
-from shared.interrupt import EXIT_DIVERGED, EXIT_INTERRUPTED, GracefulStop
-from shared.nonfinite import NonFiniteGuard, TrainingDiverged
+from shared.interrupt import GracefulStop
+from shared.nonfinite import NonFiniteGuard
 from shared.predict import PredictionWriter
 from shared.resume import RandomStates
+from shared.run_folder import RunCheckpoint, RunSummary, holds_a_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,56 +76,6 @@ def logs_dir() -> Path:
 set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
 
 
-def wandb_is_online() -> bool:
-    """True when the user chose a wandb mode or has credentials; otherwise runs are logged offline."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-
-
-class QuietWandbLogger(WandbLogger):
-    """Lightning's WandbLogger without its ``anonymous=None`` argument, which wandb answers on every run with
-    "The anonymous setting has no effect and will be removed" (the setting is gone from wandb; nothing changes)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self._wandb_init.get("anonymous") is None:
-            self._wandb_init.pop("anonymous", None)
-
-
-def quiet_known_warnings() -> None:
-    """Silence the library lines every run printed that say nothing about the run (each one read and judged
-    harmless here); every other warning still shows."""
-    # Lightning 2.6's own pytree helper builds torch's LeafSpec, which torch 2.14 deprecates: Lightning's business
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            category=FutureWarning)
-    # the frozen parts (SPM's text encoder and UNet, DRDF's experts, a pretrained backbone's dropout-free blocks)
-    # are in eval mode on purpose: each module sets train / eval itself
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
-
-
-class _NoTips(logging.Filter):
-    """Drops Lightning's advertisement lines ("💡 Tip: For seamless cloud logging ... try installing litlogger")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
-
-
-def build_logger(choice: str, project: str, run_name: str, run_dir: Path) -> Logger | bool:
-    if choice == "none":
-        return False
-    if choice == "csv":
-        return CSVLogger(save_dir=str(run_dir), name="csv")
-    if choice == "wandb":
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # WANDB_MODE, when set, wins inside wandb itself; offline=True only when nothing says otherwise.
-        return QuietWandbLogger(project=f"cv-papers-{project}", name=run_name, save_dir=str(run_dir),
-                                offline=not wandb_is_online(), log_model=False)
-    raise ValueError(f"--logger must be one of wandb, csv, none; got {choice!r}")
-
-
 class LoggedConfigCallback(SaveConfigCallback):
     """Saves ``config.yaml`` in the log dir (as Lightning does) and the whole config to the logger."""
 
@@ -141,164 +88,6 @@ class LoggedConfigCallback(SaveConfigCallback):
             trainer.logger.experiment.config.update(config_dict, allow_val_change=True)
         else:
             trainer.logger.log_hyperparams({"config": config_dict})
-
-
-def _scalar(value: Any) -> float | None:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value)
-    if isinstance(value, int | float):
-        return float(value)
-    return None
-
-
-def summary_file(stage: str) -> str:
-    """``summary.json`` for ``fit``; ``validate_summary.json`` / ``test_summary.json`` beside it, never over it."""
-    return "summary.json" if stage == "fit" else f"{stage}_summary.json"
-
-
-class RunSummary(Callback):
-    """Writes ``summary.json`` (headline metric, all scalar metrics, best checkpoint) in the run folder at the end
-    of ``fit``; ``validate`` and ``test`` write ``validate_summary.json`` / ``test_summary.json`` beside it.
-
-    ``make train`` collects these files into its table and ``logs/train_summary.json``.
-    """
-
-    def __init__(self, project: str, run_name: str, run_dir: Path, headline: str | None) -> None:
-        self.project, self.run_name, self.run_dir, self.headline = project, run_name, run_dir, headline
-        self._start = time.perf_counter()
-        self.result_line = ""
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def _write(self, trainer: Trainer, stage: str, outcome: dict[str, Any] | None = None) -> None:
-        if not trainer.is_global_zero or (trainer.sanity_checking and outcome is None):
-            return
-        metrics = {k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
-        best = trainer.checkpoint_callback
-        summary = {
-            "project": self.project,
-            "run_name": self.run_name,
-            "stage": stage,
-            "headline_metric": self.headline,
-            "headline": metrics.get(self.headline) if self.headline else None,
-            "best": _scalar(best.best_model_score) if best is not None and best.best_model_score is not None
-            else None,
-            "best_checkpoint": best.best_model_path if best is not None else None,
-            "global_step": trainer.global_step,
-            "epochs": trainer.current_epoch,
-            "wall_s": round(time.perf_counter() - self._start, 1),
-            "metrics": metrics,
-        }
-        if stage == "fit":
-            guard = next((c for c in trainer.callbacks if isinstance(c, NonFiniteGuard)), None)
-            batch = next((c for c in trainer.callbacks if isinstance(c, EffectiveBatch)), None)
-            summary.update(outcome or {"outcome": "finished"}, max_steps=trainer.max_steps,
-                           nonfinite_skips=guard.skipped if guard is not None else 0,
-                           accumulate_grad_batches=trainer.accumulate_grad_batches,
-                           effective_batch_size=batch.size if batch is not None else None)
-        bad_files = getattr(trainer.datamodule, "bad_files", None)
-        if bad_files is not None:
-            summary["bad_files"] = bad_files.summary()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / summary_file(stage)).write_text(json.dumps(summary, indent=2))
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._write(trainer, "fit")
-        if trainer.is_global_zero:            # the launcher prints it as the last line of a finished fit
-            summary = json.loads((self.run_dir / "summary.json").read_text())
-            value, best = summary["headline"], summary["best"]
-            self.result_line = (f"result: {self.headline} {value:.4g}" if value is not None else "result: finished") \
-                + (f" (best {best:.4g})" if best is not None else "") \
-                + f" at step {trainer.global_step}; summary.json in {self.run_dir}"
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """A fit that ends early says how: ``interrupted`` (a signal, with the step reached and its checkpoint),
-        ``diverged`` (a non-finite loss, gradient or weights) or ``failed`` (any other error)."""
-        if trainer.state.fn != TrainerFn.FITTING:
-            return
-        if isinstance(exception, SIGTERMException):
-            stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
-            sig = stop.received(trainer) if stop is not None else None
-            outcome = {"outcome": "interrupted", "signal": sig, "resume": "fit --ckpt_path last (same arguments)"}
-            # the launcher prints it last (run_with_clear_errors), after the logger's closing lines
-            exception.message = (f"interrupted by {sig or 'a signal'} at step {trainer.global_step} of "
-                                 f"{trainer.max_steps if trainer.max_steps > 0 else '?'}: last.ckpt holds this "
-                                 f"step; run the same command with --ckpt_path last to continue (exit code "
-                                 f"{EXIT_INTERRUPTED})") if trainer.is_global_zero else ""
-        elif isinstance(exception, TrainingDiverged):
-            outcome = {"outcome": "diverged", "error": str(exception)}
-        elif isinstance(exception, KeyboardInterrupt):
-            outcome = {"outcome": "interrupted", "signal": "SIGINT", "resume": "from the last checkpoint only"}
-        else:
-            outcome = {"outcome": "failed", "error": one_line(exception)}
-        self._write(trainer, "fit", outcome)
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn == "validate":
-            self._write(trainer, "validate")
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._write(trainer, "test")
-
-
-class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose ``last.ckpt`` always follows the run, up to its end state.
-
-    Lightning 2.6 rewrites ``last.ckpt`` at a validation (or train epoch end) only when that validation also saved
-    a new best, and at the end of training only when no ``last.ckpt`` was written at all. So a run whose final
-    validations do not improve the best (any early stop, most ends of a plateau) ends with a ``last.ckpt`` from
-    the last improvement, and ``fit --ckpt_path last`` would resume from there. Here ``last.ckpt`` is written
-    after every validation and every train epoch end that left it behind the trainer's step, and at the end of
-    training if it is still behind (a last epoch without validation). The best checkpoint is Lightning's,
-    judged at every validation.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._last_step_in_last: int | None = None  # global step of the newest last.ckpt written by this run
-
-    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last:
-            self._last_step_in_last = trainer.global_step
-
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        """Write ``<file>.partial`` and rename it over ``<file>``: a run killed while writing leaves the previous
-        checkpoint whole (Lightning writes the file in place)."""
-        partial = f"{filepath}.partial"
-        trainer.save_checkpoint(partial, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(partial, filepath)
-        trainer.strategy.barrier("RunCheckpoint.replace")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
-
-    def _save_last_if_behind(self, trainer: Trainer) -> None:
-        if (self.save_last and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
-                and not trainer.fast_dev_run and self._last_step_in_last != trainer.global_step):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):  # else the train epoch end, same step, follows
-            self._save_last_if_behind(trainer)
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        self._save_last_if_behind(trainer)
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._save_last_if_behind(trainer)
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """A signal (SIGTERM, or SIGINT / SIGUSR1 through ``GracefulStop``) stops the loop after a whole training
-        step: ``last.ckpt`` then holds that step, and ``--ckpt_path last`` continues exactly."""
-        if isinstance(exception, SIGTERMException):
-            self._save_last_if_behind(trainer)
 
 
 class ProjectCLI(LightningCLI):
@@ -491,11 +280,6 @@ class ProjectCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def holds_a_run(run_dir: Path) -> bool:
-    """A run folder that a ``fit`` finished or checkpointed (what a new ``fit`` must not write into)."""
-    return (run_dir / "summary.json").is_file() or (run_dir / "checkpoints" / "last.ckpt").is_file()
-
-
 def _flat(namespace: Any, prefix: str = "") -> dict[str, Any]:
     """A (nested) jsonargparse Namespace or dict as {"a.b": value}."""
     if namespace is None:
@@ -541,59 +325,3 @@ def main(model_class: type[LightningModule], datamodule_class: type[LightningDat
     return cli
 
 
-def run_with_clear_errors(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``; a ``FileNotFoundError`` / ``ValueError``, or an ``OSError`` about a path (a file
-    where a folder is needed, no permission), exits with code 2 and its one-line message (``CV_PAPERS_DEBUG=1``
-    re-raises it with the traceback). A diverged run exits with ``EXIT_DIVERGED`` and its one line, an interrupted
-    one with ``EXIT_INTERRUPTED`` (``shared.interrupt``). Shared by every command-line entry point."""
-    try:
-        return fn(*args, **kwargs)
-    except SIGTERMException as stop:    # a SystemExit with code 0 in Lightning: an interrupted run is not finished
-        finish_wandb(EXIT_INTERRUPTED)
-        if getattr(stop, "message", ""):
-            sys.stderr.write(f"{stop.message}\n")
-        sys.exit(EXIT_INTERRUPTED)
-    except TrainingDiverged as err:
-        if os.environ.get("CV_PAPERS_DEBUG"):
-            raise
-        finish_wandb(EXIT_DIVERGED)
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(EXIT_DIVERGED)
-    except (ValueError, OSError) as err:
-        user_error = isinstance(err, ValueError | FileNotFoundError) or err.filename is not None  # OSError: a path
-        if os.environ.get("CV_PAPERS_DEBUG") or not user_error:
-            raise
-        finish_wandb(2)
-        sys.stderr.write(f"error: {one_line(err)}\n(set CV_PAPERS_DEBUG=1 for the traceback)\n")
-        sys.exit(2)
-
-
-def finish_wandb(exit_code: int) -> None:
-    """Close a wandb run now (it prints its "wandb sync ..." lines), so the error is the last line printed
-    rather than followed by them at exit. Nothing when wandb was never imported."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=exit_code)
-
-
-PATH_HINTS = {errno.ENOTDIR: "a part of this path is a file; expected a folder there",
-              errno.EEXIST: "a file is in the way of a folder to create there",
-              errno.EISDIR: "a folder where a file was expected",
-              errno.EACCES: "check the permissions or choose another path",
-              errno.ENOSPC: "the disk is full"}
-
-
-def one_line(err: BaseException) -> str:
-    """The error's message on one line. An error raised inside a DataLoader worker reaches the main process as
-    "Caught ValueError in DataLoader worker process 3. Original Traceback ... ValueError: <message>": keep the
-    message and say where it was raised."""
-    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, FileNotFoundError):
-        hint = PATH_HINTS.get(err.errno)
-        return f"{err.filename}: {err.strerror}" + (f" ({hint})" if hint else "")
-    text = str(err)
-    if "Original Traceback" in text:
-        name = type(err).__name__
-        tail = text.rstrip().rsplit(f"\n{name}: ", 1)
-        where = text.splitlines()[0].removeprefix(f"Caught {name} ").rstrip(".")
-        text = f"{tail[1] if len(tail) == 2 else text.rstrip().splitlines()[-1]} (raised {where})"
-    return " ".join(line.strip() for line in text.strip().splitlines())

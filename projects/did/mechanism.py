@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from projects.did.data import DiDData, MultiLabelImages
 from projects.did.model import DiD
 from projects.did.module import DiDModule
-from shared.cli import run_with_clear_errors
+from shared.errors import run_with_clear_errors
 from shared.study import rebuild_toy_run
 
 

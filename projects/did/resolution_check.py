@@ -26,7 +26,7 @@ from projects.did.data import DiDData
 from projects.did.mechanism import box_iou, discover_boxes
 from projects.did.model import instance_boxes
 from projects.did.module import DiDModule
-from shared.cli import run_with_clear_errors
+from shared.errors import run_with_clear_errors
 from shared.study import rebuild_toy_run
 
 

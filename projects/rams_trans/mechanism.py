@@ -22,7 +22,7 @@ import torch
 from projects.rams_trans.data import CUBDataset, FGVCDataModule, build_transforms, toy_part_boxes
 from projects.rams_trans.model import RAMSTrans
 from projects.rams_trans.module import RAMSTransModule
-from shared.cli import run_with_clear_errors
+from shared.errors import run_with_clear_errors
 from shared.study import rebuild_toy_run
 
 

@@ -188,7 +188,7 @@ def test_the_known_harmless_library_lines_are_filtered_and_nothing_else(tmp_path
     import logging
     import warnings
 
-    from shared.cli import QuietWandbLogger, quiet_known_warnings
+    from shared.console import QuietWandbLogger, quiet_known_warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -50,8 +50,9 @@ from transformers.utils import logging as hf_logging
 from projects.spm.tools.generate import csv_number
 from projects.spm.toy.classifier import load_classifier
 from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, toy_labels
-from shared.cli import run_with_clear_errors, wandb_is_online
+from shared.console import wandb_is_online
 from shared.data.images import load_rgb, read_utf8
+from shared.errors import run_with_clear_errors
 
 logger = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ from projects.spm.diffusion.model import DiffusionModel
 from projects.spm.diffusion.sampling import SAMPLERS, denoise, make_scheduler
 from projects.spm.tools.protocol import TASKS, apply_official_protocol
 from projects.spm.transport import METRICS, facilitated_gammas
-from shared.cli import run_with_clear_errors, wandb_is_online
+from shared.console import wandb_is_online
 from shared.data.images import read_utf8
+from shared.errors import run_with_clear_errors
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """shared.data.loaders: epoch orders from the seed, per-sample augmentation seeds, resume to the sample, and
-evaluation shards without repeated samples; shared.cli.one_line for errors raised in DataLoader workers."""
+evaluation shards without repeated samples; shared.errors.one_line for errors raised in DataLoader workers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from shared.cli import one_line
 from shared.data.loaders import EpochSampler, SeededSamples, eval_loader, sample_seed, scored, train_loader
+from shared.errors import one_line
 
 
 class Noisy(Dataset):
@@ -130,7 +130,7 @@ def test_an_error_in_a_dataloader_worker_becomes_its_own_one_line_message() -> N
 def test_a_path_error_is_one_line_and_another_os_error_keeps_its_traceback(tmp_path, capsys, monkeypatch) -> None:
     """``--data.root`` / ``--out`` naming a file: the mkdir below it ends in one line naming the path; an OSError
     that names no path (not the user's input) is raised as it is."""
-    from shared.cli import run_with_clear_errors
+    from shared.errors import run_with_clear_errors
 
     monkeypatch.delenv("CV_PAPERS_DEBUG", raising=False)
     (tmp_path / "notes.txt").write_text("a file")

@@ -19,6 +19,7 @@ from shared.hparams import group, save_hparams
 from shared.metrics import multilabel_metrics
 from shared.optim import SGDOrAdamW
 from shared.panels import log_bar_chart, log_images
+from shared.reports import multilabel_report, reporting, say
 from shared.schedules import warmup_cosine_schedule
 
 
@@ -129,6 +130,11 @@ class DiDModule(LightningModule):
             values = self.val_metrics[b].compute()   # synchronised over DDP ranks by torchmetrics
             self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
         per_class = self.val_metrics["fused"].compute_per_class()     # collective: every rank calls it
+        if reporting(self):            # validate / test: per-class AP, P, R, F1, CP ... OF1, the worst classes
+            scores, targets = self.val_metrics["fused"].synced_states()
+            if self.trainer.is_global_zero:
+                say(self, multilabel_report(self, stage, self._class_names(), scores, targets,
+                                            self.val_metrics["fused"].threshold))
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             names = self._class_names()
             log_bar_chart(self, f"{stage}/per_class_AP", names, [0.0 if math.isnan(v) else v

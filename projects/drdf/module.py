@@ -21,6 +21,7 @@ from shared.data.loaders import scored
 from shared.ema import check_ema_decay
 from shared.hparams import group, save_hparams
 from shared.metrics import IGNORE_INDEX, binary_metrics, topk_accuracy
+from shared.reports import binary_report, classification_report, gathered, reporting, say
 
 Task = Literal["binary", "multiclass"]
 
@@ -140,6 +141,7 @@ class DRDFModule(LightningModule):
         # the evaluation loss as a weighted mean metric: exact over processes (a padding step weighs 0), where
         # Lightning's own mean divides its integer sample count by the processes with an integer division (gloo)
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        self._report: list[tuple[torch.Tensor, torch.Tensor]] = []   # (scores, labels) of a validate / test
         self._records: list[dict[str, Any]] = []
         self._vocab_checked = False
 
@@ -200,6 +202,8 @@ class DRDFModule(LightningModule):
         loss = F.cross_entropy(logits, labels) if k else out["logits"].sum() * 0
         self.eval_loss[stage].update(loss, weight=k)
         self.log(f"{stage}/loss", self.eval_loss[stage], on_epoch=True)
+        if reporting(self):
+            self._report.append((self._scores(logits).detach(), labels))
         if stage == "val":
             unknown = torch.full_like(batch["label"], -1)
             self._records.append({
@@ -222,6 +226,7 @@ class DRDFModule(LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.metrics["val"].compute(), sync_dist=True)
         self.metrics["val"].reset()
+        self._write_report("val")
         if not self._records:
             return
         keys = ("a_t", "weights", "label", "decided_by", "aspect", "correct")
@@ -239,6 +244,26 @@ class DRDFModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.metrics["test"].compute(), sync_dist=True)
         self.metrics["test"].reset()
+        self._write_report("test")
+
+    def _write_report(self, stage: str) -> None:
+        """validate / test: memes, the ROC curve, the confusion matrix at 0.5 and each class's precision and
+        recall; CIFAR / TinyImageNet, the confusion matrix, per-class top-1 and the top confusions."""
+        parts, self._report = self._report, []
+        if not reporting(self):
+            return
+        binary = self.hparams.task == "binary"
+        like = torch.zeros((0,) if binary else (0, self.net.num_classes), device=self.device)
+        scores = gathered(self, [p for p, _ in parts], like)
+        labels = gathered(self, [y for _, y in parts], torch.zeros(0, dtype=torch.long, device=self.device))
+        if not self.trainer.is_global_zero:
+            return
+        if binary:
+            say(self, binary_report(self, stage, scores.sigmoid(), labels, ("not hateful", "hateful")))
+        else:
+            names = getattr(self.trainer.datamodule, "class_names", None) or [
+                f"class_{i}" for i in range(self.net.num_classes)]
+            say(self, classification_report(self, stage, names, labels, scores.argmax(-1)))
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """One record per meme of ``data.predict_dir`` (its images + one .jsonl naming them with their text) or

@@ -4,6 +4,7 @@ transforms (docs/papers/rams_trans.md §5-6), and the toy CUB-format dataset who
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -157,6 +158,8 @@ class StanfordDogsDataset(_ImageListDataset):
         super().__init__([(root / "Images" / f, int(y)) for f, y in zip(files, labels, strict=True)], transform)
         self.source = self.label_source = path
         self.label_field, self.label_base = "labels", 1
+        # "n02085620-Chihuahua/n02085620_10074.jpg": the folder names the breed (label -> name, as listed)
+        self.names_by_label = {int(y): f.split("/", 1)[0].split("-", 1)[-1] for f, y in zip(files, labels, strict=True)}
 
 
 class INat2017Dataset(_ImageListDataset):
@@ -195,6 +198,8 @@ class INat2017Dataset(_ImageListDataset):
         super().__init__(samples, transform)
         self.source = self.label_source = path
         self.label_field = "annotations[].category_id"
+        self.names_by_label = {int(c["id"]): str(c["name"]) for c in data.get("categories") or []
+                               if isinstance(c, dict) and "id" in c and "name" in c}
 
 
 def build_transforms(train: bool, resize: int, crop: int, autoaugment: bool = False) -> T.Compose:
@@ -355,6 +360,10 @@ class FGVCDataModule(SplitDataModule):
             self._write_toy()  # setup without prepare_data (e.g. direct use in a script)
         self.class_names = read_class_names(Path(h.root), h.num_classes)
         if stage == "predict":
+            if h.dataset in ("dogs", "inat2017"):   # the names live in the test split's annotation file
+                with contextlib.suppress(FileNotFoundError, ValueError):   # predict needs no dataset: keep class_<i>
+                    named = DATASETS[h.dataset](h.root, "test").names_by_label
+                    self.class_names = [named.get(i, f"class_{i}") for i in range(h.num_classes)]
             self._setup_predict()
             return
         cls = DATASETS[h.dataset]
@@ -364,6 +373,9 @@ class FGVCDataModule(SplitDataModule):
         for split, ds in [*used, ("test", self.test_set)]:
             require_samples(len(ds), split, ds.source)
             require_labels_in_range(ds.targets, h.num_classes, ds.label_source, ds.label_field, ds.label_base)
+        named = {**getattr(self.train_set, "names_by_label", {}), **getattr(self.test_set, "names_by_label", {})}
+        if named:      # Stanford Dogs (folder names) and iNat (categories): names from the annotation files
+            self.class_names = [named.get(i, f"class_{i}") for i in range(h.num_classes)]
         if h.dataset == "toy":
             size = json.loads((Path(h.root) / "toy_args.json").read_text())["size"]
             self.test_part_boxes = toy_part_boxes(self.test_set, Path(h.root), h.resize, h.crop, size)
@@ -380,7 +392,8 @@ class FGVCDataModule(SplitDataModule):
 
 def read_class_names(root: Path, num_classes: int) -> list[str]:
     """Class names from the dataset's ``classes.txt`` (CUB layout ``1 001.Black_footed_Albatross``, the toy set
-    too); ``class_<i>`` when the dataset has no such file (Stanford Dogs, iNat: the folder names are the labels)."""
+    too); ``class_<i>`` when the dataset has no such file (Stanford Dogs and iNat then name them from their
+    annotation files at ``setup``: the breed folders, the ``categories``)."""
     path = root / "classes.txt"
     if not path.is_file():
         return [f"class_{i}" for i in range(num_classes)]

@@ -21,6 +21,7 @@ from shared.hparams import group, save_hparams
 from shared.metrics import IGNORE_INDEX, topk_accuracy
 from shared.optim import SGDOrAdamW
 from shared.panels import log_images
+from shared.reports import classification_report, gathered, reporting, say
 from shared.schedules import warmup_cosine_schedule
 
 Report = Literal["global", "local", "fused"]
@@ -67,6 +68,7 @@ class RAMSTransModule(L.LightningModule):
         # the evaluation loss as a weighted mean metric: exact over processes (a padding step weighs 0), where
         # Lightning's own mean divides its integer sample count by the processes with an integer division (gloo)
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        self._report: list[tuple[Tensor, Tensor]] = []     # (prediction, label) of a validate / test command
         self._panel_batch: tuple[Tensor, dict] | None = None
 
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
@@ -100,6 +102,8 @@ class RAMSTransModule(L.LightningModule):
             metric = getattr(self, f"{stage}_{h}_acc")
             metric.update(z, y if k else torch.full_like(y, IGNORE_INDEX))
             self.log_dict(metric, on_epoch=True, sync_dist=True)
+        if reporting(self):
+            self._report.append((self.predictions(out)[self.hparams.report][:k].argmax(-1), y[:k]))
         loss = F.cross_entropy(out["logits"][-1][:k], y[:k]) if k else out["logits"][-1].sum() * 0
         self.eval_loss[stage].update(loss, weight=k)
         self.log(f"{stage}/loss", self.eval_loss[stage], on_epoch=True)
@@ -129,7 +133,23 @@ class RAMSTransModule(L.LightningModule):
                             "found": bool(out["found"][k][n])} for k, b in enumerate(boxes)]}
                 for n, i in enumerate(index.tolist())]
 
+    def _write_report(self, stage: str) -> None:
+        """validate / test: confusion matrix, per-class top-1 and the top confusions of the ``report`` head."""
+        parts, self._report = self._report, []
+        if not reporting(self):
+            return
+        preds = gathered(self, [p for p, _ in parts], torch.zeros(0, dtype=torch.long, device=self.device))
+        labels = gathered(self, [y for _, y in parts], torch.zeros(0, dtype=torch.long, device=self.device))
+        if self.trainer.is_global_zero:
+            num_classes = self.net.head.out_features
+            names = getattr(self.trainer.datamodule, "class_names", None) or [f"class_{i}" for i in range(num_classes)]
+            say(self, classification_report(self, stage, names, labels, preds))
+
+    def on_test_epoch_end(self) -> None:
+        self._write_report("test")
+
     def on_validation_epoch_end(self) -> None:
+        self._write_report("val")
         panel, self._panel_batch = self._panel_batch, None
         if panel is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return

@@ -175,6 +175,11 @@ class _ScoreStore(Metric):
             return empty, empty.to(torch.int8)
         return dim_zero_cat(self.scores), dim_zero_cat(self.targets)
 
+    def synced_states(self) -> tuple[Tensor, Tensor]:
+        """Every rank's scores ``[N, C]`` and targets ``[N, C]`` (all ranks call it, before ``reset()``)."""
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, process_group=self.process_group):
+            return self._cat_states()
+
     def compute_per_class(self) -> Tensor:
         """Per-class AP in percent (``[C]``, NaN for classes without positives), synced across DDP ranks.
 

@@ -86,6 +86,7 @@ def test_stanford_dogs_reads_the_mat_lists(tmp_path: Path) -> None:
     ds = StanfordDogsDataset(tmp_path, "train")
     assert [(p.relative_to(tmp_path).as_posix(), y) for p, y in ds.samples] == [
         (f"Images/{files[0]}", 0), (f"Images/{files[1]}", 1)]
+    assert ds.names_by_label == {0: "Chihuahua", 1: "Japanese_spaniel"}      # class names, for reports / predict
     assert ds[1][0].mode == "RGB"
     with pytest.raises(FileNotFoundError, match=r"test_list\.mat"):
         StanfordDogsDataset(tmp_path, "test")
@@ -100,10 +101,11 @@ def test_inat2017_joins_annotations_on_image_id(tmp_path: Path) -> None:
         save(tmp_path / n, "L")
     data = {"images": [{"id": 11, "file_name": names[0]}, {"id": 5, "file_name": names[1]}],
             "annotations": [{"image_id": 5, "category_id": 0}, {"image_id": 11, "category_id": 3}],
-            "categories": [{"id": i} for i in range(4)]}
+            "categories": [{"id": i, "name": n} for i, n in enumerate(["Rosa", "Quercus", "Apis", "Larus"])]}
     (tmp_path / "val2017.json").write_text(json.dumps(data))
     ds = INat2017Dataset(tmp_path, "test")
     assert [y for _, y in ds.samples] == [3, 0]
+    assert ds.names_by_label == {0: "Rosa", 1: "Quercus", 2: "Apis", 3: "Larus"}
     assert ds[0][0].mode == "RGB"
     data["annotations"].pop()
     (tmp_path / "train2017.json").write_text(json.dumps(data))

@@ -116,6 +116,9 @@ class ProjectCLI(LightningCLI):
                                  "in or WANDB_MODE is set), csv, or none.")
         parser.add_argument("--write_overlays", type=bool, default=False,
                             help="predict: also draw each image's boxes into <run folder>/overlays/.")
+        parser.add_argument("--write_attention", type=bool, default=False,
+                            help="predict: also draw the attention rollout (DiD: and each discovered class map) "
+                                 "over each image, beside its boxes, into <run folder>/attention/.")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: replace the checkpoints and summaries of an earlier run of this name (by "
                                  "default a new fit goes to <name>-2, -3, ... instead).")
@@ -263,7 +266,8 @@ class ProjectCLI(LightningCLI):
                           save_last=True),
             TQDMProgressBar(refresh_rate=int(os.environ.get("PROGRESS_REFRESH", 10))),
             RunSummary(self.project, run_name, run_dir, getattr(self.model, "headline_metric", monitor)),
-            PredictionWriter(run_dir, bool(self._get(self.config, "write_overlays"))),
+            PredictionWriter(run_dir, bool(self._get(self.config, "write_overlays")),
+                             bool(self._get(self.config, "write_attention"))),
             RandomStates(),
             HparamsFormat(),
             NonFiniteGuard(self._get(self.config, "on_nonfinite"), self._get(self.config, "max_nonfinite_skips")),

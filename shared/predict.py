@@ -18,6 +18,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from PIL import Image, ImageDraw, ImageFont
@@ -98,11 +100,13 @@ def tag_spots(anchors: list[tuple[int, int]], sizes: list[tuple[int, int]], widt
     return taken
 
 
-def draw_boxes(image: Image.Image, boxes: list[dict], title: str = "", min_side: int = OVERLAY_SIDE) -> Image.Image:
+def draw_boxes(image: Image.Image, boxes: list[dict], title: str = "", min_side: int = OVERLAY_SIDE,
+               box_scale: int | None = None) -> Image.Image:
     """``image`` upscaled to ``min_side`` (nearest: the model's pixels stay visible), with each ``{"box": [x0,
     y0, x1, y1] inclusive, in ``image``'s pixels, "label": str}`` drawn; a box with ``"draw": false`` is left out.
     Labels sit on a filled tag at the box's top left, moved down past the tags already placed (never over one),
-    and ``title`` goes in a band above the image."""
+    and ``title`` goes in a band above the image. ``box_scale``: the boxes' factor when ``image`` is already
+    upscaled (default: the upscaling done here)."""
     scale = max(1, -(-min_side // min(image.size)))
     img = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     font = ImageFont.load_default(size=max(12, img.height // 28))
@@ -112,10 +116,11 @@ def draw_boxes(image: Image.Image, boxes: list[dict], title: str = "", min_side:
     draw = ImageDraw.Draw(out)
     if title:
         draw.text((4, 3), title, fill="white", font=font)
-    shown = [(BOX_COLOURS[k % len(BOX_COLOURS)], [int(round(v * scale)) for v in b["box"]], str(b.get("label") or ""))
+    f = box_scale or scale
+    shown = [(BOX_COLOURS[k % len(BOX_COLOURS)], [int(round(v * f)) for v in b["box"]], str(b.get("label") or ""))
              for k, b in enumerate(b for b in boxes if b.get("draw", True))]
     for colour, (x0, y0, x1, y1), _ in shown:                        # inclusive pixels cover whole cells
-        draw.rectangle([x0, y0 + band, x1 + scale - 1, y1 + scale - 1 + band], outline=colour,
+        draw.rectangle([x0, y0 + band, x1 + f - 1, y1 + f - 1 + band], outline=colour,
                        width=max(2, img.height // 150))
     labelled = [(colour, box, label) for colour, box, label in shown if label]
     sizes = [tuple(v + 4 for v in draw.textbbox((0, 0), label, font=font)[2:]) for _, _, label in labelled]
@@ -124,6 +129,37 @@ def draw_boxes(image: Image.Image, boxes: list[dict], title: str = "", min_side:
         draw.rectangle(spot, fill=colour)
         draw.text((spot[0] + 2, spot[1] + 1), label, fill="black", font=font)
     return out
+
+
+def heat_overlay(image: Image.Image, heat: torch.Tensor, min_side: int = OVERLAY_SIDE) -> Image.Image:
+    """``image`` upscaled as in :func:`draw_boxes`, with ``heat`` (``[h, w]``, any range: min-max scaled)
+    blended in red over a dimmed copy; bilinear, so the patch grid shows as a smooth map."""
+    scale = max(1, -(-min_side // min(image.size)))
+    size = (image.height * scale, image.width * scale)
+    img = np.asarray(image.convert("RGB").resize(size[::-1], Image.NEAREST)).astype(np.float32)
+    h = heat.detach().float().cpu()
+    h = (h - h.min()) / (h.max() - h.min()).clamp(min=1e-12)
+    h = torch.nn.functional.interpolate(h[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    h = h.numpy()[..., None]
+    blend = 0.35 * img + 0.65 * (h * np.array([255.0, 40.0, 0.0]) + (1 - h) * img * 0.35)
+    return Image.fromarray(blend.clip(0, 255).astype(np.uint8))
+
+
+def attention_strip(image: Image.Image, record: dict, heats: dict[str, torch.Tensor]) -> Image.Image:
+    """Side by side: the boxes on the image, then each heat map (the rollout, DiD's class maps) with the same
+    boxes, each titled."""
+    tiles = [draw_boxes(image, record.get("boxes", []), overlay_title(record))]
+    scale = max(1, -(-OVERLAY_SIDE // min(image.size)))
+    for name, heat in heats.items():
+        tiles.append(draw_boxes(heat_overlay(image, heat), record.get("boxes", []), name, min_side=1,
+                                box_scale=scale))
+    height = max(t.height for t in tiles)
+    strip = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), height), "white")
+    x = 0
+    for t in tiles:
+        strip.paste(t, (x, height - t.height))
+        x += t.width + 4
+    return strip
 
 
 def overlay_title(record: dict) -> str:
@@ -148,8 +184,8 @@ class PredictionWriter(Callback):
     added); one process: ``predictions.jsonl`` + ``predictions.csv``. Steps that return tensors are left alone.
     """
 
-    def __init__(self, run_dir: str | Path, write_overlays: bool = False) -> None:
-        self.run_dir, self.write_overlays = Path(run_dir), write_overlays
+    def __init__(self, run_dir: str | Path, write_overlays: bool = False, write_attention: bool = False) -> None:
+        self.run_dir, self.write_overlays, self.write_attention = Path(run_dir), write_overlays, write_attention
         self.records: list[dict] = []
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -162,10 +198,15 @@ class PredictionWriter(Callback):
             loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
             dataset = getattr(loader, "dataset", None)
             for record in outputs:
+                heats = record.pop("_attention", {})     # heat maps ride in the record, never into the files
                 if isinstance(dataset, ImageFolderDataset) and "index" in record:
                     record = {"file": dataset.name(record["index"]), **record}
                     if self.write_overlays and record.get("boxes"):
                         self._overlay(dataset, record)
+                    if self.write_attention and heats:
+                        out = self.run_dir / "attention" / Path(record["file"]).with_suffix(".png")
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        attention_strip(dataset.view(record["index"]), record, heats).save(out)
                 self.records.append(record)
 
     def _overlay(self, dataset: ImageFolderDataset, record: dict) -> None:
@@ -190,4 +231,5 @@ class PredictionWriter(Callback):
                 w.writerows({k: _cell(r.get(k)) for k in columns} for r in self.records)
         print(f"wrote {len(self.records)} predictions to {self.run_dir / (stem + '.jsonl')}"
               + ("" if many else " and predictions.csv")
-              + (f", overlays in {self.run_dir / 'overlays'}" if self.write_overlays else ""), flush=True)
+              + (f", overlays in {self.run_dir / 'overlays'}" if self.write_overlays else "")
+              + (f", attention maps in {self.run_dir / 'attention'}" if self.write_attention else ""), flush=True)

@@ -171,6 +171,8 @@ class DiDModule(LightningModule):
                                     "label": f"{names[c]} {float(scores[n, c]):.2f}",
                                     "found": bool(out["found"][n, k]), "draw": bool(scores[n, c] >= threshold)}
                                    for k, c in enumerate(out["top_classes"][n].tolist())]
+                record["_attention"] = {"rollout": out["rollout"][n].cpu(), **{   # --write_attention
+                    f"class map: {names[c]}": out["instance_maps"][n, c].cpu() for c in out["top_classes"][n].tolist()}}
             records.append(record)
         return records
 

@@ -130,7 +130,8 @@ class RAMSTransModule(L.LightningModule):
                  "top5": [{"class": names[c], "score": round(float(p), 4)}
                           for c, p in zip(classes[n].tolist(), scores[n].tolist(), strict=True)],
                  "boxes": [{"box": [round(v, 1) for v in b[n].tolist()], "label": f"DPPM {k + 1}->{k + 2}",
-                            "found": bool(out["found"][k][n])} for k, b in enumerate(boxes)]}
+                            "found": bool(out["found"][k][n])} for k, b in enumerate(boxes)],
+                 "_attention": {"rollout (DPPM score map)": out["score_maps"][0][n].cpu()}}   # --write_attention
                 for n, i in enumerate(index.tolist())]
 
     def _write_report(self, stage: str) -> None:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from projects.rams_trans.viz import boxes_in_input_frame
-from shared.predict import draw_boxes, scan_image_folder, tag_spots
+from shared.predict import attention_strip, draw_boxes, heat_overlay, scan_image_folder, tag_spots
 
 
 def write_folder(root: Path) -> Path:
@@ -69,3 +69,15 @@ def test_overlays_are_upscaled_titled_and_their_labels_never_overlap() -> None:
     spots = tag_spots([(12, 12), (18, 18), (300, 100)], [(60, 20), (60, 20), (120, 20)], 384, 384)
     assert spots[0] == (12, 12, 72, 32) and spots[1] == (18, 38, 78, 58)   # moved below the first, not over it
     assert spots[2] == (264, 100, 384, 120)                                # kept inside the image
+
+
+def test_a_heat_map_is_blended_in_red_where_it_peaks() -> None:
+    heat = torch.zeros(4, 4)
+    heat[0, 0] = 1.0                                            # the top-left cell
+    out = np.asarray(heat_overlay(Image.new("RGB", (64, 64), (100, 100, 100)), heat)).astype(int)
+    assert out.shape == (384, 384, 3)
+    assert out[5, 5, 0] > 150 and out[5, 5, 1] < 90            # red at the peak
+    assert out[380, 380, 0] < 60                               # a dimmed grey far from it
+    strip = attention_strip(Image.new("RGB", (64, 64)), {"boxes": [{"box": [0, 0, 10, 10], "label": "x"}]},
+                            {"rollout": heat, "class map: x": heat})
+    assert strip.width == 3 * 384 + 2 * 4

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.projects.did.toy_set import REPO, toy_args
 
@@ -32,7 +33,7 @@ def test_short_fit_logs_every_branch_and_predict_writes_labels_and_instance_boxe
         shutil.copy(src, folder / f"p{k}.png")
     run = run_cli("did", "predict", *toy_args(toy_root), "--logger", "csv", "--run_name", "pred", "--ckpt_path",
                   short_fit / "checkpoints" / "last.ckpt", "--data.predict_dir", folder,
-                  "--data.predict_threshold", "0.0", "--write_overlays", "true")
+                  "--data.predict_threshold", "0.0", "--write_overlays", "true", "--write_attention", "true")
     out = run.run_dir("pred")
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     cats = json.loads((toy_root / "annotations/instances_val2014.json").read_text())["categories"]
@@ -44,6 +45,8 @@ def test_short_fit_logs_every_branch_and_predict_writes_labels_and_instance_boxe
         assert len(r["boxes"]) == 4 and all(b["class"] in names for b in r["boxes"])  # top_n = 4 instances
         assert all(0 <= v <= 63 for b in r["boxes"] for v in b["box"])
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["p0.png", "p1.png"]
+    strip = Image.open(out / "attention" / "p0.png")             # boxes | rollout | one class map per instance
+    assert strip.width == 6 * 384 + 5 * 4 and "_attention" not in (out / "predictions.jsonl").read_text()
 
 
 def run_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

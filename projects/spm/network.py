@@ -196,14 +196,19 @@ class SPMNetwork(nn.Module):
         if off:
             self._detach()
         elif not self._handles:
-            self._handles = [layer.register_forward_hook(self._hook(adapter)) for layer, adapter in self._layers]
+            self._handles = [layer.register_forward_hook(self._hook(adapter, layer.weight))
+                             for layer, adapter in self._layers]
 
     def _detach(self) -> None:
         remove_hooks(self._handles)
 
-    def _hook(self, adapter: SPMAdapter):
+    def _hook(self, adapter: SPMAdapter, base_weight: torch.Tensor):
         def add_branch(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             gamma = self._multiplier
+            if module.weight is not base_weight:   # merged SPM weights swapped in: this branch would add it twice
+                raise RuntimeError("an SPM membrane is attached (multiplier != 0) to a UNet layer whose weights were "
+                                   "swapped for other ones (merged_weights + swapped_parameters): the membrane would "
+                                   "be applied twice; merge or swap inside `with network.applied(0.0):`")
             if isinstance(gamma, torch.Tensor) and gamma.ndim == 1:  # per-sample gamma over the UNet batch
                 gamma = gamma.view(-1, *([1] * (output.ndim - 1)))
             return output + adapter(inputs[0]) * gamma

@@ -81,6 +81,9 @@ def facilitated_gammas(text_encoder, tokenizer, prompts: list[str], concepts: li
     """
     if metric not in METRICS:
         raise ValueError(f"FT metric {metric!r} is not one of {METRICS}")
+    if isinstance(concepts, str) or any(isinstance(c, str) for c in concepts):   # "circle" would read as c, i, r ...
+        raise ValueError(f"concepts must hold one list of concept strings per SPM, e.g. [['circle']] for one SPM; "
+                         f"got {concepts!r}")
     device = next(text_encoder.parameters()).device
     batch, num = len(prompts), len(concepts)
     if fixed is not None:

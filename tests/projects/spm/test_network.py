@@ -76,6 +76,9 @@ def test_identity_at_init_switch_off_and_scale():
         with net.applied(0.0):
             merged = functional_call(unet, net.merged_weights(unet, 1.0), (x, t), {"encoder_hidden_states": ctx})
         assert torch.allclose(merged.sample, on, atol=1e-4)
+        # Merged weights swapped in while the membrane is still attached would add it twice: refused.
+        with pytest.raises(RuntimeError, match="the membrane would be applied twice"):
+            functional_call(unet, net.merged_weights(unet, 1.0), (x, t), {"encoder_hidden_states": ctx})
         net.remove()
         assert torch.equal(unet(x, t, encoder_hidden_states=ctx).sample, ref)
 

@@ -90,3 +90,6 @@ def test_bad_input_errors(toy):
         gammas(toy, ["a"], [["red circle"]], fixed=[1.0, 2.0])
     with pytest.raises(ValueError, match="SPM 1 has no concept strings"):
         gammas(toy, ["a"], [["red circle"], []])
+    one_list = r"one list of concept strings per SPM, e.g. \[\['circle'\]\].*got \['circle'\]"
+    with pytest.raises(ValueError, match=one_list):
+        gammas(toy, ["a circle"], ["circle"])           # read as the SPMs "c", "i", "r", ... before

@@ -328,7 +328,6 @@ def phrases() -> None:
     rows = [phrase_run(PAPER_LAMBDA, s) for s in CLAIM_SEEDS]
     # The sweep's other points judge 10 images per prompt (CPU time: a 20-image validation takes about 7 minutes).
     rows += [phrase_run(lam, 0, images_per_prompt=10) for lam in SWEEP if lam != PAPER_LAMBDA]
-    paper = [r for r in rows if r["lambda"] == PAPER_LAMBDA]
     lines = [f"| {r['lambda']:g} | {r['seed']} | {fmt(r['bare_before'], 1)} | {fmt(r['bare'], 1)} | "
              f"{fmt(r['phrase_before'], 1)} | {fmt(r['phrase'], 1)} | {fmt(r['nontarget_before'], 1)} | "
              f"{fmt(r['nontarget'], 1)} |" for r in sorted(rows, key=lambda r: (r["lambda"], r["seed"]))]
@@ -337,40 +336,18 @@ def phrases() -> None:
     table = write("phrases", rows, header, lines)
     RESULTS.mkdir(exist_ok=True)
     plot_sweep(rows, RESULTS / "lambda_sweep.png")
-    claim = {
-        "paper": "SPM (arXiv 2312.16145)",
-        "statement": "A rank-1 membrane trained with Latent Anchoring (lambda 1000) erases a concept, inside "
-                     "phrases too, while generations of other concepts stay as they were.",
-        "unit": "% of images",
-        "series": {"circle phrases, base model": [r["phrase_before"] for r in paper],
-                   "circle phrases, SPM": [r["phrase"] for r in paper],
-                   "bare circle, base model": [r["bare_before"] for r in paper],
-                   "bare circle, SPM": [r["bare"] for r in paper],
-                   "non-target acc, base model": [r["nontarget_before"] for r in paper],
-                   "non-target acc, SPM": [r["nontarget"] for r in paper]},
-        # The aim as tests: the phrase rate at least halved (a gain of half the base rate), the bare word
-        # erased too, non-target accuracy within 3 points of the base model.
-        "comparisons": [
-            {"method": "circle phrases, SPM", "baseline": "circle phrases, base model", "higher_is_better": False,
-             "margin": -statistics.mean(r["phrase_before"] for r in paper) / 2},
-            {"method": "bare circle, SPM", "baseline": "bare circle, base model", "higher_is_better": False},
-            {"method": "non-target acc, SPM", "baseline": "non-target acc, base model", "margin": 3.0}],
-        "mechanism": {"circle phrase rate after / before": {
-            "values": [100 * r["phrase"] / max(r["phrase_before"], 1e-9) for r in paper], "unit": "%", "aim": 50,
-            "higher_is_better": False}},
-        "note": "Toy base model: a frozen text encoder pretrained on compositional captions "
-                "(projects/spm/toy/toy_text.py), then the UNet. Recipe: study.PAPER_TOY (lambda 1000, alpha 1, 300 "
-                "iterations at lr 1e-3); the "
-                "base-model rows are the same images for every seed (paired). Lambda sweep on seed 0 "
-                "(projects/spm/results/lambda_sweep.png), bare word / phrases / non-target %: "
-                + "; ".join(f"lambda {r['lambda']:g}: {r['bare']:.0f} / {r['phrase']:.1f} / {r['nontarget']:.1f}"
-                            for r in sorted(rows, key=lambda r: r["lambda"]) if r["seed"] == 0)
-                + f". Largest phrase-rate drop of any run: "
-                  f"{max(r['phrase_before'] - r['phrase'] for r in rows):.1f} points.",
-    }
+    # The paper recipe's row of `make claims` comes from the knob study (results/recipes.json: both recipes, one
+    # judge, the loss ratio); this file keeps the lambda sweep and the 36-phrase judge's numbers.
+    note = ("Toy base model: a frozen text encoder pretrained on compositional captions "
+            "(projects/spm/toy/toy_text.py), then the UNet. Recipe: study.PAPER_TOY (lambda 1000, alpha 1, 300 "
+            "iterations at lr 1e-3); the base-model rows are the same images for every seed (paired). Lambda sweep on "
+            "seed 0 (projects/spm/results/lambda_sweep.png), bare word / phrases / non-target %: "
+            + "; ".join(f"lambda {r['lambda']:g}: {r['bare']:.0f} / {r['phrase']:.1f} / {r['nontarget']:.1f}"
+                        for r in sorted(rows, key=lambda r: r["lambda"]) if r["seed"] == 0)
+            + f". Largest phrase-rate drop of any run: "
+              f"{max(r['phrase_before'] - r['phrase'] for r in rows):.1f} points.")
     (RESULTS / "study.json").write_text(json.dumps({"command": "python -m projects.spm.toy.study phrases", "rows": rows,
-                                                    "table": table, "claim": claim},
-                                                   indent=1))
+                                                    "table": table, "note": note}, indent=1))
 
 
 # Part 4: which knob decides. From the paper recipe (PAPER_TOY) to the toy-scaled one (toy.yaml) one knob at a time,
@@ -387,6 +364,12 @@ KNOBS = [  # (label, run tag, overrides of toy.yaml)
     ("paper recipe + 120 iterations, 10 warm-up", "iters120",
      PAPER_TOY + ("--data.iterations", "120", "--model.optim.warmup_steps", "10")),
     ("toy-scaled recipe, toy.yaml (lambda 3, alpha 0 + \"\", 8 latents/step, lr 1e-2, 120 it)", "toy", ()),
+]
+# No single knob flips the outcome (seed 0): the way back, the toy recipe with one knob of the paper's, seed 0,
+# starting with the two whose loss ratio moved most (lambda, lr).
+BACK = [
+    ("toy recipe - lambda 1000 (paper's)", "toy_lambda1000", ("--model.anchoring.strength", "1000")),
+    ("toy recipe - lr 1e-3 (paper's)", "toy_lr1e-3", ("--model.optim.lr", "1e-3")),
 ]
 RATIO_STEPS = 10    # "the first steps": the ratio of the means over steps 0-9
 TOY_PHRASES = ("a red circle", "a blue circle", "a yellow circle")
@@ -462,8 +445,9 @@ def recipe_claim(rows: list[dict], tag: str, setting: str) -> dict:
 
 
 def knobs() -> None:
-    """Part 4: the knob table (seed 0), then seeds 1 and 2 for both recipes and the knobs that flip the outcome.
-    The result file is rewritten after every run, so a stopped study leaves what it has (and resumes)."""
+    """Part 4: the knob table (seed 0), then seeds 1 and 2 for both recipes and the knobs that flip the outcome,
+    then the way back (``BACK``, seed 0). The result file is rewritten after every run, so a stopped study leaves
+    what it has (and resumes)."""
     rows: list[dict] = []
     for label, tag, overrides in KNOBS:
         rows.append(knob_run(label, tag, overrides, 0))
@@ -474,12 +458,15 @@ def knobs() -> None:
         for label, tag, overrides in again:
             rows.append(knob_run(label, tag, overrides, seed))
             write_knobs(rows)
+    for label, tag, overrides in BACK:
+        rows.append(knob_run(label, tag, overrides, 0))
+        write_knobs(rows)
 
 
 def write_knobs(rows: list[dict]) -> None:
     """The knob table (mean +- std over the seeds run so far) and ``results/recipes.json`` with both SPM rows."""
     lines = []
-    for label, tag, _ in KNOBS:
+    for label, tag, _ in KNOBS + BACK:
         runs = [r for r in rows if r["tag"] == tag]
         if not runs:
             continue

@@ -1,4 +1,4 @@
-"""The SPM claim of `make claims` (study.phrases) from synthetic runs: the verdict follows the study's aim."""
+"""The SPM claims of `make claims` (study.knobs: both recipes) from synthetic runs: the verdict follows the aim."""
 
 import json
 
@@ -22,17 +22,22 @@ def fake_run(phrase_after: float, nontarget_after: float):
     (90.0, 93.5, "not supported"),    # the bare word goes, the phrases stay: the toy's finding
     (30.0, 80.0, "not supported"),    # erased, but the other concepts suffer
 ])
-def test_the_claim_asks_for_halved_phrases_and_kept_non_targets(tmp_path, monkeypatch, phrase_after,
-                                                                 nontarget_after, expected):
-    monkeypatch.setattr(study, "phrase_run", fake_run(phrase_after, nontarget_after))
+def test_the_claim_asks_for_halved_phrases_and_kept_non_targets(phrase_after, nontarget_after, expected):
+    rows = [{**fake_run(phrase_after, nontarget_after)(1000.0, seed), "tag": "paper", "ratio": 0.1, "ratio_last": 0.2}
+            for seed in (0, 1, 2)]
+    claim = study.recipe_claim(rows, "paper", "paper recipe")
+    assert claim["comparisons"][0]["margin"] == -48.0                        # half the base phrase rate
+    assert len(claim["series"]["circle phrases, SPM"]) == 3
+    assert verdict(claim)[0] == expected
+
+
+def test_the_phrase_study_writes_its_sweep_and_leaves_the_claim_to_the_knob_study(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "phrase_run", fake_run(30.0, 93.5))
     monkeypatch.setattr(study, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(study, "STUDY", tmp_path / "study")
     study.phrases()
     saved = json.loads((tmp_path / "results" / "study.json").read_text())
-    claim = saved["claim"]
-    assert claim["comparisons"][0]["margin"] == -48.0                        # half the base phrase rate
-    assert len(claim["series"]["circle phrases, SPM"]) == len(study.CLAIM_SEEDS)
-    assert verdict(claim)[0] == expected
+    assert "claim" not in saved and "lambda 1000: 20 / 30.0 / 93.5" in saved["note"]
     assert (tmp_path / "results" / "lambda_sweep.png").stat().st_size > 0
     assert len(saved["rows"]) == len(study.CLAIM_SEEDS) + len(study.SWEEP) - 1
 
@@ -56,7 +61,8 @@ def test_the_knob_study_reruns_both_recipes_and_every_flipping_knob_and_writes_t
     study.knobs()
     tags = [tag for _, tag, _ in study.KNOBS]
     assert calls[:len(tags)] == [(t, 0) for t in tags]
-    assert calls[len(tags):] == [(t, s) for s in (1, 2) for t in ("paper", "lambda3", "toy")]
+    assert calls[len(tags):] == [(t, s) for s in (1, 2) for t in ("paper", "lambda3", "toy")] + [
+        (tag, 0) for _, tag, _ in study.BACK]                               # then the way back, seed 0
     saved = json.loads((tmp_path / "results" / "recipes.json").read_text())
     paper, toy = saved["claims"]
     assert paper["setting"].startswith("paper recipe") and toy["setting"].startswith("toy-scaled recipe")

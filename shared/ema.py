@@ -1,5 +1,6 @@
-"""An exponential moving average of the weights (``--model.ema_decay``, off by default: none of the three papers'
-official code keeps one; ASL's recipe, which Query2Label and timm follow, uses 0.9997).
+"""An exponential moving average of the weights (``--model.ema_decay``, off by default: DiD's official code keeps
+none (docs/papers/did.md) and the RAMS-Trans and DRDF papers report none; ASL's recipe, which Query2Label and timm
+follow, uses 0.9997).
 
 A module that takes ``ema_decay`` stores it; the launcher (``shared.cli``) then adds Lightning's
 :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` to ``fit``: after every optimiser step

@@ -438,9 +438,11 @@ def recipe_claim(rows: list[dict], tag: str, setting: str) -> dict:
             f"lambda x L_anc / L_era, last {RATIO_STEPS} steps": {
             "values": [r["ratio_last"] for r in runs], "unit": "ratio", "digits": 3}},
         "note": "Toy base model (projects/spm/toy_model), judged by toy.yaml's ToyJudge (50 images per prompt; "
-                "phrases: a red / blue / yellow circle; five non-target phrases). The ratio lambda x L_anc / L_era "
-                "over the first steps says how hard the anchor term pulls against the erasing term: to carry "
-                "a lambda to another model, match this ratio, not lambda. Knob table: NOTES.md part 4.",
+                "phrases: a red / blue / yellow circle; five non-target phrases). lambda x L_anc / L_era weighs the "
+                "anchor term against the erasing term: over the first steps the membrane is near zero and it says "
+                "little; over the last steps it tells a membrane that hardly moves (low lr, low ratio, nothing "
+                "erased) from one the anchor term holds back (ratio above 1). To carry lambda to another model, aim "
+                "for an end ratio well below 1 with an lr that moves the membrane. Knob table: NOTES.md part 4.",
     }
 
 

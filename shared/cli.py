@@ -61,7 +61,7 @@ from shared.interrupt import GracefulStop
 from shared.nonfinite import NonFiniteGuard
 from shared.predict import PredictionWriter
 from shared.resume import RandomStates
-from shared.run_folder import RunCheckpoint, RunSummary, holds_a_run
+from shared.run_folder import RunCheckpoint, RunSummary, find_callback, holds_a_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -321,8 +321,7 @@ def main(model_class: type[LightningModule], datamodule_class: type[LightningDat
     torch.set_float32_matmul_precision("high")
     quiet_known_warnings()
     cli = run_with_clear_errors(ProjectCLI, model_class, datamodule_class, project, args=args)
-    summary = next((c for c in getattr(getattr(cli, "trainer", None), "callbacks", []) if isinstance(c, RunSummary)),
-                   None)
+    summary = find_callback(getattr(cli, "trainer", None), RunSummary)
     if summary is not None and summary.result_line:
         finish_wandb(0)                       # its closing lines first: the result is the last line
         sys.stderr.write(summary.result_line + "\n")

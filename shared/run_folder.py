@@ -6,7 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from weakref import proxy
 
 import torch
@@ -19,6 +19,13 @@ from shared.batching import EffectiveBatch
 from shared.errors import one_line
 from shared.interrupt import EXIT_INTERRUPTED, GracefulStop
 from shared.nonfinite import NonFiniteGuard, TrainingDiverged
+
+T = TypeVar("T")
+
+
+def find_callback(trainer: Trainer | None, cls: type[T]) -> T | None:
+    """The trainer's callback of type ``cls`` (the launcher adds one of each), or None."""
+    return next((c for c in getattr(trainer, "callbacks", None) or [] if isinstance(c, cls)), None)
 
 
 def _scalar(value: Any) -> float | None:
@@ -49,9 +56,10 @@ class RunSummary(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
 
-    def _write(self, trainer: Trainer, stage: str, outcome: dict[str, Any] | None = None) -> None:
+    def _write(self, trainer: Trainer, stage: str, outcome: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Write the stage's summary file (process 0) and return what it wrote."""
         if not trainer.is_global_zero or (trainer.sanity_checking and outcome is None):
-            return
+            return None
         metrics = {k: v for k, v in ((k, _scalar(v)) for k, v in trainer.callback_metrics.items()) if v is not None}
         best = trainer.checkpoint_callback
         summary = {
@@ -69,8 +77,7 @@ class RunSummary(Callback):
             "metrics": metrics,
         }
         if stage == "fit":
-            guard = next((c for c in trainer.callbacks if isinstance(c, NonFiniteGuard)), None)
-            batch = next((c for c in trainer.callbacks if isinstance(c, EffectiveBatch)), None)
+            guard, batch = find_callback(trainer, NonFiniteGuard), find_callback(trainer, EffectiveBatch)
             summary.update(outcome or {"outcome": "finished"}, max_steps=trainer.max_steps,
                            nonfinite_skips=guard.skipped if guard is not None else 0,
                            accumulate_grad_batches=trainer.accumulate_grad_batches,
@@ -80,11 +87,11 @@ class RunSummary(Callback):
             summary["bad_files"] = bad_files.summary()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / summary_file(stage)).write_text(json.dumps(summary, indent=2))
+        return summary
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._write(trainer, "fit")
-        if trainer.is_global_zero:            # the launcher prints it as the last line of a finished fit
-            summary = json.loads((self.run_dir / "summary.json").read_text())
+        summary = self._write(trainer, "fit")
+        if summary is not None:               # the launcher prints it as the last line of a finished fit
             value, best = summary["headline"], summary["best"]
             self.result_line = (f"result: {self.headline} {value:.4g}" if value is not None else "result: finished") \
                 + (f" (best {best:.4g})" if best is not None else "") \
@@ -96,7 +103,7 @@ class RunSummary(Callback):
         if trainer.state.fn != TrainerFn.FITTING:
             return
         if isinstance(exception, SIGTERMException):
-            stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
+            stop = find_callback(trainer, GracefulStop)
             sig = stop.received(trainer) if stop is not None else None
             outcome = {"outcome": "interrupted", "signal": sig, "resume": "fit --ckpt_path last (same arguments)"}
             # the launcher prints it last (run_with_clear_errors), after the logger's closing lines

@@ -36,11 +36,6 @@ class SkipBadFiles(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getattr__(self, name: str) -> Any:      # the wrapped dataset's attributes (class names, sources, ...)
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
     def __getitem__(self, index: int) -> tuple[Any, tuple[str, ...]]:
         bad: list[str] = []
         n = len(self.dataset)

@@ -91,3 +91,35 @@ def rebuild_toy_run(ckpt: str | Path, module_cls: type, data_cls: type, what: st
 def _init_args(cls: type, hp: dict) -> dict:
     params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in hp.items() if k in params}
+
+
+def keep_committed_rows(project: str, study: str, rows: list[dict], key: Sequence[str] = ("init", "variant", "seed"),
+                        ) -> list[dict]:
+    """``rows`` plus the committed result file's rows this run did not redo (matched on ``key``).
+
+    A study extended by another init or seed (``--inits scratch``) keeps the rows already committed instead of
+    re-training them; their run folders need not exist any more. Committed rows come first, in their order.
+    """
+    path = results_path(project, study)
+    if not path.is_file():
+        return rows
+    redone = {tuple(r[k] for k in key) for r in rows}
+    kept = [r for r in json.loads(path.read_text()).get("rows", []) if tuple(r.get(k) for k in key) not in redone]
+    if kept:
+        print(f"keeping {len(kept)} committed row(s) of {path.name} this run did not redo", flush=True)
+    return [*kept, *rows]
+
+
+def with_option(argv: Sequence[str], option: str, values: Sequence[str], default: Sequence[str]) -> list[str]:
+    """``argv`` with ``option``'s values replaced by ``values`` (dropped when they are the ``default``): the
+    command that regenerates a result file whose rows came from several runs of a study."""
+    out, skipping = [], False
+    for a in argv:
+        if a == option or a.startswith(option + "="):
+            skipping = a == option
+            continue
+        if skipping and not a.startswith("--"):
+            continue
+        skipping = False
+        out.append(a)
+    return out if list(values) == list(default) else [*out, option, *values]

@@ -4,7 +4,8 @@
 baseline_matched did did_relu] [--config projects/did/configs/toy.yaml] [ARGS...]`` runs ``fit`` through the CLI
 for every (seed, init, variant) (CSV logger, run folders ``logs/did/<study>_<init>_<variant>_s<seed>``), measures
 the discovery mechanism on each run's ``last.ckpt`` (``projects.did.mechanism``), prints a markdown table (mean +-
-std over seeds) and writes it with the per-run rows and the command to ``projects/did/results/<study>.json``:
+std over seeds) and writes it with the per-run rows and the command to ``projects/did/results/<study>.json``
+(keeping the committed rows this run did not redo, e.g. another init's):
 ``study`` for ``configs/toy.yaml``, ``study_grid16`` for ``configs/toy_grid16.yaml`` (the same images through 4 px
 patches, a 16x16 grid). Extra arguments go to every run (e.g. ``--trainer.max_steps 400``).
 
@@ -36,7 +37,7 @@ import yaml
 from projects.did.mechanism import measure_checkpoint
 from shared.cli import REPO_ROOT
 from shared.stats import cell
-from shared.study import run_fit, write_results
+from shared.study import keep_committed_rows, run_fit, with_option, write_results
 
 VARIANTS = ("baseline", "baseline_matched", "did", "did_relu")
 INITS = ("pretrained", "scratch")
@@ -166,11 +167,14 @@ def main(argv: list[str] | None = None) -> None:
             for variant in args.variants or [*VARIANTS[:3], *(["did_relu"] if grid16 and init == "pretrained" else [])]:
                 rows.append(run_row(args.config, config, init, variant, seed, extra))
                 print(json.dumps(rows[-1]), flush=True)
+    rows = keep_committed_rows("did", study_name(args.config), rows)
     text = table(rows)
     print(text)
+    inits = [i for i in INITS if any(r["init"] == i for r in rows)]
     write_results("did", study_name(args.config), {
-        "command": shlex.join(["python", "-m", "projects.did.study", *argv]), "config": args.config,
-        "seeds": args.seeds, "inits": args.inits, "variants": sorted({r["variant"] for r in rows}),
+        "command": shlex.join(["python", "-m", "projects.did.study", *with_option(argv, "--inits", inits, INITS)]),
+        "config": args.config, "seeds": sorted({r["seed"] for r in rows}), "inits": inits,
+        "variants": sorted({r["variant"] for r in rows}),
         "extra_args": extra, "pretrained": pretrained, "step_factor": step_factor(config, extra), "table": text,
         "rows": rows, "claim": claim(rows, setting(config, extra))})
 

@@ -8,7 +8,8 @@ through 4 px patches) with ``--model.net.num_scales 1`` for the baseline; ``scra
 (random init, AdamW 1e-3, weight decay 0.05), one run at a time; final validation top-1 comes from its
 ``summary.json``, the part coverage of the scale-1 DPPM box from ``mechanism.py`` on its ``last.ckpt``. Prints a
 markdown table (mean ± std over seeds) and writes it with every run's numbers to
-``projects/rams_trans/results/study.json`` (``study_grid16.json``), what ``make claims`` reads.
+``projects/rams_trans/results/study.json`` (``study_grid16.json``), what ``make claims`` reads; the committed
+rows this run did not redo (another init, say) are kept.
 
 At the 16x16 grid the pre-registered ablation ``rams_cls_row`` (``patch_score: cls_row``: the CLS row of the
 rollout instead of its column mean) runs too, from the pretrained ViT.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from projects.rams_trans.mechanism import measure_checkpoint
 from shared.stats import cell
-from shared.study import run_fit, write_results
+from shared.study import keep_committed_rows, run_fit, with_option, write_results
 
 GRIDS = {8: ("projects/rams_trans/configs/toy.yaml", "study", "8x8 grid (64 px, patch 8)"),
          16: ("projects/rams_trans/configs/toy_grid16.yaml", "study_grid16", "16x16 grid (64 px, patch 4)")}
@@ -81,10 +82,13 @@ def main() -> None:
             for v in args.variants or default_variants(args.grid, init):
                 rows.append(run(args.grid, init, v, seed, args.steps, args.extra))
                 print(rows[-1], flush=True)
+    _, study, setting = GRIDS[args.grid]
+    rows = keep_committed_rows("rams_trans", study, rows)
     text = table(rows)
     print(text)
-    _, study, setting = GRIDS[args.grid]
-    write_results("rams_trans", study, {"command": " ".join(["python -m projects.rams_trans.study", *sys.argv[1:]]),
+    inits = [i for i in INITS if any(r["init"] == i for r in rows)]
+    argv = with_option(sys.argv[1:], "--inits", inits, list(INITS))
+    write_results("rams_trans", study, {"command": " ".join(["python -m projects.rams_trans.study", *argv]),
                                         "rows": rows, "table": text, "claim": claim(rows, setting)})
 
 

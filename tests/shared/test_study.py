@@ -38,3 +38,18 @@ def test_rebuild_refuses_a_run_on_a_real_dataset(tmp_path):
     torch.save({"hyper_parameters": {}, "datamodule_hyper_parameters": {"dataset": "cub"}}, tmp_path / "x.ckpt")
     with pytest.raises(ValueError, match="a measure needs the toy dataset.*'cub'"):
         study.rebuild_toy_run(tmp_path / "x.ckpt", object, object, "a measure")
+
+
+def test_an_extended_study_keeps_the_committed_rows_it_did_not_redo(tmp_path, monkeypatch):
+    path = tmp_path / "s.json"
+    monkeypatch.setattr(study, "results_path", lambda project, name: path)
+    assert study.keep_committed_rows("p", "s", [{"init": "scratch", "seed": 0, "x": 1}], ("init", "seed")) == \
+        [{"init": "scratch", "seed": 0, "x": 1}]                           # nothing committed yet
+    path.write_text(json.dumps({"rows": [{"init": "pretrained", "seed": 0, "x": 5},
+                                         {"init": "scratch", "seed": 0, "x": 9}]}))
+    rows = study.keep_committed_rows("p", "s", [{"init": "scratch", "seed": 0, "x": 1}], ("init", "seed"))
+    assert rows == [{"init": "pretrained", "seed": 0, "x": 5}, {"init": "scratch", "seed": 0, "x": 1}]
+    inits = ["pretrained", "scratch"]
+    assert study.with_option(["--grid", "16", "--inits", "scratch"], "--inits", inits, inits) == ["--grid", "16"]
+    assert study.with_option(["--inits=scratch", "--seeds", "0"], "--inits", ["scratch"], inits) == \
+        ["--seeds", "0", "--inits", "scratch"]

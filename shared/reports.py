@@ -32,6 +32,11 @@ from shared.metrics.multilabel import (
 from shared.panels import log_images, log_table
 
 
+def class_names(module: LightningModule, num_classes: int) -> list[str]:
+    """The datamodule's class names when it has one per class, else ``class_0``, ``class_1``, ..."""
+    names = list(getattr(getattr(module.trainer, "datamodule", None), "class_names", None) or [])
+    return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
+
 def report_dir(module: LightningModule, stage: str) -> Path:
     out = Path(module.trainer.default_root_dir) / "reports" / stage
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from shared.hparams import group, save_hparams
 from shared.metrics import multilabel_metrics
 from shared.optim import SGDOrAdamW
 from shared.panels import log_bar_chart, log_images
-from shared.reports import multilabel_report, reporting, say
+from shared.reports import class_names, multilabel_report, reporting, say
 from shared.schedules import warmup_cosine_schedule
 
 
@@ -178,9 +178,7 @@ class DiDModule(LightningModule):
 
     # ------------------------------------------------------------------------------------------- panels
     def _class_names(self) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None)
-        names = list(getattr(dm, "class_names", []) or [])
-        return names if len(names) == self.net.num_classes else [str(i) for i in range(self.net.num_classes)]
+        return class_names(self, self.net.num_classes)
 
     def _log_panels(self, stage: str, names: list[str]) -> None:
         p = self._panel

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics import MeanMetric
@@ -17,11 +16,11 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from projects.drdf.losses import drdf_loss
 from projects.drdf.model import DRDF
 from projects.drdf.viz import log_routing_panels, toy_routing_metrics
-from shared.data.loaders import scored
+from shared.data.loaders import labels_or_ignored, scored, scored_cross_entropy
 from shared.ema import check_ema_decay
 from shared.hparams import group, save_hparams
-from shared.metrics import IGNORE_INDEX, binary_metrics, topk_accuracy
-from shared.reports import binary_report, classification_report, gathered, reporting, say
+from shared.metrics import binary_metrics, topk_accuracy
+from shared.reports import binary_report, class_names, classification_report, gathered, reporting, say
 
 Task = Literal["binary", "multiclass"]
 
@@ -197,10 +196,8 @@ class DRDFModule(LightningModule):
         out = self(batch)
         k = scored(self, batch["label"].shape[0])      # 0 in a padding step (more processes than samples)
         logits, labels = out["logits"][:k], batch["label"][:k]
-        self.metrics[stage].update(self._scores(out["logits"]),
-                                   batch["label"] if k else torch.full_like(batch["label"], IGNORE_INDEX))
-        loss = F.cross_entropy(logits, labels) if k else out["logits"].sum() * 0
-        self.eval_loss[stage].update(loss, weight=k)
+        self.metrics[stage].update(self._scores(out["logits"]), labels_or_ignored(batch["label"], k))
+        self.eval_loss[stage].update(scored_cross_entropy(out["logits"], batch["label"], k), weight=k)
         self.log(f"{stage}/loss", self.eval_loss[stage], on_epoch=True)
         if reporting(self):
             self._report.append((self._scores(logits).detach(), labels))
@@ -261,9 +258,8 @@ class DRDFModule(LightningModule):
         if binary:
             say(self, binary_report(self, stage, scores.sigmoid(), labels, ("not hateful", "hateful")))
         else:
-            names = getattr(self.trainer.datamodule, "class_names", None) or [
-                f"class_{i}" for i in range(self.net.num_classes)]
-            say(self, classification_report(self, stage, names, labels, scores.argmax(-1)))
+            say(self, classification_report(self, stage, class_names(self, self.net.num_classes), labels,
+                                            scores.argmax(-1)))
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """One record per meme of ``data.predict_dir`` (its images + one .jsonl naming them with their text) or

@@ -8,20 +8,19 @@ from typing import Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from projects.rams_trans.losses import multi_scale_loss
 from projects.rams_trans.model import RAMSTrans
 from projects.rams_trans.viz import boxes_in_input_frame, dppm_panels
-from shared.data.loaders import scored
+from shared.data.loaders import labels_or_ignored, scored, scored_cross_entropy
 from shared.ema import check_ema_decay
 from shared.hparams import group, save_hparams
-from shared.metrics import IGNORE_INDEX, topk_accuracy
+from shared.metrics import topk_accuracy
 from shared.optim import SGDOrAdamW
 from shared.panels import log_images
-from shared.reports import classification_report, gathered, reporting, say
+from shared.reports import class_names, classification_report, gathered, reporting, say
 from shared.schedules import warmup_cosine_schedule
 
 Report = Literal["global", "local", "fused"]
@@ -100,12 +99,11 @@ class RAMSTransModule(L.LightningModule):
         k = scored(self, y.shape[0])           # 0 in a padding step (more processes than samples)
         for h, z in self.predictions(out).items():
             metric = getattr(self, f"{stage}_{h}_acc")
-            metric.update(z, y if k else torch.full_like(y, IGNORE_INDEX))
+            metric.update(z, labels_or_ignored(y, k))
             self.log_dict(metric, on_epoch=True, sync_dist=True)
         if reporting(self):
             self._report.append((self.predictions(out)[self.hparams.report][:k].argmax(-1), y[:k]))
-        loss = F.cross_entropy(out["logits"][-1][:k], y[:k]) if k else out["logits"][-1].sum() * 0
-        self.eval_loss[stage].update(loss, weight=k)
+        self.eval_loss[stage].update(scored_cross_entropy(out["logits"][-1], y, k), weight=k)
         self.log(f"{stage}/loss", self.eval_loss[stage], on_epoch=True)
         if stage == "val" and batch_idx == 0 and self._panel_batch is None:
             n = self.hparams.num_panels
@@ -124,7 +122,7 @@ class RAMSTransModule(L.LightningModule):
         out = self.net(x)
         probs = self.predictions(out)[self.hparams.report].softmax(-1)
         scores, classes = probs.topk(min(5, probs.shape[-1]), dim=-1)
-        names = getattr(self.trainer.datamodule, "class_names", None) or [str(i) for i in range(probs.shape[-1])]
+        names = class_names(self, probs.shape[-1])
         boxes = boxes_in_input_frame(out["boxes"], x.shape[-1])
         return [{"index": int(i), "report": self.hparams.report,
                  "top5": [{"class": names[c], "score": round(float(p), 4)}
@@ -142,9 +140,7 @@ class RAMSTransModule(L.LightningModule):
         preds = gathered(self, [p for p, _ in parts], torch.zeros(0, dtype=torch.long, device=self.device))
         labels = gathered(self, [y for _, y in parts], torch.zeros(0, dtype=torch.long, device=self.device))
         if self.trainer.is_global_zero:
-            num_classes = self.net.head.out_features
-            names = getattr(self.trainer.datamodule, "class_names", None) or [f"class_{i}" for i in range(num_classes)]
-            say(self, classification_report(self, stage, names, labels, preds))
+            say(self, classification_report(self, stage, class_names(self, self.net.head.out_features), labels, preds))
 
     def on_test_epoch_end(self) -> None:
         self._write_report("test")

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from shared.data.bad_files import BadFiles, SkipBadFiles, collate_marked
+from shared.metrics import IGNORE_INDEX
 
 
 def run_seed() -> int:
@@ -217,3 +219,14 @@ def scored(module: Any, batch_size: int) -> int:
     loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
     loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
     return 0 if any(getattr(loader, "padding_only", False) for loader in loaders) else batch_size
+
+
+def labels_or_ignored(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """What an evaluation step gives its metrics: the labels, or ``IGNORE_INDEX`` everywhere in a padding step."""
+    return labels if k else torch.full_like(labels, IGNORE_INDEX)
+
+
+def scored_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Cross-entropy of the ``k`` scored samples (``scored``); in a padding step a zero that still depends on the
+    logits, so the evaluation loss (a MeanMetric updated with ``weight=k``) runs the same calls on every process."""
+    return F.cross_entropy(logits[:k], labels[:k]) if k else logits.sum() * 0

@@ -78,33 +78,44 @@ class DiffusionModel(nn.Module):
         return self.text_encoder_2 is not None
 
     # ------------------------------------------------------------------ text
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """The text states [B, L, D] the UNet cross-attends to. SD convention: pad to the tokenizer's max length,
-        last_hidden_state; SDXL: :meth:`encode`'s concatenated penultimate states (no pooled embedding)."""
-        if self.is_xl:
-            return self.encode(prompts).text
-        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length, return_tensors="pt")
-        device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(tok.input_ids.to(device))[0]
+    @property
+    def text_encoders(self) -> list[tuple]:
+        """``[(tokenizer, text_encoder)]``: one pair (SD v1.x / v2.x) or two (SDXL)."""
+        pairs = [(self.tokenizer, self.text_encoder)]
+        return pairs + [(self.tokenizer_2, self.text_encoder_2)] if self.is_xl else pairs
 
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> Conditioning:
-        """The full conditioning of B prompts. SD v1.x / v2.x: :meth:`encode_prompts`. SDXL (official
-        ``encode_prompts_xl``, diffusers ``StableDiffusionXLPipeline.encode_prompt``): each tokenizer pads to its max
-        length, each encoder's penultimate hidden state ``hidden_states[-2]`` [B, L, 768] and [B, L, 1280] are
-        concatenated to [B, L, 2048]; ``pooled`` [B, 1280] is ``text_encoder_2``'s projected ``text_embeds``."""
+    def tokenize(self, prompts: list[str]) -> list[torch.Tensor]:
+        """One [B, L] id tensor per text encoder: each tokenizer pads to its max length and truncates."""
+        return [tokenizer(list(prompts), padding="max_length", truncation=True,
+                          max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+                for tokenizer, _ in self.text_encoders]
+
+    def encode_ids(self, ids: list[torch.Tensor]) -> Conditioning:
+        """The conditioning of token ids (:meth:`tokenize`'s layout); gradients flow, so an attack can optimise
+        what it feeds the encoders' token embeddings (:mod:`projects.spm.attacks.text`). SD v1.x / v2.x: the
+        encoder's ``last_hidden_state``. SDXL (official ``encode_prompts_xl``, diffusers
+        ``StableDiffusionXLPipeline.encode_prompt``): each encoder's penultimate hidden state ``hidden_states[-2]``
+        [B, L, 768] and [B, L, 1280] concatenated to [B, L, 2048]; ``pooled`` [B, 1280] is ``text_encoder_2``'s
+        projected ``text_embeds``."""
         if not self.is_xl:
-            return Conditioning(self.encode_prompts(prompts))
+            return Conditioning(self.text_encoder(ids[0].to(next(self.text_encoder.parameters()).device))[0])
         states, pooled = [], None
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = tokenizer(list(prompts), padding="max_length", truncation=True,
-                            max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-            out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
+        for (_, encoder), token_ids in zip(self.text_encoders, ids, strict=True):
+            out = encoder(token_ids.to(next(encoder.parameters()).device), output_hidden_states=True)
             states.append(out.hidden_states[-2])
             pooled = out[0]  # the last encoder's: text_embeds of CLIPTextModelWithProjection
         return Conditioning(torch.cat(states, dim=-1), pooled)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """The text states [B, L, D] the UNet cross-attends to (:meth:`encode` without SDXL's pooled embedding)."""
+        return self.encode(prompts).text
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        """The full conditioning of B prompts: :meth:`encode_ids` of :meth:`tokenize` (SD convention: pad to the
+        tokenizer's max length)."""
+        return self.encode_ids(self.tokenize(prompts))
 
     # ------------------------------------------------------------------ shapes
     @property

@@ -14,7 +14,8 @@ A ``"setting"`` (e.g. the toy world's geometry) tells two studies of one claim a
 claim under several settings writes ``"claims": [{...}, ...]`` instead (e.g. SPM's two recipes). This module only
 reads those files (it imports no project), computes each verdict from the numbers, and writes ``CLAIMS.md``, one
 PNG per claim (``projects/<name>/results/<study>.png``; ``<study>_<i>.png`` for the i-th of a list) and the
-results table of the top-level README (between its ``claims`` markers). ``--full`` first re-runs every study
+results table of the top-level README (between its ``claims`` markers), and each study table a project README
+shows (between ``results`` markers). ``--full`` first re-runs every study
 with the command its result file records.
 
 Verdict, per comparison: the mean difference ``d`` (signed so that positive favours the method) against twice
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import statistics
 import subprocess
@@ -42,6 +44,9 @@ from shared.stats import cell, mean_std
 REPO_ROOT = Path(__file__).resolve().parents[1]  # as shared.cli's, without importing Lightning
 
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+# a project README's study table: ``<!-- results:study_grid16 -->`` ... ``<!-- /results -->`` holds the ``table``
+# of ``projects/<name>/results/study_grid16.json``, rewritten by every ``make claims``
+RESULTS_BLOCK = re.compile(r"<!-- results:(?P<study>[\w-]+) -->\n.*?<!-- /results -->", re.S)
 
 
 def fmt(values: list[float], digits: int = 1) -> str:
@@ -182,6 +187,25 @@ def _render_one(result: dict, claim: dict, f: Path, png: Path, root: Path, doc: 
     return f"| {claim['paper']} | {claim['statement']} | {setting or '-'} | {meas} | {mech} | **{v}** |"
 
 
+def render_project_tables(readme: Path) -> int:
+    """Rewrite each results block of a project README from its committed result file; returns how many."""
+    results = readme.parent / "results"
+
+    def table(match: re.Match) -> str:
+        path = results / f"{match['study']}.json"
+        if not path.is_file():
+            raise SystemExit(f"{readme}: a results block names {match['study']!r}, but {path} does not exist")
+        result = json.loads(path.read_text())
+        return (f"<!-- results:{match['study']} -->\n{result['table']}\n\n(`results/{path.name}`, written by "
+                f"`{result['command']}`; this table is rewritten by `make claims`.)\n<!-- /results -->")
+
+    text = readme.read_text()
+    new, count = RESULTS_BLOCK.subn(table, text)
+    if new != text:
+        readme.write_text(new)
+    return count
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="re-run every study first (hours on 2 CPU cores)")
@@ -198,8 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     if README_START in text and README_END in text:
         head, rest = text.split(README_START, 1)
         readme.write_text(head + README_START + "\n" + table + "\n" + README_END + rest.split(README_END, 1)[1])
+    blocks = sum(render_project_tables(f) for f in sorted(REPO_ROOT.glob("projects/*/README.md")))
     print(doc)
-    print(f"wrote {REPO_ROOT / 'CLAIMS.md'} and the README's results table")
+    print(f"wrote {REPO_ROOT / 'CLAIMS.md'}, the README's results table and {blocks} study table(s) of the project "
+          "READMEs")
 
 
 if __name__ == "__main__":

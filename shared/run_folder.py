@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +75,10 @@ class RunSummary(Callback):
             "global_step": trainer.global_step,
             "epochs": trainer.current_epoch,
             "wall_s": round(time.perf_counter() - self._start, 1),
+            # what ``shared.summary`` checks before it compares the run with a committed range (shared/expected.py)
+            "seed": int(os.environ["PL_GLOBAL_SEED"]) if os.environ.get("PL_GLOBAL_SEED") else None,
+            "command": sys.argv[1:],
+            "cpu_threads": torch.get_num_threads(),
             "metrics": metrics,
         }
         if stage == "fit":

@@ -51,6 +51,12 @@ def results_path(project: str, study: str) -> Path:
     return REPO_ROOT / "projects" / project / "results" / f"{study}.json"
 
 
+def committed(project: str, study: str) -> dict | None:
+    """The committed result file of a study (``rows``, ``command``, ...), or None before its first run."""
+    path = results_path(project, study)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_results(project: str, study: str, payload: dict) -> Path:
     """Write ``payload`` (rows, table, the command) to the project's committed result file."""
     path = results_path(project, study)

@@ -36,8 +36,9 @@ import yaml
 
 from projects.did.mechanism import measure_checkpoint
 from shared.cli import REPO_ROOT
+from shared.expected import Expectation
 from shared.stats import cell
-from shared.study import keep_committed_rows, run_fit, with_option, write_results
+from shared.study import committed, keep_committed_rows, run_fit, with_option, write_results
 
 VARIANTS = ("baseline", "baseline_matched", "did", "did_relu")
 INITS = ("pretrained", "scratch")
@@ -209,6 +210,19 @@ def claim(rows: list[dict], setting: str = "8x8 grid (64 px, patch 8)") -> dict:
             "mechanism": mechanism,
             "note": "Boxes on absent classes cannot go below the share forced by images with fewer than N classes: "
                     f"{statistics.mean(values(head, 'did', 'absent_box_floor')):.1f} % here."}
+
+
+def toy_expectation() -> Expectation | None:
+    """``configs/toy.yaml`` at seed s is this study's pretrained DiD row at the 8x8 grid (the config as it is);
+    the fused mAP beside the ViT baseline's (its matched-compute row is in the README)."""
+    result = committed("did", "study")
+    if result is None:
+        return None
+    def pick(variant: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in result["rows"] if r["init"] == "pretrained" and r["variant"] == variant}
+    return Expectation("fused mAP", "%", True, pick("did", "fused/mAP"), "ViT",
+                       list(pick("baseline", "global/mAP").values()), f"results/study.json ({result['command']})",
+                       lambda m: m["val/fused/mAP"], cpu_threads=1)
 
 
 if __name__ == "__main__":

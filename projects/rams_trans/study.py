@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 
 from projects.rams_trans.mechanism import measure_checkpoint
+from shared.expected import Expectation
 from shared.stats import cell
-from shared.study import keep_committed_rows, run_fit, with_option, write_results
+from shared.study import committed, keep_committed_rows, run_fit, with_option, write_results
 
 GRIDS = {8: ("projects/rams_trans/configs/toy.yaml", "study", "8x8 grid (64 px, patch 8)"),
          16: ("projects/rams_trans/configs/toy_grid16.yaml", "study_grid16", "16x16 grid (64 px, patch 4)")}
@@ -123,6 +124,20 @@ def claim(rows: list[dict], setting: str = GRIDS[8][2]) -> dict:
             # the paper reports the local (amplified) prediction (README, flag `report`)
             "comparisons": [{"method": f"RAMS local ({head})", "baseline": f"ViT ({head})"}],
             "mechanism": mechanism}
+
+
+def toy_expectation() -> Expectation | None:
+    """``configs/toy.yaml`` at seed s is this study's pretrained RAMS-Trans row at the 8x8 grid (the same
+    arguments); its reported head is the local one (``model.report``), beside the ViT row."""
+    result = committed("rams_trans", "study")
+    if result is None:
+        return None
+    def pick(variant: str, head: str) -> dict[int, float]:
+        return {r["seed"]: 100 * r[head] for r in result["rows"]
+                if r["init"] == "pretrained" and r["variant"] == variant}
+    return Expectation("local top-1", "%", True, pick("rams", "local"), "ViT (1 scale)",
+                       list(pick("vit", "global").values()), f"results/study.json ({result['command']})",
+                       lambda m: 100 * m["val/local_top1"])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from shared import claims
 from shared.claims import aim_status, compare, render, verdict
 
 
@@ -75,3 +76,16 @@ def test_render_writes_the_table_the_plot_and_a_pointer_for_missing_studies(tmp_
     rows = table.splitlines()[2:]
     assert len(rows) == 6 and "**supported**" in rows[2] and "| 16x16 grid |" in rows[3]
     assert "| recipe A |" in rows[4] and "| recipe B |" in rows[5]
+
+
+def test_project_readme_tables_are_rendered_from_their_result_files(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "study.json").write_text(json.dumps({"command": "python -m p.study", "table": "| a |"}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:study -->\nstale | 1 ± 2\n<!-- /results -->\nrest\n")
+    assert claims.render_project_tables(readme) == 1
+    text = readme.read_text()
+    assert "stale" not in text and "| a |" in text and "`python -m p.study`" in text and text.endswith("rest\n")
+    readme.write_text("<!-- results:missing -->\n<!-- /results -->\n")
+    with pytest.raises(SystemExit, match="missing"):
+        claims.render_project_tables(readme)

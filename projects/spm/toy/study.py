@@ -40,7 +40,9 @@ from projects.spm.toy.scenes import TOY_COLORS, TOY_SHAPES, toy_caption, toy_lab
 from projects.spm.toy.toy_base import DEFAULT_DIR as TOY_MODEL
 from projects.spm.toy.toy_base import derive_toy_model
 from shared.cli import logs_dir
+from shared.expected import Expectation
 from shared.stats import cell
+from shared.study import committed
 
 CLASSIFIER = TOY_MODEL / "classifier.safetensors"
 STUDY = logs_dir() / "spm" / "study"   # the study is a script: its folder is fixed at start
@@ -496,6 +498,20 @@ def main() -> None:
     args = p.parse_args()
     {"anchoring": anchoring, "compose": compose, "transfer": transfer, "capacity": capacity,
      "phrases": phrases, "knobs": knobs}[args.step]()
+
+
+
+def toy_expectation() -> Expectation | None:
+    """``configs/toy.yaml`` at seed s is the knob study's toy-scaled recipe row (``results/recipes.json``): the
+    share of "a <colour> circle" images the judge calls a circle, with the membrane on; the base model (membrane
+    off, the same images' seeds) beside it."""
+    result = committed("spm", "recipes")
+    if result is None:
+        return None
+    rows = [r for r in result["rows"] if r["tag"] == "toy"]
+    return Expectation("phrases judged circle", "%", False, {r["seed"]: r["phrase"] for r in rows},
+                       "base model", [r["phrase_before"] for r in rows], f"results/recipes.json ({result['command']})",
+                       lambda m: 100 * statistics.mean(m[f"val/target_rate/{p}"] for p in TOY_PHRASES))
 
 
 if __name__ == "__main__":

@@ -71,13 +71,15 @@ def token_overlap(prompt_ids: torch.Tensor, concept_ids: torch.Tensor, special_i
 def facilitated_gammas(text_encoder, tokenizer, prompts: list[str], concepts: list[list[str]], *,
                        metric: str = "clipcos_tokenuni", facilitate_factor: float = 1.0,
                        fixed: list[float] | None = None, prompt_embeds: torch.Tensor | None = None,
-                       embed: Callable[[list[str]], torch.Tensor] | None = None) -> torch.Tensor:
+                       embed: Callable[[list[str]], torch.Tensor] | None = None,
+                       prompt_ids: torch.Tensor | None = None) -> torch.Tensor:
     """gamma [B, C] (float32, on the text encoder's device) of C SPMs for B prompts.
 
     ``concepts[c]`` are SPM c's concept strings (the file's ``prompts`` metadata). ``prompt_embeds`` [B, L, D]:
     the prompts' embeddings as used for generation (skips re-encoding them). ``fixed``: one gamma per SPM, FT off.
     ``embed``: strings -> [N, L, D] for s_f (SDXL: ``DiffusionModel.encode_prompts``, see the module docstring);
-    default: ``text_encoder``'s last_hidden_state of the padded ids (official ``clipcos``).
+    default: ``text_encoder``'s last_hidden_state of the padded ids (official ``clipcos``). ``prompt_ids`` [B, L]:
+    the ids the prompts were encoded from, when they are not the tokenized text (an attack's token ids).
     """
     if metric not in METRICS:
         raise ValueError(f"FT metric {metric!r} is not one of {METRICS}")
@@ -99,7 +101,7 @@ def facilitated_gammas(text_encoder, tokenizer, prompts: list[str], concepts: li
     flat = [s for strings in concepts for s in strings]
     owner = torch.tensor([c for c, strings in enumerate(concepts) for _ in strings], device=device)
     concept_ids = tokenize(tokenizer, flat)
-    prompt_ids = tokenize(tokenizer, prompts)
+    prompt_ids = tokenize(tokenizer, prompts) if prompt_ids is None else prompt_ids
     scores = []
     if "clipcos" in metric:
         if prompt_embeds is None:

@@ -33,7 +33,7 @@ def concept_inversion(target: ErasedModel, prompt: str, x0: torch.Tensor, *, ste
     for _ in range(steps):
         cond = encode_with_slots(model, ids, slots, vectors)
         pick = torch.randint(0, x0.shape[0], (min(batch, x0.shape[0]),), generator=gen)
-        loss = target.denoising_loss(cond, x0[pick], target.gammas([prompt], cond), gen)
+        loss = target.denoising_loss(cond, x0[pick], target.gammas([prompt], cond, ids[0]), gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -42,4 +42,5 @@ def concept_inversion(target: ErasedModel, prompt: str, x0: torch.Tensor, *, ste
             on_step(trace[-1])
     with torch.no_grad():
         cond = encode_with_slots(model, ids, slots, vectors)
-    return Attacked(prompt, f"{PLACEHOLDER} {prompt}".strip(), cond, target.gammas([prompt], cond), None, trace)
+    return Attacked(prompt, f"{PLACEHOLDER} {prompt}".strip(), cond, target.gammas([prompt], cond, ids[0]), None,
+                    trace)

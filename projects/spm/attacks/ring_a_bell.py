@@ -82,6 +82,7 @@ def ring_a_bell(target: ErasedModel, prompt: str, pairs: list[tuple[str, str]], 
         if on_step is not None:
             on_step(trace[-1])
     best = pool[score.argmax()].tolist()
-    cond = model.encode_ids(token_rows(model, torch.tensor([best])))
+    rows = token_rows(model, torch.tensor([best]))
+    cond = model.encode_ids(rows)
     text = tokenizer.decode(best, skip_special_tokens=True).strip()
-    return Attacked(prompt, text, cond, target.gammas([text], cond), best, trace)
+    return Attacked(prompt, text, cond, target.gammas([text], cond, rows[0]), best, trace)

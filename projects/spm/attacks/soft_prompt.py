@@ -42,9 +42,10 @@ def soft_prompt_attack(target: ErasedModel, prompt: str, x0: torch.Tensor, *, k:
     trace = []
     for _ in range(steps):
         cond = encode_with_slots(model, ids, slots, relaxed_vectors(logits, tables, temperature))
-        text = with_tokens(model, prompt, logits.argmax(-1).tolist())
+        tokens = logits.argmax(-1).tolist()
         pick = torch.randint(0, x0.shape[0], (min(batch, x0.shape[0]),), generator=gen)
-        loss = target.denoising_loss(cond, x0[pick], target.gammas([text], cond), gen)
+        gammas = target.gammas([with_tokens(model, prompt, tokens)], cond, filled(ids, slots, tokens)[0])
+        loss = target.denoising_loss(cond, x0[pick], gammas, gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -52,10 +53,16 @@ def soft_prompt_attack(target: ErasedModel, prompt: str, x0: torch.Tensor, *, k:
         if on_step is not None:
             on_step(trace[-1])
     tokens = logits.argmax(-1).tolist()
-    real = [i.clone() for i in ids]
-    for i in real:
-        i[slots] = torch.tensor(tokens)
+    real = filled(ids, slots, tokens)
     with torch.no_grad():
         cond = model.encode_ids(real)
     text = with_tokens(model, prompt, tokens)
-    return Attacked(prompt, text, cond, target.gammas([text], cond), tokens, trace)
+    return Attacked(prompt, text, cond, target.gammas([text], cond, real[0]), tokens, trace)
+
+
+def filled(ids: list[torch.Tensor], slots: torch.Tensor, tokens: list[int]) -> list[torch.Tensor]:
+    """``ids`` with the slots holding ``tokens``: the real prompt the UNet is conditioned on."""
+    out = [i.clone() for i in ids]
+    for i in out:
+        i[slots] = torch.tensor(tokens).repeat(i.shape[0])
+    return out

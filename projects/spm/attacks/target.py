@@ -55,14 +55,15 @@ class ErasedModel:
     def concepts(self) -> list[list[str]]:
         return self.comp.concepts if self.comp is not None else []
 
-    def gammas(self, prompts: list[str], cond: Conditioning) -> torch.Tensor:
-        """[B, C] strengths the prompts receive: FT on their own text states ``cond`` (their token overlap from
-        ``prompts``), or the fixed multipliers. [B, 0] for the base model."""
+    def gammas(self, prompts: list[str], cond: Conditioning, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C] strengths the prompts receive: FT on their own text states ``cond`` and token overlap (from
+        ``ids`` [B, L], the first tokenizer's ids ``cond`` was encoded from, else the tokenized ``prompts``), or
+        the fixed multipliers. [B, 0] for the base model."""
         if self.comp is None:
             return torch.zeros(len(prompts), 0)
         m = self.model
         return facilitated_gammas(m.text_encoder, m.tokenizer, prompts, self.concepts, fixed=self.fixed,
-                                  prompt_embeds=cond.text.detach(), embed=m.encode_prompts).cpu()
+                                  prompt_embeds=cond.text.detach(), embed=m.encode_prompts, prompt_ids=ids).cpu()
 
     @contextlib.contextmanager
     def applied(self, gammas: torch.Tensor) -> Iterator[None]:

@@ -107,6 +107,9 @@ def test_ft_gamma_is_the_attacked_prompts_own(erased):
     model = target.model
     on, off = [target.gammas([p], model.encode([p])) for p in ("a circle", "a blue star")]
     assert on.item() > off.item()                       # "circle" in the prompt: the membrane acts harder
+    ids = model.tokenize(["a circle"])
+    cond = model.encode_ids(ids)                       # an attack's gamma follows the ids, not the decoded text
+    assert torch.equal(target.gammas(["unrelated text"], cond, ids[0]), on)
     fixed = ErasedModel(model, [], ft=True)
     assert fixed.gammas(["a circle"], model.encode(["a circle"])).shape == (1, 0)     # the base model: no SPM
 

@@ -174,3 +174,17 @@ def test_bad_inputs_get_one_line(tiny_base: Path, tiny_sd, tmp_path: Path, capsy
         with pytest.raises(SystemExit):
             main([*common, "--concept", "circle", "--prompts", "x", "--judge", "nudenet"])
         assert "needs the nudenet package" in capsys.readouterr().err
+
+
+def test_robustness_study_table_and_claim():
+    from projects.spm.toy.robustness import claim, table
+    from shared.claims import verdict
+    rows = [{"model": m, "ft": "on", "seed": s, "no_attack_asr": 1.0 if m == "base" else 0.0,
+             "asr": {a: (1.0 if m == "base" else 0.25 * s) for a in ("soft_prompt", "concept_inversion",
+                                                                      "ring_a_bell")}}
+            for s in (0, 1, 2) for m in ("base", "toy")]
+    text = table(rows)
+    assert "| base model | 100.0 ± 0.0 |" in text and "| toy-scaled recipe, FT on | 0.0 ± 0.0 | 25.0 ± 25.0" in text
+    block = claim(rows)
+    assert len(block["comparisons"]) == 3 and block["unit"] == "ASR %"
+    assert verdict(block)[0] == "supported"                  # 25 ± 25 against 100 ± 0: lower beyond 2 SE

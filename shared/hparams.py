@@ -18,6 +18,7 @@ import inspect
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -52,3 +53,11 @@ def group(cls: type, value: object) -> object:
     if isinstance(value, dict):
         return cls(**value)
     raise TypeError(f"expected {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+
+
+def pin_cpu_threads(module: LightningModule, threads: int | None) -> None:
+    """Set torch's intra-op threads for a CPU run (None: torch's default; no effect on a GPU). A toy run reproduces
+    its study's committed numbers bit for bit only on the study's thread count (float sums are ordered by thread),
+    and on a shared 2-core machine one thread is often faster than two that spin-wait for each other."""
+    if threads and module.device.type == "cpu":
+        torch.set_num_threads(threads)

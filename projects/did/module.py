@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
@@ -15,7 +14,7 @@ from projects.did.model import DiD
 from projects.did.viz import instance_panel
 from shared.data.loaders import scored
 from shared.ema import check_ema_decay
-from shared.hparams import group, save_hparams
+from shared.hparams import group, pin_cpu_threads, save_hparams
 from shared.metrics import multilabel_metrics
 from shared.optim import SGDOrAdamW
 from shared.panels import log_bar_chart, log_images
@@ -75,10 +74,7 @@ class DiDModule(LightningModule):
         self._panel: dict[str, Tensor] | None = None
 
     def setup(self, stage: str) -> None:
-        # On a shared CPU box, 2 intra-op threads competing with other jobs can be several times slower
-        # than 1 (OpenMP spin-waits); the toy config pins the count. No effect on GPU runs.
-        if self.hparams.cpu_threads and self.device.type == "cpu":
-            torch.set_num_threads(self.hparams.cpu_threads)
+        pin_cpu_threads(self, self.hparams.cpu_threads)      # the toy config pins 1 (shared.hparams)
 
     def forward(self, x: Tensor) -> dict[str, Tensor | None]:
         return self.net(x)

@@ -18,7 +18,7 @@ from projects.drdf.model import DRDF
 from projects.drdf.viz import log_routing_panels, toy_routing_metrics
 from shared.data.loaders import labels_or_ignored, scored, scored_cross_entropy
 from shared.ema import check_ema_decay
-from shared.hparams import group, save_hparams
+from shared.hparams import group, pin_cpu_threads, save_hparams
 from shared.metrics import binary_metrics, topk_accuracy
 from shared.reports import binary_report, class_names, classification_report, gathered, reporting, say
 
@@ -145,9 +145,7 @@ class DRDFModule(LightningModule):
         self._vocab_checked = False
 
     def setup(self, stage: str) -> None:
-        # Tiny toy models on a shared CPU: one intra-op thread is several times faster than two fighting threads.
-        if self.hparams.cpu_threads and self.device.type == "cpu":
-            torch.set_num_threads(self.hparams.cpu_threads)
+        pin_cpu_threads(self, self.hparams.cpu_threads)      # the toy configs pin 1 (shared.hparams)
 
     # ---------------------------------------------------------------------------------------------- steps
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:

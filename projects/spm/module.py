@@ -40,7 +40,7 @@ from projects.spm.losses import spm_losses
 from projects.spm.network import Membrane, SPMNetwork
 from projects.spm.rollout import Rollout, dynamic_crop, resolution_bucket, roll_out
 from projects.spm.toy.toy_base import ensure_toy_base
-from shared.hparams import group, save_hparams
+from shared.hparams import group, pin_cpu_threads, save_hparams
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -109,7 +109,8 @@ class SPMModule(LightningModule):
     ``target``: one concept string or several (one drawn per iteration); ``surrogate``: c_sur of Eq. 5 (""; the
     concept "reconsolidation" of §2.4 sets another); ``eta``: Eq. 5's eta. ``anchoring`` / ``rollout`` /
     ``optim``: the groups above. Writes ``<spm_name>_<N>steps.safetensors`` every ``save_every`` steps (0: never)
-    and ``<spm_name>_last.safetensors`` in the run folder; checkpoints hold the membrane only.
+    and ``<spm_name>_last.safetensors`` in the run folder; checkpoints hold the membrane only. ``cpu_threads``: torch's
+    intra-op threads on a CPU run (None: torch's default; not a paper knob).
     """
 
     monitor = "val/target_rate"
@@ -120,7 +121,7 @@ class SPMModule(LightningModule):
     def __init__(self, base: BaseModel = BaseModel(), target: str | list[str] = "circle", surrogate: str = "",
                  eta: float = 1.0, membrane: Membrane = Membrane(), anchoring: Anchoring = Anchoring(),  # noqa: B008
                  rollout: Rollout = Rollout(), optim: Optimization = Optimization(), spm_name: str = "spm",  # noqa: B008
-                 save_every: int = 500) -> None:
+                 save_every: int = 500, cpu_threads: int | None = None) -> None:
         super().__init__()
         save_hparams(self, injected=())
         self.base, self.membrane = group(BaseModel, base), group(Membrane, membrane)
@@ -140,6 +141,7 @@ class SPMModule(LightningModule):
             ensure_toy_base(self.base.folder())
 
     def setup(self, stage: str) -> None:
+        pin_cpu_threads(self, self.hparams.cpu_threads)      # the toy config pins 1 (shared.hparams)
         if self.diffusion is not None:
             return
         config = self.base.config

@@ -511,7 +511,7 @@ def toy_expectation() -> Expectation | None:
     rows = [r for r in result["rows"] if r["tag"] == "toy"]
     return Expectation("phrases judged circle", "%", False, {r["seed"]: r["phrase"] for r in rows},
                        "base model", [r["phrase_before"] for r in rows], f"results/recipes.json ({result['command']})",
-                       lambda m: 100 * statistics.mean(m[f"val/target_rate/{p}"] for p in TOY_PHRASES))
+                       lambda m: 100 * statistics.mean(m[f"val/target_rate/{p}"] for p in TOY_PHRASES), cpu_threads=1)
 
 
 if __name__ == "__main__":

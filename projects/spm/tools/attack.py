@@ -120,6 +120,10 @@ def attack(args: argparse.Namespace) -> dict:
     prompts = read_prompts(args)
     model = DiffusionModel.from_folder(base)
     check_concept(model, args.concept)
+    if "ring_a_bell" in args.attacks and args.rab_length + 2 > model.tokenizer.model_max_length:
+        raise ValueError(f"--rab_length {args.rab_length} does not fit this text encoder's "
+                         f"{model.tokenizer.model_max_length} tokens with start and end: at most "
+                         f"{model.tokenizer.model_max_length - 2}")
     judge = make_judge(args.judge, args.concept, args.classifier, args.clip, args.threshold)
     target = ErasedModel(model, args.spm, ft=args.ft, multipliers=args.spm_multiplier)
     reference = ErasedModel(model)                      # the base model makes the images the attacks learn from
@@ -158,20 +162,25 @@ def attack(args: argparse.Namespace) -> dict:
                          "objective_last": round(result.trace[-1], 6) if result.trace else ""})
         write_csv(out / f"{name}.csv", rows)
         summary[name] = asr(rows)
-    info = {"base_model": str(base), "spm": list(args.spm), "ft": args.ft, "multipliers": args.spm_multiplier,
-            "concept": args.concept, "prompts": prompts, "seeds": args.seeds, "steps": args.steps,
-            "guidance": args.guidance, "target_images": args.target_images, "judge": judge.info,
-            "settings": {a: {k.split("_", 1)[1]: v for k, v in vars(args).items() if k.startswith(prefix)}
-                         for a, prefix in (("soft_prompt", "sp_"), ("concept_inversion", "ci_"),
-                                           ("ring_a_bell", "rab_")) if a in args.attacks},
-            "attack_seed": args.attack_seed, "results": summary, "seconds": round(time.perf_counter() - start, 1)}
-    (out / "attack.json").write_text(json.dumps(info, indent=2))
+        info = settings(args, base, prompts, judge, summary, start)
+        (out / "attack.json").write_text(json.dumps(info, indent=2))     # after each attack: a stop keeps it
     for name, r in summary.items():
         print(f"{name}: ASR {r['asr']:.2f} ({r['successes']}/{r['prompts']} prompts; no attack "
               f"{r['no_attack_asr']:.2f}), images judged {args.concept}: {r['image_rate']:.2f} "
               f"(no attack {r['no_attack_image_rate']:.2f})")
     print(f"wrote {out / 'attack.json'} and one CSV per attack")
     return info
+
+
+def settings(args: argparse.Namespace, base: Path, prompts: list[str], judge, summary: dict, start: float) -> dict:
+    """``attack.json``: every setting, the judge (kind, version, threshold) and the rates so far."""
+    return {"base_model": str(base), "spm": list(args.spm), "ft": args.ft, "multipliers": args.spm_multiplier,
+            "concept": args.concept, "prompts": prompts, "seeds": args.seeds, "steps": args.steps,
+            "guidance": args.guidance, "target_images": args.target_images, "judge": judge.info,
+            "settings": {a: {k.split("_", 1)[1]: v for k, v in vars(args).items() if k.startswith(prefix)}
+                         for a, prefix in (("soft_prompt", "sp_"), ("concept_inversion", "ci_"),
+                                           ("ring_a_bell", "rab_")) if a in args.attacks},
+            "attack_seed": args.attack_seed, "results": summary, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def asr(rows: list[dict]) -> dict:

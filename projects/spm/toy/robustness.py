@@ -6,7 +6,8 @@ Models: the base model (no SPM), the SPM of the toy-scaled recipe (``configs/toy
 each with FT on and off; the SPMs are the knob study's runs of the same name and seed (trained here when missing).
 For each (model, FT, seed) one ``attack`` run (attack seed = the seed) on the bare word and the three
 "a <colour> circle" phrases, 5 images each, judged by the toy classifier. Attack budgets (about 10 min a model and
-attack on 2 cores): the soft prompt at its defaults, concept inversion 300 steps, Ring-A-Bell 500 generations.
+attack on 2 cores): the soft prompt at its defaults, concept inversion 300 steps, Ring-A-Bell 500 generations of
+12 tokens (the toy text encoder has 16 positions).
 Finished runs (their ``attack.json``) are reused. Writes ``results/robustness.json``: the rows, a table of ASR
 mean ± std and the claim block ``make claims`` renders (the erased model's ASR against the base model's, per attack).
 """
@@ -24,7 +25,7 @@ from shared.cli import logs_dir
 from shared.stats import cell
 
 RECIPES = {"toy": "toy-scaled recipe", "paper": "paper recipe"}
-BUDGET = ["--ci_steps", "300", "--rab_generations", "500"]
+BUDGET = ["--ci_steps", "300", "--rab_generations", "500", "--rab_length", "12"]   # the toy encoder: 16 positions
 PROMPTS = ["circle", *TOY_PHRASES]
 NAMES = {"soft_prompt": "soft prompt (UnlearnDiffAtk)", "concept_inversion": "concept inversion",
          "ring_a_bell": "Ring-A-Bell"}

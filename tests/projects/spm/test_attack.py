@@ -158,7 +158,9 @@ def test_bad_inputs_get_one_line(tiny_base: Path, tiny_sd, tmp_path: Path, capsy
              (["--concept", "circle", "--prompts_file", str(empty)], [str(empty), "no prompt"]),
              (["--concept", "circle"], ["no prompt to attack"]),
              (["--concept", "dog", "--prompts", "a dog"], ["'dog'", "3 tokens"]),
-             (["--concept", "the", "--prompts", "the circle"], ["--judge toy", "'the'"])]
+             (["--concept", "the", "--prompts", "the circle"], ["--judge toy", "'the'"]),
+             (["--concept", "circle", "--prompts", "a circle", "--rab_length", "16"],
+              ["--rab_length 16", "at most 14"])]
     for args, words in cases:
         with pytest.raises(SystemExit) as exc:
             main([*common, *args])

@@ -49,6 +49,7 @@ def test_rows_table_and_result_file_from_stub_runs(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(study, "run_fit", fake_fit)
     monkeypatch.setattr(study, "measure_checkpoint", fake_measure)
     monkeypatch.setattr(study, "write_results", lambda project, name, payload: written.update(payload))
+    monkeypatch.setattr(study, "keep_committed_rows", lambda project, name, rows: rows)   # not the real file
     study.main(["--seeds", "0", "1", "--variants", "baseline", "did", "--trainer.max_steps", "250"])
     assert [c[0] for c in calls[:4]] == ["study_pretrained_baseline_s0", "study_pretrained_did_s0",
                                         "study_scratch_baseline_s0", "study_scratch_did_s0"]
@@ -86,6 +87,7 @@ def test_the_16x16_grid_study_adds_the_rectified_class_map_ablation(monkeypatch:
     names = []
     monkeypatch.setattr(study, "write_results", lambda project, name, payload: (names.append(name),
                                                                                   written.update(payload)))
+    monkeypatch.setattr(study, "keep_committed_rows", lambda project, name, rows: rows)   # not the real file
     study.main(["--seeds", "0", "--config", "projects/did/configs/toy_grid16.yaml"])
     assert names == ["study_grid16"]
     assert [c[0] for c in calls] == [f"study_grid16_pretrained_{v}_s0" for v in

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from projects.spm.attacks.target import Attacked, ErasedModel
+from projects.spm.attacks.target import Attacked, ErasedModel, descend
 from projects.spm.attacks.text import embedding_tables, encode_with_slots, slot_ids
 
 DEFAULTS = {"steps": 1000, "lr": 5e-3}
@@ -34,12 +34,7 @@ def concept_inversion(target: ErasedModel, prompt: str, x0: torch.Tensor, *, ste
         cond = encode_with_slots(model, ids, slots, vectors)
         pick = torch.randint(0, x0.shape[0], (min(batch, x0.shape[0]),), generator=gen)
         loss = target.denoising_loss(cond, x0[pick], target.gammas([prompt], cond, ids[0]), gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        trace.append(loss.item())
-        if on_step is not None:
-            on_step(trace[-1])
+        descend(opt, loss, trace, on_step)
     with torch.no_grad():
         cond = encode_with_slots(model, ids, slots, vectors)
     return Attacked(prompt, f"{PLACEHOLDER} {prompt}".strip(), cond, target.gammas([prompt], cond, ids[0]), None,

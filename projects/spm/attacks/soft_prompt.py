@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from projects.spm.attacks.target import Attacked, ErasedModel
+from projects.spm.attacks.target import Attacked, ErasedModel, descend
 from projects.spm.attacks.text import embedding_tables, encode_with_slots, slot_ids, with_tokens
 
 DEFAULTS = {"k": 5, "steps": 40, "lr": 0.01, "weight_decay": 0.1, "temperature": 1.0}
@@ -46,12 +46,7 @@ def soft_prompt_attack(target: ErasedModel, prompt: str, x0: torch.Tensor, *, k:
         pick = torch.randint(0, x0.shape[0], (min(batch, x0.shape[0]),), generator=gen)
         gammas = target.gammas([with_tokens(model, prompt, tokens)], cond, filled(ids, slots, tokens)[0])
         loss = target.denoising_loss(cond, x0[pick], gammas, gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        trace.append(loss.item())
-        if on_step is not None:
-            on_step(trace[-1])
+        descend(opt, loss, trace, on_step)
     tokens = logits.argmax(-1).tolist()
     real = filled(ids, slots, tokens)
     with torch.no_grad():

@@ -10,7 +10,7 @@ fixed multipliers. Without SPMs it is the base model (the attack's reference row
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,17 @@ class Attacked:
     gammas: torch.Tensor              # [1, C] the SPMs' strengths this conditioning receives
     tokens: list[int] | None = None   # the discrete adversarial token ids (soft prompt, Ring-A-Bell)
     trace: list[float] = field(default_factory=list)   # the objective per step (Ring-A-Bell: best fitness)
+
+
+def descend(opt: torch.optim.Optimizer, loss: torch.Tensor, trace: list[float],
+            on_step: Callable[[float], None] | None) -> None:
+    """One optimiser step of an attack on ``loss``; the value goes to ``trace`` and ``on_step`` (a progress bar)."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    trace.append(loss.item())
+    if on_step is not None:
+        on_step(trace[-1])
 
 
 class ErasedModel:

@@ -95,18 +95,9 @@ class ErasedModel:
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = a.sqrt() * noise - (1 - a).sqrt() * x0 if ddim.prediction_type == "v_prediction" else noise
         cond = cond.expand(x0.shape[0]) if cond.batch == 1 else cond
-        with self.applied(gammas[:1].expand(x0.shape[0], -1) if gammas.shape[0] == 1 else gammas):
-            out = self._predict(x_t, t, cond)
+        with self.applied(gammas):          # one gamma row serves the whole batch (SPMComposition repeats it)
+            out = self.model.predict(x_t, t, cond)       # a timestep per sample
         return F.mse_loss(out.float(), target.float())
-
-    def _predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The UNet at per-sample timesteps ``t`` [N] (diffusers UNets take a timestep vector)."""
-        model = self.model
-        if getattr(getattr(model.unet, "config", None), "addition_embed_type", None) != "text_time":
-            return model.unet(x_t, t.to(x_t.device), encoder_hidden_states=cond.text.to(x_t.dtype)).sample
-        added = {"text_embeds": cond.pooled.to(x_t.dtype), "time_ids": model.time_ids(x_t)}
-        return model.unet(x_t, t.to(x_t.device), encoder_hidden_states=cond.text.to(x_t.dtype),
-                          added_cond_kwargs=added).sample
 
     @torch.no_grad()
     def latents(self, cond: Conditioning, gammas: torch.Tensor, seeds: list[int], steps: int, guidance: float,
@@ -116,7 +107,6 @@ class ErasedModel:
         m = self.model
         n = len(seeds)
         cond = cond.expand(n) if cond.batch == 1 else cond
-        gammas = gammas.expand(n, -1) if gammas.shape[0] == 1 else gammas
         size = m.unet.config.sample_size * m.latent_scale
         device, dtype = m.ddim.alphas_cumprod.device, next(m.unet.parameters()).dtype
         noise = torch.cat([torch.randn(m.latent_shape(1, size, size), generator=torch.Generator().manual_seed(s))

@@ -9,7 +9,8 @@ generated at ``--seeds`` through the erased model (FT on: the gamma the attacked
 the plain prompt. An attacked prompt succeeds when the judge labels at least one of its images as the concept;
 ASR is the share of prompts that succeed, beside the same prompts' share without attack (``no_attack``). The
 soft-prompt attack and concept inversion learn from ``--target_images`` images the *base* model makes of each
-prompt. Writes ``<out>/<attack>/images/*.png``, ``<out>/<attack>.csv`` (one row per prompt) and
+prompt. Writes ``<out>/<attack>/images/*.png``, ``<out>/<attack>/grid.png`` (a row per prompt, a column per
+seed), ``<out>/<attack>.csv`` (one row per prompt; ``judged``: the judge's verdict on each seed's image) and
 ``<out>/attack.json`` (every setting, the judge with its version and threshold, the rates).
 """
 
@@ -30,7 +31,7 @@ from projects.spm.attacks import inversion, ring_a_bell, soft_prompt
 from projects.spm.attacks.judges import JUDGES, make_judge
 from projects.spm.attacks.target import Attacked, ErasedModel
 from projects.spm.diffusion.model import DiffusionModel
-from projects.spm.tools.generate import slug, to_uint8
+from projects.spm.tools.generate import make_grid, slug, to_uint8
 from shared.data.images import read_utf8
 from shared.errors import run_with_clear_errors
 
@@ -141,6 +142,7 @@ def attack(args: argparse.Namespace) -> dict:
         rows = []
         (out / name / "images").mkdir(parents=True, exist_ok=True)
         bar = tqdm(prompts, desc=name, unit="prompt")
+        paths = []
         for i, prompt in enumerate(bar):
             x0 = None
             if name != "ring_a_bell":
@@ -151,16 +153,20 @@ def attack(args: argparse.Namespace) -> dict:
             images = target.generate(result.cond, result.gammas, **gen)
             judged = judge(images)
             for seed, image in zip(args.seeds, to_uint8(images), strict=True):
-                Image.fromarray(image.numpy()).save(out / name / "images" / f"{i:04d}_{slug(prompt)}_{seed}.png")
+                path = out / name / "images" / f"{i:04d}_{slug(prompt)}_{seed}.png"
+                Image.fromarray(image.numpy()).save(path)
+                paths.append(path)
             rows.append({"prompt": prompt, "attacked": result.text,
                          "tokens": " ".join(map(str, result.tokens)) if result.tokens is not None else "",
                          "gammas": " ".join(f"{g:.4f}" for g in result.gammas.flatten().tolist()),
+                         "judged": " ".join(str(int(j)) for j in judged.tolist()),   # one per --seeds
                          "no_attack_rate": round(plain[prompt].float().mean().item(), 4),
                          "attacked_rate": round(judged.float().mean().item(), 4),
                          "success": bool(judged.any()), "no_attack_success": bool(plain[prompt].any()),
                          "objective_first": round(result.trace[0], 6) if result.trace else "",
                          "objective_last": round(result.trace[-1], 6) if result.trace else ""})
         write_csv(out / f"{name}.csv", rows)
+        make_grid(paths, columns=len(args.seeds)).save(out / name / "grid.png")     # a row per prompt
         summary[name] = asr(rows)
         info = settings(args, base, prompts, judge, summary, start)
         (out / "attack.json").write_text(json.dumps(info, indent=2))     # after each attack: a stop keeps it

@@ -9,7 +9,8 @@ For each (model, FT, seed) one ``attack`` run (attack seed = the seed) on the ba
 attack on 2 cores): the soft prompt at its defaults, concept inversion 300 steps, Ring-A-Bell 500 generations of
 12 tokens (the toy text encoder has 16 positions).
 Finished runs (their ``attack.json``) are reused. Writes ``results/robustness.json``: the rows, a table of ASR
-mean ± std and the claim block ``make claims`` renders (the erased model's ASR against the base model's, per attack).
+mean ± std and the claim block ``make claims`` renders (the erased model's ASR against the base model's, per attack),
+and ``results/robustness_asr.png`` (the ASRs grouped by attack).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from projects.spm.tools.attack import ATTACKS
 from projects.spm.tools.attack import main as attack_main
 from projects.spm.toy.study import KNOBS, RESULTS, TOY_MODEL, TOY_PHRASES, train_spm
 from shared.cli import logs_dir
-from shared.stats import cell
+from shared.stats import cell, mean_std
 
 RECIPES = {"toy": "toy-scaled recipe", "paper": "paper recipe"}
 BUDGET = ["--ci_steps", "300", "--rab_generations", "500", "--rab_length", "12"]   # the toy encoder: 16 positions
@@ -63,6 +65,34 @@ def table(rows: list[dict]) -> str:
         cells += [cell([100 * r["asr"][a] for r in rs]) for a in ATTACKS]
         out.append(f"| {label(*key)} | {' | '.join(cells)} | {len(rs)} |")
     return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Grouped bars: for each attack (and no attack) one bar per model, mean ± std over seeds, dots the seeds."""
+    import matplotlib  # only the plot needs it, with the non-interactive backend chosen before pyplot loads
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [("no attack", lambda r: r["no_attack_asr"])] + [(NAMES[a], lambda r, a=a: r["asr"][a]) for a in ATTACKS]
+    models = list(dict.fromkeys((r["model"], r["ft"]) for r in rows))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for j, key in enumerate(models):
+        for i, (_, value) in enumerate(groups):
+            values = [100 * value(r) for r in rows if (r["model"], r["ft"]) == key]
+            x = i + (j - (len(models) - 1) / 2) * width
+            m, sd = mean_std(values)
+            ax.bar(x, m, width, yerr=sd, color=f"C{j}", alpha=0.75, capsize=3, label=label(*key) if i == 0 else None)
+            ax.scatter([x] * len(values), values, color="k", s=8, zorder=3)
+    ax.set_xticks(range(len(groups)), [g.replace(" (", "\n(") for g, _ in groups])
+    ax.set_ylabel("ASR: % of the 4 circle prompts judged circle")
+    ax.set_ylim(0, 105)
+    ax.set_title('SPM under attack on the toy world: does "circle" come back? (mean ± std over seeds)', fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def claim(rows: list[dict]) -> dict:
@@ -117,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                     result["claim"] = block
                 RESULTS.mkdir(exist_ok=True)
                 (RESULTS / "robustness.json").write_text(json.dumps(result, indent=1))
+    plot(rows, RESULTS / "robustness_asr.png")
     print(table(rows))
 
 

@@ -4,12 +4,14 @@ attacked prompt's own, the ASR arithmetic, the JSON settings and the bad inputs.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from PIL import Image
 
 from projects.spm.attacks.inversion import concept_inversion
 from projects.spm.attacks.ring_a_bell import concept_pairs, ring_a_bell
@@ -142,6 +144,12 @@ def test_the_command_on_the_toy_model_writes_images_csvs_and_its_settings(tiny_b
     for name in ("soft_prompt", "concept_inversion", "ring_a_bell"):
         assert len(list((out / name / "images").glob("*.png"))) == 4              # 2 prompts x 2 seeds
         assert (out / f"{name}.csv").read_text().count("\n") == 3
+        for row in csv.DictReader((out / f"{name}.csv").open()):              # each seed's verdict, and its mean
+            judged = [int(j) for j in row["judged"].split()]
+            assert len(judged) == 2 and float(row["attacked_rate"]) == sum(judged) / 2
+            assert (row["success"] == "True") == any(judged)
+        grid = Image.open(out / name / "grid.png")                              # 2 prompts (rows) x 2 seeds
+        assert grid.size[0] == grid.size[1] and grid.size[0] > 2 * 16
         assert 0 <= info["results"][name]["asr"] <= 1
     assert "soft_prompt: ASR" in capsys.readouterr().out
 
@@ -190,3 +198,14 @@ def test_robustness_study_table_and_claim():
     block = claim(rows)
     assert len(block["comparisons"]) == 3 and block["unit"] == "ASR %"
     assert verdict(block)[0] == "supported"                  # 25 ± 25 against 100 ± 0: lower beyond 2 SE
+    rows[-1]["asr"]["concept_inversion"] = 1.0                # one attack brings it back: not all hold
+    assert verdict(claim(rows))[0] in ("inconclusive", "not supported")
+
+
+def test_robustness_plot_draws_every_model(tmp_path: Path):
+    from projects.spm.toy.robustness import plot
+    rows = [{"model": m, "ft": f, "seed": s, "no_attack_asr": 0.5,
+             "asr": {"soft_prompt": 0.25, "concept_inversion": 1.0, "ring_a_bell": 0.0}}
+            for s in (0, 1) for m, f in (("base", "on"), ("toy", "on"), ("toy", "off"))]
+    plot(rows, tmp_path / "asr.png")
+    assert Image.open(tmp_path / "asr.png").size[0] > 500

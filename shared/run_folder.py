@@ -79,6 +79,7 @@ class RunSummary(Callback):
             "seed": int(os.environ["PL_GLOBAL_SEED"]) if os.environ.get("PL_GLOBAL_SEED") else None,
             "command": sys.argv[1:],
             "cpu_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),     # the kernels' ISA: AVX2, AVX512, ...
             "metrics": metrics,
         }
         if stage == "fit":

@@ -50,9 +50,12 @@ def judge(summary: dict) -> dict:
         block["verdict"] = f"n/a: not the toy default ({differ})"
     else:
         block["verdict"] = expectation.verdict(block["value"], summary.get("seed"))
-        if expectation.cpu_threads is None and summary.get("seed") in expectation.seeds \
-                and "reproduced" not in block["verdict"]:
-            block["verdict"] += f" (another CPU thread count? this run: {summary.get('cpu_threads')})"
+        if summary.get("seed") in expectation.seeds and "reproduced" not in block["verdict"]:
+            # same code and config, other floats: the thread count (unless the study pinned it) or the CPU's kernels
+            cpu, threads = summary.get("cpu_capability", "CPU kind not recorded"), summary.get("cpu_threads")
+            block["verdict"] += (f" (another CPU kind? this run: {cpu})" if expectation.cpu_threads is not None else
+                                 f" (another CPU thread count or kind? this run: {threads} "
+                                 f"thread{'' if threads == 1 else 's'}, {cpu})")
     return {**summary, "expected": block}
 
 

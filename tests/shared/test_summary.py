@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import yaml
@@ -39,15 +40,20 @@ def test_a_run_is_judged_against_the_committed_range_and_its_seed(tmp_path, monk
     monkeypatch.setattr(summary, "for_project", lambda project: fake_expectation())
     write_run(tmp_path, "same", metrics={"val/top1": 0.60})                         # seed 0's committed value
     write_run(tmp_path, "low", metrics={"val/top1": 0.50}, seed=7)
-    write_run(tmp_path, "other", metrics={"val/top1": 0.61}, cpu_threads=1)
+    write_run(tmp_path, "other", metrics={"val/top1": 0.61}, cpu_threads=1, cpu_capability="AVX2")
     write_run(tmp_path, "changed", metrics={"val/top1": 0.62},
               command=["fit", "--config", "projects/changed/configs/toy.yaml", "--model.optim.lr", "1"])
     rows = {r["project"]: r["expected"] for r in summary.collect(["same", "low", "other", "changed"], "toy")}
     assert rows["same"]["range"] == [58.0, 66.0] and rows["same"]["value"] == 60.0
     assert rows["same"]["verdict"] == "within range; seed 0: 60.00 reproduced"
     assert rows["low"]["verdict"] == "below range (worse)"
-    assert rows["other"]["verdict"].startswith("within range; seed 0: 60.00 committed (another CPU thread count?")
+    assert rows["other"]["verdict"] == ("within range; seed 0: 60.00 committed (another CPU thread count or kind? "
+                                        "this run: 1 thread, AVX2)")
     assert rows["changed"]["verdict"] == "n/a: not the toy default (--model.optim.lr 1)"
+    pinned = dataclasses.replace(fake_expectation(), cpu_threads=1)    # a study that fixed the thread count
+    monkeypatch.setattr(summary, "for_project", lambda project: pinned)
+    row = summary.collect(["other"], "toy")[0]["expected"]
+    assert row["verdict"].endswith("committed (another CPU kind? this run: AVX2)")
     table = summary.format_table(summary.collect(["same"], "toy"))
     assert "top-1 (%, higher better)" in table and "62.0 ± 2.0 (seeds 0-2), range 58.0..66.0" in table
     assert "ViT 81.0 ± 1.4" in table

@@ -1,10 +1,10 @@
 """A prompt with k token slots whose input embeddings an attack chooses, encoded with gradients.
 
-The slots sit right after the start token (UnlearnDiffAtk's ``prefix_k`` insertion; concept inversion's
-placeholder word is one slot). Each slot holds a placeholder id (the start token's, which no CLIP pooling picks)
-and a forward hook on each encoder's token embedding replaces the slots' rows by the attack's vectors, so the
-encoders run unchanged: causal mask, positions, SDXL's penultimate states and pooled embedding all follow
-(:meth:`DiffusionModel.encode_ids`).
+The slots sit right after the start token (UnlearnDiffAtk's ``prefix_k`` insertion) or, for concept inversion's
+one learned word, in place of the concept's token (:func:`concept_slot_ids`). Each slot holds a placeholder id (the
+start token's, which no CLIP pooling picks) and a forward hook on each encoder's token embedding replaces the
+slots' rows by the attack's vectors, so the encoders run unchanged: causal mask, positions, SDXL's penultimate
+states and pooled embedding all follow (:meth:`DiffusionModel.encode_ids`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,29 @@ def slot_ids(model: DiffusionModel, prompts: Sequence[str], k: int) -> tuple[lis
         mask = torch.zeros(len(prompts), ids[-1].shape[1], dtype=torch.bool)
         mask[:, 1:1 + k] = True
         slots = mask
+    return ids, slots
+
+
+def concept_slot_ids(model: DiffusionModel, prompt: str, concept: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(ids, slots)`` as :func:`slot_ids` with one slot *in place of* the concept's token (concept inversion's
+    placement in Pham et al.: the learned word stands where the concept word stood). The concept is one token;
+    the prompt must hold it exactly once."""
+    ids, slots = [], None
+    for tokenizer, _ in model.text_encoders:
+        words = tokenizer(prompt, truncation=False).input_ids
+        concept_id = tokenizer(concept, add_special_tokens=False).input_ids
+        at = [i for i, w in enumerate(words) if [w] == concept_id]
+        if len(at) != 1:
+            raise ValueError(f"prompt {prompt!r} holds the concept {concept!r} {len(at)} times; concept inversion "
+                             "in place of the word (--ci_placement replace) needs it exactly once")
+        length = tokenizer.model_max_length
+        if len(words) > length:
+            raise ValueError(f"prompt {prompt!r} is {len(words)} tokens; the text encoder holds {length}")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else words[-1]
+        words[at[0]] = words[0]                      # the placeholder id, as in slot_ids
+        ids.append(torch.tensor([words + [pad] * (length - len(words))]))
+        slots = torch.zeros(1, length, dtype=torch.bool)
+        slots[0, at[0]] = True
     return ids, slots
 
 

@@ -30,6 +30,7 @@ from transformers.utils import logging as hf_logging
 from projects.spm.attacks import inversion, ring_a_bell, soft_prompt
 from projects.spm.attacks.judges import JUDGES, make_judge
 from projects.spm.attacks.target import Attacked, ErasedModel
+from projects.spm.attacks.text import concept_slot_ids
 from projects.spm.diffusion.model import DiffusionModel
 from projects.spm.tools.generate import make_grid, slug, to_uint8
 from shared.data.images import read_utf8
@@ -62,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in soft_prompt.DEFAULTS.items():
         p.add_argument(f"--sp_{name}", type=type(value), default=value, help="soft-prompt attack (UnlearnDiffAtk)")
     for name, value in inversion.DEFAULTS.items():
-        p.add_argument(f"--ci_{name}", type=type(value), default=value, help="concept inversion")
+        p.add_argument(f"--ci_{name}", type=type(value), default=value, help="concept inversion",
+                       choices=inversion.PLACEMENTS if name == "placement" else None)
     for name, value in ring_a_bell.DEFAULTS.items():
         p.add_argument(f"--rab_{name}", type=type(value), default=value, help="Ring-A-Bell")
     p.add_argument("--out", required=True, help="output folder")
@@ -103,8 +105,8 @@ def run_attack(name: str, target: ErasedModel, prompt: str, x0: torch.Tensor, pa
                                               weight_decay=args.sp_weight_decay, temperature=args.sp_temperature,
                                               seed=args.attack_seed, on_step=step)
     if name == "concept_inversion":
-        return inversion.concept_inversion(target, prompt, x0, steps=args.ci_steps, lr=args.ci_lr,
-                                           seed=args.attack_seed, on_step=step)
+        return inversion.concept_inversion(target, prompt, x0, concept=args.concept, placement=args.ci_placement,
+                                           steps=args.ci_steps, lr=args.ci_lr, seed=args.attack_seed, on_step=step)
     return ring_a_bell.ring_a_bell(target, prompt, pairs, length=args.rab_length, eta=args.rab_eta,
                                    population=args.rab_population, generations=args.rab_generations,
                                    mutation=args.rab_mutation, crossover=args.rab_crossover, seed=args.attack_seed,
@@ -126,6 +128,9 @@ def attack(args: argparse.Namespace) -> dict:
                          f"{model.tokenizer.model_max_length} tokens with start and end: at most "
                          f"{model.tokenizer.model_max_length - 2}")
     judge = make_judge(args.judge, args.concept, args.classifier, args.clip, args.threshold)
+    if "concept_inversion" in args.attacks and args.ci_placement == "replace":
+        for prompt in prompts:                  # refused before any image: each prompt holds the word once
+            concept_slot_ids(model, prompt, args.concept)
     target = ErasedModel(model, args.spm, ft=args.ft, multipliers=args.spm_multiplier)
     reference = ErasedModel(model)                      # the base model makes the images the attacks learn from
     pairs = ring_a_bell.concept_pairs(prompts, args.concept)

@@ -1,13 +1,15 @@
-"""Does "circle" come back? The three attacks of ``python -m projects.spm attack`` on the toy world, over seeds.
+"""Does "circle" come back? The attacks of ``python -m projects.spm attack`` on the toy world, over seeds.
 
     python -m projects.spm.toy.robustness [--seeds 0 1 2] [--models base toy paper] [--ft on off]
 
 Models: the base model (no SPM), the SPM of the toy-scaled recipe (``configs/toy.yaml``) and of the paper recipe,
 each with FT on and off; the SPMs are the knob study's runs of the same name and seed (trained here when missing).
-For each (model, FT, seed) one ``attack`` run (attack seed = the seed) on the bare word and the three
-"a <colour> circle" phrases, 5 images each, judged by the toy classifier. Attack budgets (about 10 min a model and
-attack on 2 cores): the soft prompt at its defaults, concept inversion 300 steps, Ring-A-Bell 500 generations of
-12 tokens (the toy text encoder has 16 positions).
+For each (model, FT, seed) ``attack`` runs (attack seed = the seed) on the bare word and the three
+"a <colour> circle" phrases, 5 images each, judged by the toy classifier: the soft prompt at its defaults,
+Ring-A-Bell with 500 generations of 12 tokens (the toy text encoder has 16 positions), and concept inversion
+(300 steps) twice: in place of the word (the paper's prompt, "a red <concept>") and as a prefix that keeps it
+("<concept> a red circle", where FT sees the erased token and gives the membrane full strength). About 6 min
+a (model, FT, seed) on one core.
 Finished runs (their ``attack.json``) are reused. Writes ``results/robustness.json``: the rows, a table of ASR
 mean ± std and the claim block ``make claims`` renders (the erased model's ASR against the base model's, per attack),
 and ``results/robustness_asr.png`` (the ASRs grouped by attack).
@@ -20,7 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-from projects.spm.tools.attack import ATTACKS
 from projects.spm.tools.attack import main as attack_main
 from projects.spm.toy.study import KNOBS, RESULTS, TOY_MODEL, TOY_PHRASES, train_spm
 from shared.cli import logs_dir
@@ -29,8 +30,14 @@ from shared.stats import cell, mean_std
 RECIPES = {"toy": "toy-scaled recipe", "paper": "paper recipe"}
 BUDGET = ["--ci_steps", "300", "--rab_generations", "500", "--rab_length", "12"]   # the toy encoder: 16 positions
 PROMPTS = ["circle", *TOY_PHRASES]
-NAMES = {"soft_prompt": "soft prompt (UnlearnDiffAtk)", "concept_inversion": "concept inversion",
-         "ring_a_bell": "Ring-A-Bell"}
+NAMES = {"soft_prompt": "soft prompt (UnlearnDiffAtk)", "inversion_replace": "concept inversion (word replaced)",
+         "inversion_prefix": "concept inversion (prefix, word kept)", "ring_a_bell": "Ring-A-Bell"}
+# Two attack runs per (model, FT, seed): the three attacks with inversion as a prefix (the prompt keeps "circle"),
+# then inversion alone in place of the word (Pham et al.'s prompt): {run suffix: (flags, {study column: attack})}
+RUNS = {"": (["--ci_placement", "prefix"],
+             {"soft_prompt": "soft_prompt", "inversion_prefix": "concept_inversion", "ring_a_bell": "ring_a_bell"}),
+        "_ci_replace": (["--attacks", "concept_inversion", "--ci_placement", "replace"],
+                        {"inversion_replace": "concept_inversion"})}
 
 
 def spm_file(recipe: str, seed: int) -> str:
@@ -40,8 +47,8 @@ def spm_file(recipe: str, seed: int) -> str:
     return train_spm("circle", "paper", f"knob_{recipe}_s{seed}", flags)["spm_file"]
 
 
-def attack_run(model: str, ft: str, seed: int) -> dict:
-    out = logs_dir() / "spm" / "robustness" / f"{model}_ft{ft}_s{seed}"
+def attack_run(model: str, ft: str, seed: int, suffix: str, flags: list[str]) -> dict:
+    out = logs_dir() / "spm" / "robustness" / f"{model}_ft{ft}_s{seed}{suffix}"
     if (out / "attack.json").is_file():
         print("reusing", out, flush=True)
         return json.loads((out / "attack.json").read_text())
@@ -49,7 +56,19 @@ def attack_run(model: str, ft: str, seed: int) -> dict:
     return attack_main(["--base_model", str(TOY_MODEL), *spm, "--ft" if ft == "on" else "--no-ft", "--concept",
                         "circle", "--prompts", *PROMPTS, "--seeds", "0", "1", "2", "3", "4", "--steps", "20",
                         "--guidance", "5", "--judge", "toy", "--classifier", str(TOY_MODEL / "classifier.safetensors"),
-                        "--attack_seed", str(seed), *BUDGET, "--out", str(out)])
+                        "--attack_seed", str(seed), *BUDGET, *flags, "--out", str(out)])
+
+
+def study_row(model: str, ft: str, seed: int) -> dict:
+    """One (model, FT, seed) row: the rate without attack and each column's ASR and share of images judged."""
+    row = {"model": model, "ft": ft, "seed": seed, "asr": {}, "image_rate": {}}
+    for suffix, (flags, columns) in RUNS.items():
+        results = attack_run(model, ft, seed, suffix, flags)["results"]
+        for column, attack in columns.items():
+            row["no_attack_asr"] = results[attack]["no_attack_asr"]     # the same prompts and seeds in every run
+            row["asr"][column] = results[attack]["asr"]
+            row["image_rate"][column] = results[attack]["image_rate"]
+    return row
 
 
 def label(model: str, ft: str) -> str:
@@ -57,12 +76,12 @@ def label(model: str, ft: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| model | no attack | " + " | ".join(NAMES[a] for a in ATTACKS) + " | seeds |",
-           "|---|---|" + "---|" * len(ATTACKS) + "---|"]
+    out = ["| model | no attack | " + " | ".join(NAMES.values()) + " | seeds |",
+           "|---|---|" + "---|" * len(NAMES) + "---|"]
     for key in dict.fromkeys((r["model"], r["ft"]) for r in rows):
         rs = [r for r in rows if (r["model"], r["ft"]) == key]
         cells = [cell([100 * r["no_attack_asr"] for r in rs])]
-        cells += [cell([100 * r["asr"][a] for r in rs]) for a in ATTACKS]
+        cells += [cell([100 * r["asr"][a] for r in rs]) for a in NAMES]
         out.append(f"| {label(*key)} | {' | '.join(cells)} | {len(rs)} |")
     return "\n".join(out)
 
@@ -74,7 +93,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [("no attack", lambda r: r["no_attack_asr"])] + [(NAMES[a], lambda r, a=a: r["asr"][a]) for a in ATTACKS]
+    groups = [("no attack", lambda r: r["no_attack_asr"])] + [(n, lambda r, a=a: r["asr"][a]) for a, n in NAMES.items()]
     models = list(dict.fromkeys((r["model"], r["ft"]) for r in rows))
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -103,7 +122,7 @@ def claim(rows: list[dict]) -> dict:
                 if (r["model"], r["ft"]) == (model, ft)]
 
     series, comparisons = {}, []
-    for a in ATTACKS:
+    for a in NAMES:
         series[f"{NAMES[a]}, base model"] = asr("base", "on", a)
         for model in ("toy", "paper"):
             for ft in ("on", "off"):
@@ -135,11 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for model in args.models:
             for ft in ["on"] if model == "base" else args.ft:
-                info = attack_run(model, ft, seed)
-                rows.append({"model": model, "ft": ft, "seed": seed,
-                             "no_attack_asr": info["results"][ATTACKS[0]]["no_attack_asr"],
-                             "asr": {a: r["asr"] for a, r in info["results"].items()},
-                             "image_rate": {a: r["image_rate"] for a, r in info["results"].items()}})
+                rows.append(study_row(model, ft, seed))
                 result = {"command": " ".join(["python -m projects.spm.toy.robustness", *(argv or sys.argv[1:])]),
                           "rows": rows, "table": table(rows)}
                 block = claim(rows)

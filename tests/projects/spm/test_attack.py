@@ -17,7 +17,7 @@ from projects.spm.attacks.inversion import concept_inversion
 from projects.spm.attacks.ring_a_bell import concept_pairs, ring_a_bell
 from projects.spm.attacks.soft_prompt import relaxed_vectors, soft_prompt_attack
 from projects.spm.attacks.target import ErasedModel
-from projects.spm.attacks.text import embedding_tables, encode_with_slots, slot_ids
+from projects.spm.attacks.text import concept_slot_ids, embedding_tables, encode_with_slots, slot_ids
 from projects.spm.tools.attack import asr, main
 from tests.projects.spm.conftest import FAMILIES
 from tests.projects.spm.tiny_sd import write_random_spm
@@ -88,8 +88,28 @@ def test_concept_inversion_step_lowers_its_objective(erased, family):
         for v in vectors:
             v -= 1e-2 * v.grad / v.grad.norm()
     assert objective().item() < before.item()
-    result = concept_inversion(target, "", x0, steps=2, batch=2)
+    result = concept_inversion(target, "", x0, placement="prefix", steps=2, batch=2)
     assert result.tokens is None and result.text == "<concept>" and len(result.trace) == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_concept_inversion_in_place_of_the_word(erased, family):
+    """Pham et al.'s placement: the learned word where "circle" stood, so FT no longer sees the erased token."""
+    target = erased[family]
+    model, x0 = target.model, concept_latents(target)
+    ids, slots = concept_slot_ids(model, "a red circle", "circle")
+    for (tokenizer, _), row in zip(model.text_encoders, ids, strict=True):
+        words = tokenizer("a red circle").input_ids
+        at = words.index(tokenizer("circle", add_special_tokens=False).input_ids[0])
+        assert slots[0].nonzero().flatten().tolist() == [at] and row[0, at] == words[0]
+        assert row[0, :len(words)].tolist()[:at] == words[:at] and row[0, at + 1:len(words)].tolist() == words[at + 1:]
+    replaced = concept_inversion(target, "a red circle", x0, concept="circle", steps=2, batch=2)
+    prefixed = concept_inversion(target, "a red circle", x0, placement="prefix", steps=2, batch=2)
+    assert replaced.text == "a red <concept>" and prefixed.text == "<concept> a red circle"
+    assert prefixed.gammas.item() == 1.0 and replaced.gammas.item() < 1.0     # FT: the word's overlap is gone
+    for prompt in ("a red square", "circle circle"):
+        with pytest.raises(ValueError, match="exactly once"):
+            concept_slot_ids(model, prompt, "circle")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -168,7 +188,8 @@ def test_bad_inputs_get_one_line(tiny_base: Path, tiny_sd, tmp_path: Path, capsy
              (["--concept", "dog", "--prompts", "a dog"], ["'dog'", "3 tokens"]),
              (["--concept", "the", "--prompts", "the circle"], ["--judge toy", "'the'"]),
              (["--concept", "circle", "--prompts", "a circle", "--rab_length", "16"],
-              ["--rab_length 16", "at most 14"])]
+              ["--rab_length 16", "at most 14"]),
+             (["--concept", "circle", "--prompts", "a red square"], ["'a red square'", "0 times", "exactly once"])]
     for args, words in cases:
         with pytest.raises(SystemExit) as exc:
             main([*common, *args])
@@ -187,25 +208,41 @@ def test_bad_inputs_get_one_line(tiny_base: Path, tiny_sd, tmp_path: Path, capsy
 
 
 def test_robustness_study_table_and_claim():
-    from projects.spm.toy.robustness import claim, table
+    from projects.spm.toy.robustness import NAMES, claim, table
     from shared.claims import verdict
     rows = [{"model": m, "ft": "on", "seed": s, "no_attack_asr": 1.0 if m == "base" else 0.0,
-             "asr": {a: (1.0 if m == "base" else 0.25 * s) for a in ("soft_prompt", "concept_inversion",
-                                                                      "ring_a_bell")}}
+             "asr": {a: (1.0 if m == "base" else 0.25 * s) for a in NAMES}}
             for s in (0, 1, 2) for m in ("base", "toy")]
     text = table(rows)
     assert "| base model | 100.0 ± 0.0 |" in text and "| toy-scaled recipe, FT on | 0.0 ± 0.0 | 25.0 ± 25.0" in text
     block = claim(rows)
-    assert len(block["comparisons"]) == 3 and block["unit"] == "ASR %"
+    assert len(block["comparisons"]) == 4 and block["unit"] == "ASR %"
     assert verdict(block)[0] == "supported"                  # 25 ± 25 against 100 ± 0: lower beyond 2 SE
-    rows[-1]["asr"]["concept_inversion"] = 1.0                # one attack brings it back: not all hold
+    rows[-1]["asr"]["inversion_replace"] = 1.0                # one attack brings it back: not all hold
     assert verdict(claim(rows))[0] in ("inconclusive", "not supported")
 
 
 def test_robustness_plot_draws_every_model(tmp_path: Path):
     from projects.spm.toy.robustness import plot
     rows = [{"model": m, "ft": f, "seed": s, "no_attack_asr": 0.5,
-             "asr": {"soft_prompt": 0.25, "concept_inversion": 1.0, "ring_a_bell": 0.0}}
+             "asr": {"soft_prompt": 0.25, "inversion_replace": 1.0, "inversion_prefix": 0.5, "ring_a_bell": 0.0}}
             for s in (0, 1) for m, f in (("base", "on"), ("toy", "on"), ("toy", "off"))]
     plot(rows, tmp_path / "asr.png")
     assert Image.open(tmp_path / "asr.png").size[0] > 500
+
+
+def test_robustness_row_merges_the_two_inversion_placements(monkeypatch):
+    from projects.spm.toy import robustness
+
+    def fake_run(model, ft, seed, suffix, flags):
+        rates = lambda a: {"asr": a, "image_rate": a / 2, "no_attack_asr": 0.25}     # noqa: E731
+        if suffix:
+            assert flags[-2:] == ["--ci_placement", "replace"]
+            return {"results": {"concept_inversion": rates(1.0)}}
+        assert flags == ["--ci_placement", "prefix"]
+        return {"results": {"soft_prompt": rates(0.5), "concept_inversion": rates(0.75), "ring_a_bell": rates(0.0)}}
+
+    monkeypatch.setattr(robustness, "attack_run", fake_run)
+    row = robustness.study_row("toy", "on", 0)
+    assert row["asr"] == {"soft_prompt": 0.5, "inversion_prefix": 0.75, "ring_a_bell": 0.0, "inversion_replace": 1.0}
+    assert row["no_attack_asr"] == 0.25 and row["image_rate"]["inversion_replace"] == 0.5

@@ -18,6 +18,7 @@ and ``results/robustness_asr.png`` (the ASRs grouped by attack).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -47,27 +48,35 @@ def spm_file(recipe: str, seed: int) -> str:
     return train_spm("circle", "paper", f"knob_{recipe}_s{seed}", flags)["spm_file"]
 
 
-def attack_run(model: str, ft: str, seed: int, suffix: str, flags: list[str]) -> dict:
+def attack_run(model: str, ft: str, seed: int, suffix: str, flags: list[str]) -> Path:
+    """The run folder of one ``attack`` run (run here unless its ``attack.json`` exists)."""
     out = logs_dir() / "spm" / "robustness" / f"{model}_ft{ft}_s{seed}{suffix}"
     if (out / "attack.json").is_file():
         print("reusing", out, flush=True)
-        return json.loads((out / "attack.json").read_text())
+        return out
     spm = [] if model == "base" else ["--spm", spm_file(model, seed)]
-    return attack_main(["--base_model", str(TOY_MODEL), *spm, "--ft" if ft == "on" else "--no-ft", "--concept",
-                        "circle", "--prompts", *PROMPTS, "--seeds", "0", "1", "2", "3", "4", "--steps", "20",
-                        "--guidance", "5", "--judge", "toy", "--classifier", str(TOY_MODEL / "classifier.safetensors"),
-                        "--attack_seed", str(seed), *BUDGET, *flags, "--out", str(out)])
+    attack_main(["--base_model", str(TOY_MODEL), *spm, "--ft" if ft == "on" else "--no-ft", "--concept", "circle",
+                 "--prompts", *PROMPTS, "--seeds", "0", "1", "2", "3", "4", "--steps", "20", "--guidance", "5",
+                 "--judge", "toy", "--classifier", str(TOY_MODEL / "classifier.safetensors"), "--attack_seed",
+                 str(seed), *BUDGET, *flags, "--out", str(out)])
+    return out
 
 
 def study_row(model: str, ft: str, seed: int) -> dict:
-    """One (model, FT, seed) row: the rate without attack and each column's ASR and share of images judged."""
-    row = {"model": model, "ft": ft, "seed": seed, "asr": {}, "image_rate": {}}
+    """One (model, FT, seed) row: without attack and for each column, the ASR and the share of images judged
+    circle; for an SPM, the mean gamma the attacked prompts received (FT on: their own; off: 1)."""
+    row = {"model": model, "ft": ft, "seed": seed, "asr": {}, "image_rate": {}, "gamma": {}}
     for suffix, (flags, columns) in RUNS.items():
-        results = attack_run(model, ft, seed, suffix, flags)["results"]
+        out = attack_run(model, ft, seed, suffix, flags)
+        results = json.loads((out / "attack.json").read_text())["results"]
         for column, attack in columns.items():
-            row["no_attack_asr"] = results[attack]["no_attack_asr"]     # the same prompts and seeds in every run
-            row["asr"][column] = results[attack]["asr"]
-            row["image_rate"][column] = results[attack]["image_rate"]
+            r = results[attack]
+            row["no_attack_asr"], row["no_attack_image_rate"] = r["no_attack_asr"], r["no_attack_image_rate"]
+            row["asr"][column], row["image_rate"][column] = r["asr"], r["image_rate"]
+            with (out / f"{attack}.csv").open(encoding="utf-8") as f:
+                gammas = [float(g) for line in csv.DictReader(f) for g in line["gammas"].split()]
+            if gammas:
+                row["gamma"][column] = sum(gammas) / len(gammas)
     return row
 
 
@@ -75,40 +84,60 @@ def label(model: str, ft: str) -> str:
     return "base model" if model == "base" else f"{RECIPES[model]}, FT {ft}"
 
 
-def table(rows: list[dict]) -> str:
-    out = ["| model | no attack | " + " | ".join(NAMES.values()) + " | seeds |",
-           "|---|---|" + "---|" * len(NAMES) + "---|"]
+def grid(rows: list[dict], title: str, value, no_attack=None, digits: int = 1) -> list[str]:
+    """One markdown table: a line per (model, FT), ``value(row, column)`` mean ± std over seeds per column."""
+    first = ["no attack"] if no_attack is not None else []
+    out = [f"| {title} | " + " | ".join([*first, *NAMES.values()]) + " | seeds |",
+           "|---|" + "---|" * (len(first) + len(NAMES)) + "---|"]
     for key in dict.fromkeys((r["model"], r["ft"]) for r in rows):
         rs = [r for r in rows if (r["model"], r["ft"]) == key]
-        cells = [cell([100 * r["no_attack_asr"] for r in rs])]
-        cells += [cell([100 * r["asr"][a] for r in rs]) for a in NAMES]
+        cells = [cell([no_attack(r) for r in rs], digits=digits)] if no_attack is not None else []
+        cells += [cell([value(r, a) for r in rs], digits=digits) for a in NAMES]
         out.append(f"| {label(*key)} | {' | '.join(cells)} | {len(rs)} |")
-    return "\n".join(out)
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    """ASR (the field's measure), the share of images judged circle, and the FT gammas of the SPM rows."""
+    spm_rows = [r for r in rows if r["model"] != "base" and r.get("gamma")]
+    return "\n".join([
+        *grid(rows, "ASR, % of prompts", lambda r, a: 100 * r["asr"][a], lambda r: 100 * r["no_attack_asr"]), "",
+        *grid(rows, "images judged circle, %", lambda r, a: 100 * r["image_rate"][a],
+              lambda r: 100 * r["no_attack_image_rate"]),
+        *(["", *grid(spm_rows, "SPM strength the attacked prompts receive (mean gamma)",
+                     lambda r, a: r["gamma"][a], digits=2)] if spm_rows else [])])
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Grouped bars: for each attack (and no attack) one bar per model, mean ± std over seeds, dots the seeds."""
+    """Grouped bars, ASR (left) and images judged circle (right): for each attack (and no attack) one bar per
+    model, mean ± std over seeds, dots the seeds."""
     import matplotlib  # only the plot needs it, with the non-interactive backend chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [("no attack", lambda r: r["no_attack_asr"])] + [(n, lambda r, a=a: r["asr"][a]) for a, n in NAMES.items()]
     models = list(dict.fromkeys((r["model"], r["ft"]) for r in rows))
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    for j, key in enumerate(models):
-        for i, (_, value) in enumerate(groups):
-            values = [100 * value(r) for r in rows if (r["model"], r["ft"]) == key]
-            x = i + (j - (len(models) - 1) / 2) * width
-            m, sd = mean_std(values)
-            ax.bar(x, m, width, yerr=sd, color=f"C{j}", alpha=0.75, capsize=3, label=label(*key) if i == 0 else None)
-            ax.scatter([x] * len(values), values, color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(groups)), [g.replace(" (", "\n(") for g, _ in groups])
-    ax.set_ylabel("ASR: % of the 4 circle prompts judged circle")
-    ax.set_ylim(0, 105)
-    ax.set_title('SPM under attack on the toy world: does "circle" come back? (mean ± std over seeds)', fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    panels = [("ASR: % of the 4 circle prompts", "asr"), ("% of their images judged circle", "image_rate")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), sharey=True)
+    for ax, (ylabel, key) in zip(axes, panels, strict=True):
+        groups = [("no attack", None), *((n, a) for a, n in NAMES.items())]
+        for j, model in enumerate(models):
+            for i, (_, attack) in enumerate(groups):
+                values = [100 * (r[f"no_attack_{key}"] if attack is None else r[key][attack]) for r in rows
+                          if (r["model"], r["ft"]) == model]
+                x = i + (j - (len(models) - 1) / 2) * width
+                m, sd = mean_std(values)
+                ax.bar(x, m, width, yerr=sd, color=f"C{j}", alpha=0.75, capsize=3,
+                       label=label(*model) if i == 0 else None)
+                ax.scatter([x] * len(values), values, color="k", s=8, zorder=3)
+        ticks = [g.replace(" (", "\n(").replace("concept ", "concept\n").replace(", ", ",\n") for g, _ in groups]
+        ax.set_xticks(range(len(groups)), ticks, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 105)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle('SPM under attack on the toy world: does "circle" come back? (mean ± std over seeds, dots: seeds)',
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -124,15 +153,21 @@ def claim(rows: list[dict]) -> dict:
     series, comparisons = {}, []
     for a in NAMES:
         series[f"{NAMES[a]}, base model"] = asr("base", "on", a)
-        for model in ("toy", "paper"):
-            for ft in ("on", "off"):
-                if asr(model, ft, a):
-                    series[f"{NAMES[a]}, {label(model, ft)}"] = asr(model, ft, a)
+        for ft in ("on", "off"):            # the paper recipe's rows stay in the table (it erases nothing here)
+            series[f"{NAMES[a]}, {label('toy', ft)}"] = asr("toy", ft, a)
         if series.get(f"{NAMES[a]}, toy-scaled recipe, FT on") and series[f"{NAMES[a]}, base model"]:
             comparisons.append({"method": f"{NAMES[a]}, toy-scaled recipe, FT on",
                                 "baseline": f"{NAMES[a]}, base model", "higher_is_better": False})
     mechanism = {f"no attack, {label(m, f)}": {"values": asr(m, f, None), "unit": "% of prompts"}
                  for m, f in dict.fromkeys((r["model"], r["ft"]) for r in rows)}
+    # FT's side of it: the learned word in place of "circle" gets a gamma below 1, and more of its images come back
+    for ft in ("on", "off"):
+        toy = [r for r in rows if (r["model"], r["ft"]) == ("toy", ft) and "inversion_replace" in r.get("gamma", {})]
+        if toy:
+            mechanism[f"images judged circle, inversion in place of the word, {label('toy', ft)}"] = {
+                "values": [100 * r["image_rate"]["inversion_replace"] for r in toy], "unit": "% of images"}
+            mechanism[f"gamma of the inverted prompts x 100, {label('toy', ft)}"] = {
+                "values": [100 * r["gamma"]["inversion_replace"] for r in toy], "unit": "% of full strength"}
     return {"paper": "SPM (Lyu et al., CVPR 2024)", "setting": "under attack: UnlearnDiffAtk, concept inversion, "
             "Ring-A-Bell (toy world)",
             "statement": "An erased concept resists the standard attacks: attacked prompts bring it back far less "
@@ -141,7 +176,8 @@ def claim(rows: list[dict]) -> dict:
             "mechanism": mechanism,
             "note": "ASR: the share of the four circle prompts with at least one of 5 images the toy classifier "
                     "calls a circle. Attack budgets are cut for the toy (inversion 300 steps, Ring-A-Bell 500 "
-                    "generations)."}
+                    "generations). The paper recipe, which erases nothing on the toy, is in the study's table "
+                    "(results/robustness.json), not in the series."}
 
 
 def main(argv: list[str] | None = None) -> None:

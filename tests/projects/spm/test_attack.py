@@ -211,12 +211,18 @@ def test_robustness_study_table_and_claim():
     from projects.spm.toy.robustness import NAMES, claim, table
     from shared.claims import verdict
     rows = [{"model": m, "ft": "on", "seed": s, "no_attack_asr": 1.0 if m == "base" else 0.0,
-             "asr": {a: (1.0 if m == "base" else 0.25 * s) for a in NAMES}}
+             "no_attack_image_rate": 0.9 if m == "base" else 0.1,
+             "asr": {a: (1.0 if m == "base" else 0.25 * s) for a in NAMES},
+             "image_rate": {a: (0.8 if m == "base" else 0.1 * s) for a in NAMES},
+             "gamma": {} if m == "base" else {a: 0.5 for a in NAMES}}
             for s in (0, 1, 2) for m in ("base", "toy")]
     text = table(rows)
     assert "| base model | 100.0 ± 0.0 |" in text and "| toy-scaled recipe, FT on | 0.0 ± 0.0 | 25.0 ± 25.0" in text
+    assert "| images judged circle, % |" in text and "| base model | 90.0 ± 0.0 | 80.0 ± 0.0" in text
+    assert "| toy-scaled recipe, FT on | 0.50 ± 0.00 |" in text                 # the gammas, SPM rows only
     block = claim(rows)
     assert len(block["comparisons"]) == 4 and block["unit"] == "ASR %"
+    assert block["mechanism"]["gamma of the inverted prompts x 100, toy-scaled recipe, FT on"]["values"] == [50.0] * 3
     assert verdict(block)[0] == "supported"                  # 25 ± 25 against 100 ± 0: lower beyond 2 SE
     rows[-1]["asr"]["inversion_replace"] = 1.0                # one attack brings it back: not all hold
     assert verdict(claim(rows))[0] in ("inconclusive", "not supported")
@@ -224,25 +230,35 @@ def test_robustness_study_table_and_claim():
 
 def test_robustness_plot_draws_every_model(tmp_path: Path):
     from projects.spm.toy.robustness import plot
-    rows = [{"model": m, "ft": f, "seed": s, "no_attack_asr": 0.5,
-             "asr": {"soft_prompt": 0.25, "inversion_replace": 1.0, "inversion_prefix": 0.5, "ring_a_bell": 0.0}}
+    rates = {"soft_prompt": 0.25, "inversion_replace": 1.0, "inversion_prefix": 0.5, "ring_a_bell": 0.0}
+    rows = [{"model": m, "ft": f, "seed": s, "no_attack_asr": 0.5, "no_attack_image_rate": 0.2, "asr": rates,
+             "image_rate": rates}
             for s in (0, 1) for m, f in (("base", "on"), ("toy", "on"), ("toy", "off"))]
     plot(rows, tmp_path / "asr.png")
     assert Image.open(tmp_path / "asr.png").size[0] > 500
 
 
-def test_robustness_row_merges_the_two_inversion_placements(monkeypatch):
+def test_robustness_row_merges_the_two_inversion_placements(monkeypatch, tmp_path: Path):
     from projects.spm.toy import robustness
 
     def fake_run(model, ft, seed, suffix, flags):
-        rates = lambda a: {"asr": a, "image_rate": a / 2, "no_attack_asr": 0.25}     # noqa: E731
+        out = tmp_path / f"run{suffix}"
+        out.mkdir()
+        rates = lambda a: {"asr": a, "image_rate": a / 2, "no_attack_asr": 0.25, "no_attack_image_rate": 0.1}  # noqa
         if suffix:
             assert flags[-2:] == ["--ci_placement", "replace"]
-            return {"results": {"concept_inversion": rates(1.0)}}
-        assert flags == ["--ci_placement", "prefix"]
-        return {"results": {"soft_prompt": rates(0.5), "concept_inversion": rates(0.75), "ring_a_bell": rates(0.0)}}
+            results = {"concept_inversion": rates(1.0)}
+        else:
+            assert flags == ["--ci_placement", "prefix"]
+            results = {"soft_prompt": rates(0.5), "concept_inversion": rates(0.75), "ring_a_bell": rates(0.0)}
+        (out / "attack.json").write_text(json.dumps({"results": results}))
+        for attack in results:                  # two prompts' gammas: the replaced word gets less than the rest
+            gammas = ("0.2000", "0.4000") if suffix else ("1.0000", "1.0000")
+            (out / f"{attack}.csv").write_text("prompt,gammas\n" + "".join(f"p,{g}\n" for g in gammas))
+        return out
 
     monkeypatch.setattr(robustness, "attack_run", fake_run)
     row = robustness.study_row("toy", "on", 0)
     assert row["asr"] == {"soft_prompt": 0.5, "inversion_prefix": 0.75, "ring_a_bell": 0.0, "inversion_replace": 1.0}
     assert row["no_attack_asr"] == 0.25 and row["image_rate"]["inversion_replace"] == 0.5
+    assert row["gamma"]["inversion_replace"] == pytest.approx(0.3) and row["gamma"]["soft_prompt"] == 1.0

@@ -18,24 +18,29 @@ from projects.spm.diffusion.conditioning import Conditioning
 from projects.spm.diffusion.model import DiffusionModel
 
 
+def padded(tokenizer, prompt: str, row: list[int], k: int) -> list[int]:
+    """``row`` ([start, ..., end], ``k`` of its ids attack slots) padded to the encoder's length; refuses a prompt
+    that would lose its end token."""
+    length = tokenizer.model_max_length
+    if len(row) > length:
+        raise ValueError(f"prompt {prompt!r} is {len(row) - k} tokens; with {k} attack slot(s) it exceeds the text "
+                         f"encoder's {length}: shorten it or lower the slot count")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else row[-1]
+    return row + [pad] * (length - len(row))
+
+
 def slot_ids(model: DiffusionModel, prompts: Sequence[str], k: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``(ids, slots)``: one [B, L] id tensor per text encoder with ``k`` slots after the start token, and the
-    boolean slot mask [B, L] (the same for every encoder). Refuses a prompt that would lose its end token."""
-    ids, slots = [], None
+    boolean slot mask [B, L] (the same for every encoder). A slot holds the start token's id as a placeholder."""
+    ids = []
     for tokenizer, _ in model.text_encoders:
         rows = []
         for prompt in prompts:
             words = tokenizer(prompt, truncation=False).input_ids            # [start, ..., end]
-            length = tokenizer.model_max_length
-            if len(words) + k > length:
-                raise ValueError(f"prompt {prompt!r} is {len(words)} tokens; with {k} attack slots it exceeds the "
-                                 f"text encoder's {length}: shorten it or lower the slot count")
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else words[-1]
-            rows.append([words[0], *[words[0]] * k, *words[1:], *[pad] * (length - len(words) - k)])
+            rows.append(padded(tokenizer, prompt, [words[0], *[words[0]] * k, *words[1:]], k))
         ids.append(torch.tensor(rows))
-        mask = torch.zeros(len(prompts), ids[-1].shape[1], dtype=torch.bool)
-        mask[:, 1:1 + k] = True
-        slots = mask
+    slots = torch.zeros(len(prompts), ids[-1].shape[1], dtype=torch.bool)
+    slots[:, 1:1 + k] = True
     return ids, slots
 
 
@@ -51,13 +56,9 @@ def concept_slot_ids(model: DiffusionModel, prompt: str, concept: str) -> tuple[
         if len(at) != 1:
             raise ValueError(f"prompt {prompt!r} holds the concept {concept!r} {len(at)} times; concept inversion "
                              "in place of the word (--ci_placement replace) needs it exactly once")
-        length = tokenizer.model_max_length
-        if len(words) > length:
-            raise ValueError(f"prompt {prompt!r} is {len(words)} tokens; the text encoder holds {length}")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else words[-1]
         words[at[0]] = words[0]                      # the placeholder id, as in slot_ids
-        ids.append(torch.tensor([words + [pad] * (length - len(words))]))
-        slots = torch.zeros(1, length, dtype=torch.bool)
+        ids.append(torch.tensor([padded(tokenizer, prompt, words, 0)]))
+        slots = torch.zeros(1, ids[-1].shape[1], dtype=torch.bool)
         slots[0, at[0]] = True
     return ids, slots
 

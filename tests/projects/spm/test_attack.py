@@ -110,6 +110,10 @@ def test_concept_inversion_in_place_of_the_word(erased, family):
     for prompt in ("a red square", "circle circle"):
         with pytest.raises(ValueError, match="exactly once"):
             concept_slot_ids(model, prompt, "circle")
+    too_long = "a " * model.tokenizer.model_max_length + "circle"
+    for make in (lambda: slot_ids(model, [too_long], 2), lambda: concept_slot_ids(model, too_long, "circle")):
+        with pytest.raises(ValueError, match="exceeds the text encoder"):
+            make()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -80,6 +80,16 @@ def study_row(model: str, ft: str, seed: int) -> dict:
     return row
 
 
+def models_in(rows: list[dict]) -> list[tuple[str, str]]:
+    """The (model, FT) settings of ``rows``, in their first order."""
+    return list(dict.fromkeys((r["model"], r["ft"]) for r in rows))
+
+
+def rows_of(rows: list[dict], model: str, ft: str) -> list[dict]:
+    """The rows (one per seed) of one (model, FT) setting."""
+    return [r for r in rows if (r["model"], r["ft"]) == (model, ft)]
+
+
 def label(model: str, ft: str) -> str:
     return "base model" if model == "base" else f"{RECIPES[model]}, FT {ft}"
 
@@ -89,8 +99,8 @@ def grid(rows: list[dict], title: str, value, no_attack=None, digits: int = 1) -
     first = ["no attack"] if no_attack is not None else []
     out = [f"| {title} | " + " | ".join([*first, *NAMES.values()]) + " | seeds |",
            "|---|" + "---|" * (len(first) + len(NAMES)) + "---|"]
-    for key in dict.fromkeys((r["model"], r["ft"]) for r in rows):
-        rs = [r for r in rows if (r["model"], r["ft"]) == key]
+    for key in models_in(rows):
+        rs = rows_of(rows, *key)
         cells = [cell([no_attack(r) for r in rs], digits=digits)] if no_attack is not None else []
         cells += [cell([value(r, a) for r in rs], digits=digits) for a in NAMES]
         out.append(f"| {label(*key)} | {' | '.join(cells)} | {len(rs)} |")
@@ -116,7 +126,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys((r["model"], r["ft"]) for r in rows))
+    models = models_in(rows)
     width = 0.8 / len(models)
     panels = [("ASR: % of the 4 circle prompts", "asr"), ("% of their images judged circle", "image_rate")]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), sharey=True)
@@ -124,8 +134,8 @@ def plot(rows: list[dict], path: Path) -> None:
         groups = [("no attack", None), *((n, a) for a, n in NAMES.items())]
         for j, model in enumerate(models):
             for i, (_, attack) in enumerate(groups):
-                values = [100 * (r[f"no_attack_{key}"] if attack is None else r[key][attack]) for r in rows
-                          if (r["model"], r["ft"]) == model]
+                values = [100 * (r[f"no_attack_{key}"] if attack is None else r[key][attack])
+                          for r in rows_of(rows, *model)]
                 x = i + (j - (len(models) - 1) / 2) * width
                 m, sd = mean_std(values)
                 ax.bar(x, m, width, yerr=sd, color=f"C{j}", alpha=0.75, capsize=3,
@@ -147,8 +157,7 @@ def claim(rows: list[dict]) -> dict:
     """The erased concept resists an attack when the toy-recipe SPM's ASR (FT on, the paper's inference) is below
     the base model's ASR for the same attack (claims.py: beyond 2 standard errors), for every attack."""
     def asr(model: str, ft: str, attack: str | None) -> list[float]:
-        return [100 * (r["no_attack_asr"] if attack is None else r["asr"][attack]) for r in rows
-                if (r["model"], r["ft"]) == (model, ft)]
+        return [100 * (r["no_attack_asr"] if attack is None else r["asr"][attack]) for r in rows_of(rows, model, ft)]
 
     series, comparisons = {}, []
     for a in NAMES:
@@ -159,10 +168,10 @@ def claim(rows: list[dict]) -> dict:
             comparisons.append({"method": f"{NAMES[a]}, toy-scaled recipe, FT on",
                                 "baseline": f"{NAMES[a]}, base model", "higher_is_better": False})
     mechanism = {f"no attack, {label(m, f)}": {"values": asr(m, f, None), "unit": "% of prompts"}
-                 for m, f in dict.fromkeys((r["model"], r["ft"]) for r in rows)}
+                 for m, f in models_in(rows)}
     # FT's side of it: the learned word in place of "circle" gets a gamma below 1, and more of its images come back
     for ft in ("on", "off"):
-        toy = [r for r in rows if (r["model"], r["ft"]) == ("toy", ft) and "inversion_replace" in r.get("gamma", {})]
+        toy = [r for r in rows_of(rows, "toy", ft) if "inversion_replace" in r.get("gamma", {})]
         if toy:
             mechanism[f"images judged circle, inversion in place of the word, {label('toy', ft)}"] = {
                 "values": [100 * r["image_rate"]["inversion_replace"] for r in toy], "unit": "% of images"}
